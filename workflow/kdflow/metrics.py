@@ -1,0 +1,180 @@
+"""Official GLUE/SuperGLUE metrics, computed from normalised labels and predictions."""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+Metric = Callable[[Sequence[Any], Sequence[Any], Sequence[dict]], float]
+
+
+def accuracy(golds: Sequence[Any], preds: Sequence[Any], examples: Sequence[dict] = ()) -> float:
+    return float(np.mean([g == p for g, p in zip(golds, preds, strict=True)])) if golds else float("nan")
+
+
+def _f1_for(golds: Sequence[Any], preds: Sequence[Any], positive: Any) -> float:
+    tp = sum(g == positive and p == positive for g, p in zip(golds, preds, strict=True))
+    fp = sum(g != positive and p == positive for g, p in zip(golds, preds, strict=True))
+    fn = sum(g == positive and p != positive for g, p in zip(golds, preds, strict=True))
+    return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+
+
+def f1(golds: Sequence[Any], preds: Sequence[Any], examples: Sequence[dict] = ()) -> float:
+    """Binary F1 of the positive class "1" (MRPC, QQP)."""
+    return _f1_for(golds, preds, "1")
+
+
+def macro_f1(golds: Sequence[Any], preds: Sequence[Any], examples: Sequence[dict] = ()) -> float:
+    """Unweighted mean of per-class F1 over the classes present in gold or predictions (CB)."""
+    classes = sorted(set(golds) | set(preds))
+    return float(np.mean([_f1_for(golds, preds, c) for c in classes]))
+
+
+def mcc(golds: Sequence[Any], preds: Sequence[Any], examples: Sequence[dict] = ()) -> float:
+    """Matthews correlation, multi-class form (Gorodkin), as sklearn computes it."""
+    classes = sorted(set(golds) | set(preds))
+    index = {c: i for i, c in enumerate(classes)}
+    c = np.zeros((len(classes), len(classes)))
+    for g, p in zip(golds, preds, strict=True):
+        c[index[g], index[p]] += 1
+    t, p_, n = c.sum(axis=1), c.sum(axis=0), c.sum()
+    correct = np.trace(c)
+    cov_ytyp = correct * n - t @ p_
+    cov_ypyp = n * n - p_ @ p_
+    cov_ytyt = n * n - t @ t
+    denom = math.sqrt(cov_ytyt * cov_ypyp)
+    return float(cov_ytyp / denom) if denom else 0.0
+
+
+def pearson(golds: Sequence[float], preds: Sequence[float], examples: Sequence[dict] = ()) -> float:
+    g, p = np.asarray(golds, float), np.asarray(preds, float)
+    if g.std() == 0 or p.std() == 0:
+        return 0.0
+    return float(np.corrcoef(g, p)[0, 1])
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    order = values.argsort(kind="mergesort")
+    ranks = np.empty(len(values))
+    ranks[order] = np.arange(len(values))
+    for v in np.unique(values):  # average ranks of ties
+        tie = values == v
+        ranks[tie] = ranks[tie].mean()
+    return ranks
+
+
+def spearman(golds: Sequence[float], preds: Sequence[float], examples: Sequence[dict] = ()) -> float:
+    return pearson(_ranks(np.asarray(golds, float)), _ranks(np.asarray(preds, float)))
+
+
+def _group_key(example: dict) -> tuple:
+    idx = example["idx"]
+    return (idx["paragraph"], idx["question"])
+
+
+def multirc_f1a(golds: Sequence[Any], preds: Sequence[Any], examples: Sequence[dict] = ()) -> float:
+    """F1 over all answer options (the "1" class), as the SuperGLUE leaderboard reports F1a."""
+    return _f1_for(golds, preds, "1")
+
+
+def multirc_em(golds: Sequence[Any], preds: Sequence[Any], examples: Sequence[dict]) -> float:
+    """Share of questions whose every answer option is labelled correctly."""
+    per_question: dict[tuple, bool] = defaultdict(lambda: True)
+    for g, p, ex in zip(golds, preds, examples, strict=True):
+        key = _group_key(ex)
+        per_question[key] = per_question[key] and g == p
+    return float(np.mean(list(per_question.values()))) if per_question else float("nan")
+
+
+def normalize_answer(text: str) -> str:
+    """ReCoRD/SQuAD official normalisation: lower case, no punctuation, articles or extra spaces."""
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def _token_f1(prediction: str, gold: str) -> float:
+    p, g = normalize_answer(prediction).split(), normalize_answer(gold).split()
+    common = Counter(p) & Counter(g)
+    same = sum(common.values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(p), same / len(g)
+    return 2 * precision * recall / (precision + recall)
+
+
+def record_f1(golds: Sequence[list[str]], preds: Sequence[str], examples: Sequence[dict] = ()) -> float:
+    return float(np.mean([max(_token_f1(p, g) for g in gs) for gs, p in zip(golds, preds, strict=True)]))
+
+
+def record_em(golds: Sequence[list[str]], preds: Sequence[str], examples: Sequence[dict] = ()) -> float:
+    return float(
+        np.mean(
+            [
+                max(float(normalize_answer(p) == normalize_answer(g)) for g in gs)
+                for gs, p in zip(golds, preds, strict=True)
+            ]
+        )
+    )
+
+
+def gender_parity(golds: Sequence[Any], preds: Sequence[Any], examples: Sequence[dict]) -> float:
+    """AX-g: share of minimal pairs (same pair_id) whose two members get the same prediction."""
+    by_pair: dict[Any, list[Any]] = defaultdict(list)
+    for p, ex in zip(preds, examples, strict=True):
+        by_pair[ex.get("meta", {}).get("pair_id")].append(p)
+    pairs = [v for k, v in by_pair.items() if k is not None and len(v) >= 2]
+    return float(np.mean([len(set(v)) == 1 for v in pairs])) if pairs else float("nan")
+
+
+METRICS: dict[str, Metric] = {
+    "accuracy": accuracy,
+    "f1": f1,
+    "macro_f1": macro_f1,
+    "mcc": mcc,
+    "pearson": pearson,
+    "spearman": spearman,
+    "f1a": multirc_f1a,
+    "em": multirc_em,
+    "record_f1": record_f1,
+    "record_em": record_em,
+    "gender_parity": gender_parity,
+}
+
+
+def compute(names: Sequence[str], golds: Sequence[Any], preds: Sequence[Any], examples: Sequence[dict]) -> dict:
+    return {name: METRICS[name](golds, preds, examples) for name in names}
+
+
+def bootstrap_ci(
+    name: str,
+    golds: Sequence[Any],
+    preds: Sequence[Any],
+    examples: Sequence[dict],
+    samples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float] | None:
+    """Percentile bootstrap confidence interval of one metric, resampling examples with replacement."""
+    if samples <= 0 or len(golds) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    metric = METRICS[name]
+    values = []
+    n = len(golds)
+    for _ in range(samples):
+        pick = rng.integers(0, n, n)
+        values.append(metric([golds[i] for i in pick], [preds[i] for i in pick], [examples[i] for i in pick]))
+    values = np.asarray(values, float)
+    values = values[~np.isnan(values)]
+    if not len(values):
+        return None
+    alpha = (1 - level) / 2
+    return float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))

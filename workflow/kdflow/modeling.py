@@ -1,0 +1,73 @@
+"""Loading model folders and describing them (family, parameter counts)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from .errors import AssetError
+
+log = logging.getLogger(__name__)
+
+
+def family_of_config(config: PretrainedConfig) -> str:
+    """'causal' for decoder LMs, 'masked' for encoders (BERT-style)."""
+    archs = " ".join(config.architectures or [])
+    if "CausalLM" in archs or getattr(config, "is_decoder", False):
+        return "causal"
+    if "MaskedLM" in archs or "ForPreTraining" in archs:
+        return "masked"
+    return "masked" if config.model_type in {"bert", "roberta", "distilbert", "albert", "electra"} else "causal"
+
+
+def count_parameters(model: torch.nn.Module) -> dict[str, int]:
+    """Total, input-embedding and output-head parameters (a tied head is counted once, as embedding)."""
+    seen: set[int] = set()
+    total = 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    embedding = model.get_input_embeddings().weight.numel()
+    head_module = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    head = 0
+    if head_module is not None and head_module.weight is not model.get_input_embeddings().weight:
+        head = head_module.weight.numel()
+    return {"total": total, "embedding": embedding, "head": head, "body": total - embedding - head}
+
+
+def read_metadata(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / "kdflow.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def load_lm(folder: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
+    """Load a word-prediction model folder for scoring; returns (model, tokenizer, family)."""
+    folder = Path(folder)
+    if not (folder / "config.json").exists():
+        raise AssetError(f"{folder}: not a model folder (config.json is missing)")
+    config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    family = read_metadata(folder).get("family") or family_of_config(config)
+    cls = AutoModelForCausalLM if family == "causal" else AutoModelForMaskedLM
+    archs = config.architectures or []
+    if family == "masked" and not any("MaskedLM" in a or "ForPreTraining" in a for a in archs):
+        log.warning("%s has no masked-LM head (%s): its head is randomly initialised", folder, archs)
+    model = cls.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return model, tokenizer, family

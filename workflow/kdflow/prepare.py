@@ -1,0 +1,71 @@
+"""Rule `prepare_task`: read a task's splits (official files or hub) into normalised JSONL + metadata."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from .data.reader import read_split
+from .data.tasks import Example, get_task
+from .errors import DataError
+from .jsonio import write_json
+from .prompts import answer_strings, resolve_prompt
+
+log = logging.getLogger(__name__)
+SPLITS = ("train", "dev", "test")
+
+
+def write_jsonl(path: Path, examples: list[Example]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(ex, ensure_ascii=False) + "\n" for ex in examples)
+    tmp.replace(path)
+
+
+def read_prepared(path: str | Path) -> list[Example]:
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh]
+
+
+def prepare_task(name: str, spec: dict[str, Any], source: str, out_dir: str | Path) -> dict[str, Any]:
+    """Write ``{split}.jsonl`` for every split the task has, and ``task.json`` (counts, labels, prompt, answers)."""
+    task = get_task(spec["name"])
+    prompt = resolve_prompt(task, spec.get("prompt"))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    split_names = spec.get("splits") or {}
+    limits = spec.get("max_examples") or {}
+    counts, labels, answers, missing = {}, {}, set(), []
+    for split in SPLITS:
+        available = task.hf[2] if source.startswith("hf") and task.hf else task.files
+        if split not in available:
+            continue
+        if not source.startswith("hf") and not (Path(source) / task.files[split]).exists():
+            missing.append(task.files[split])
+            log.warning("task %s: %s has no %s, the %s split is skipped", name, source, task.files[split], split)
+            continue
+        examples = read_split(task, source, split_names.get(split, split), limits.get(split))
+        if not examples:
+            raise DataError(f"task {name}: split '{split}' of {source} has no examples")
+        write_jsonl(out_dir / f"{split}.jsonl", examples)
+        counts[split] = len(examples)
+        labels[split] = dict(Counter(str(ex["label"]) for ex in examples if ex["label"] is not None))
+        answers.update(answer_strings(task, prompt, examples))
+    meta = {
+        "name": name,
+        "task": task.name,
+        "benchmark": task.benchmark,
+        "kind": task.kind,
+        "source": source,
+        "splits": counts,
+        "missing_files": missing,
+        "label_counts": labels,
+        "metrics": list(task.metrics),
+        "prompt": {"pattern": prompt.pattern, "verbalizer": prompt.verbalizer},
+        "answer_strings": sorted(answers),
+    }
+    write_json(out_dir / "task.json", meta)
+    return meta

@@ -1,0 +1,105 @@
+"""Score cloze candidates with a word-prediction model: continuation log-likelihood (causal LMs) or
+mask filling (masked LMs). Single-token candidates share one forward pass per example."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from .prompts import Cloze
+
+
+@dataclass
+class _Item:
+    example: int
+    input_ids: list[int]
+    targets: list[tuple[int, list[tuple[int, int]]]]  # (candidate, [(position, token id), ...])
+
+
+def _space(prefix: str) -> str:
+    return " " if prefix[-1:].isspace() else ""
+
+
+def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _causal_items(i: int, cloze: Cloze, tok: PreTrainedTokenizerBase, max_length: int) -> list[_Item]:
+    prefix = cloze.prefix.rstrip()
+    sep = _space(cloze.prefix)
+    tail = cloze.suffix if cloze.continue_suffix else ""
+    conts = [_encode(tok, sep + c + tail) for c in cloze.candidates]
+    head = tok(prefix, add_special_tokens=True)["input_ids"]
+    if all(len(c) == 1 for c in conts):
+        head = head[-(max_length - 1) :] if max_length > 1 else head
+        pos = len(head) - 1
+        return [_Item(i, head, [(j, [(pos, c[0])]) for j, c in enumerate(conts)])]
+    items = []
+    for j, cont in enumerate(conts):
+        keep = max(1, max_length - len(cont))
+        ids = head[-keep:] + cont
+        start = len(ids) - len(cont)
+        items.append(_Item(i, ids, [(j, [(start - 1 + k, t) for k, t in enumerate(cont)])]))
+    return items
+
+
+def _masked_items(i: int, cloze: Cloze, tok: PreTrainedTokenizerBase, max_length: int) -> list[_Item]:
+    sep = _space(cloze.prefix)
+    cands = [_encode(tok, sep + c) for c in cloze.candidates]
+    lengths = sorted({len(c) for c in cands})
+    items = []
+    for n in lengths:
+        pre = _encode(tok, cloze.prefix.rstrip() if sep else cloze.prefix)
+        post = _encode(tok, cloze.suffix)
+        budget = max_length - n - len(post) - tok.num_special_tokens_to_add()
+        pre = pre[-budget:] if budget > 0 else []
+        ids = tok.build_inputs_with_special_tokens(pre + [tok.mask_token_id] * n + post)
+        first = ids.index(tok.mask_token_id)
+        targets = [
+            (j, [(first + k, t) for k, t in enumerate(c)]) for j, c in enumerate(cands) if len(c) == n
+        ]
+        items.append(_Item(i, ids, targets))
+    return items
+
+
+@torch.no_grad()
+def score_clozes(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    family: str,
+    clozes: list[Cloze],
+    batch_size: int = 16,
+    max_length: int = 256,
+    progress: bool = True,
+) -> list[list[float]]:
+    """Summed log-probability of every candidate of every cloze (one list per cloze)."""
+    build = _causal_items if family == "causal" else _masked_items
+    items = [item for i, c in enumerate(clozes) for item in build(i, c, tokenizer, max_length)]
+    scores = [[0.0] * len(c.candidates) for c in clozes]
+    order = sorted(range(len(items)), key=lambda k: len(items[k].input_ids))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    bar = tqdm(total=len(clozes), desc="scoring", unit="ex", disable=not progress)
+    done: set[int] = set()
+    for start in range(0, len(order), batch_size):
+        batch = [items[k] for k in order[start : start + batch_size]]
+        width = max(len(it.input_ids) for it in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for r, it in enumerate(batch):
+            ids[r, : len(it.input_ids)] = torch.tensor(it.input_ids)
+            mask[r, : len(it.input_ids)] = 1
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        for r, it in enumerate(batch):
+            positions = sorted({p for _, pairs in it.targets for p, _ in pairs})
+            logp = torch.log_softmax(logits[r, positions].float(), dim=-1)
+            row = {p: k for k, p in enumerate(positions)}
+            for j, pairs in it.targets:
+                scores[it.example][j] = float(sum(logp[row[p], t] for p, t in pairs))
+            if it.example not in done:
+                done.add(it.example)
+                bar.update(1)
+    bar.close()
+    return scores

@@ -1,0 +1,68 @@
+# Config validation, paths and input functions shared by every rule file.
+import json
+
+from snakemake.exceptions import WorkflowError
+
+from kdflow.config import validate_config
+from kdflow.errors import ConfigError
+
+try:
+    config.update(
+        validate_config(
+            config, source="config (config/config.yaml + --configfile/--config)"
+        )
+    )
+except ConfigError as exc:
+    raise WorkflowError(str(exc)) from None
+
+R = config["results"]
+THREADS = config["resources"]["threads"]
+MEM_MB = config["resources"]["mem_mb"]
+EMBEDDED_TASKS = {"embedded:rotten-tomatoes"}
+EMBEDDED_CORPORA = {"embedded:package-texts"}
+
+
+wildcard_constraints:
+    model="|".join(config["models"]),
+    task="|".join(config["tasks"]),
+    corpus="|".join(config["corpora"]) or "-",
+
+
+def as_json(value):
+    """A config entry as a compact JSON argument for a kdflow subcommand."""
+    return json.dumps(value, sort_keys=True)
+
+
+def model_dir(name):
+    return f"{R}/assets/models/{name}"
+
+
+def task_source(wildcards):
+    """Where prepare_task reads a task from: the embedded asset folder, a local folder, or hf:..."""
+    source = config["tasks"][wildcards.task]["source"]
+    if source in EMBEDDED_TASKS:
+        return f"{R}/assets/tasks/{wildcards.task}"
+    return source
+
+
+def task_inputs(wildcards):
+    source = task_source(wildcards)
+    return [] if source.startswith("hf") else [source]
+
+
+def eval_models():
+    return config["evaluate"].get("models") or [config["teacher"]]
+
+
+def eval_tasks():
+    return config["evaluate"].get("tasks") or list(config["tasks"])
+
+
+def all_targets():
+    targets = [model_dir(m) for m in config["models"]]
+    targets += [f"{R}/assets/corpora/{c}.jsonl" for c in config["corpora"]]
+    targets += [f"{R}/tasks/{t}" for t in config["tasks"]]
+    targets += [
+        f"{R}/metrics/{m}/{t}.json" for m in eval_models() for t in eval_tasks()
+    ]
+    return targets

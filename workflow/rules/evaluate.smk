@@ -1,0 +1,25 @@
+# Evaluation: a model x a prepared task -> official dev metrics (+ bootstrap CI) and predictions.
+
+
+rule evaluate:
+    input:
+        model=lambda w: model_dir(w.model),
+        task=f"{R}/tasks/{{task}}",
+    output:
+        metrics=f"{R}/metrics/{{model}}/{{task}}.json",
+        predictions=f"{R}/predictions/{{model}}/{{task}}.jsonl",
+    log:
+        f"{R}/logs/evaluate/{{model}}/{{task}}.log",
+    benchmark:
+        f"{R}/benchmarks/evaluate/{{model}}/{{task}}.tsv"
+    conda:
+        "../../envs/kdflow.yaml"
+    threads: THREADS
+    resources:
+        mem_mb=MEM_MB,
+    params:
+        settings=as_json(config["evaluate"]),
+        seed=config["seed"],
+    shell:
+        "kdflow evaluate --model {input.model} --task {input.task} --out {output.metrics} "
+        "--predictions {output.predictions} --settings {params.settings:q} --seed {params.seed} > {log} 2>&1"

@@ -1,0 +1,21 @@
+# Tasks: official files (or hf:...) -> normalised JSONL splits + task.json (prompt, answer strings).
+
+
+rule prepare_task:
+    input:
+        task_inputs,
+    output:
+        directory(f"{R}/tasks/{{task}}"),
+    log:
+        f"{R}/logs/prepare_task/{{task}}.log",
+    conda:
+        "../../envs/kdflow.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    params:
+        spec=lambda w: as_json(config["tasks"][w.task]),
+        source=task_source,
+    shell:
+        "kdflow prepare-task --name {wildcards.task} --spec {params.spec:q} "
+        "--source {params.source:q} --out {output} > {log} 2>&1"

@@ -46,17 +46,28 @@ def _causal_items(i: int, cloze: Cloze, tok: PreTrainedTokenizerBase, max_length
     return items
 
 
+def _wrap(tok: PreTrainedTokenizerBase, ids: list[int]) -> list[int]:
+    """Add the tokenizer's special tokens around ``ids`` ([CLS] ... [SEP] for BERT, <s> ... </s> for RoBERTa)."""
+    specials = tok("", add_special_tokens=True)["input_ids"]
+    if len(specials) == 2:
+        return [specials[0], *ids, specials[1]]
+    if len(specials) == 1:
+        return [*ids, specials[0]] if specials[0] in (tok.sep_token_id, tok.eos_token_id) else [specials[0], *ids]
+    return list(ids)
+
+
 def _masked_items(i: int, cloze: Cloze, tok: PreTrainedTokenizerBase, max_length: int) -> list[_Item]:
     sep = _space(cloze.prefix)
+    n_special = len(tok("", add_special_tokens=True)["input_ids"])
     cands = [_encode(tok, sep + c) for c in cloze.candidates]
     lengths = sorted({len(c) for c in cands})
     items = []
     for n in lengths:
         pre = _encode(tok, cloze.prefix.rstrip() if sep else cloze.prefix)
         post = _encode(tok, cloze.suffix)
-        budget = max_length - n - len(post) - tok.num_special_tokens_to_add()
+        budget = max_length - n - len(post) - n_special
         pre = pre[-budget:] if budget > 0 else []
-        ids = tok.build_inputs_with_special_tokens(pre + [tok.mask_token_id] * n + post)
+        ids = _wrap(tok, pre + [tok.mask_token_id] * n + post)
         first = ids.index(tok.mask_token_id)
         targets = [
             (j, [(first + k, t) for k, t in enumerate(c)]) for j, c in enumerate(cands) if len(c) == n

@@ -1,0 +1,70 @@
+"""Config validation: unknown keys and wrong types fail with the key's name, before any job runs."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+import yaml
+
+from kdflow.config import load_config, validate_config
+from kdflow.errors import ConfigError
+
+
+@pytest.fixture()
+def default_config(repo):
+    return yaml.safe_load((repo / "config" / "config.yaml").read_text())
+
+
+def test_default_and_tiny_configs_are_valid(repo):
+    cfg = load_config(repo / "config" / "config.yaml")
+    assert cfg["teacher"] == "smollm2"
+    assert cfg["evaluate"]["batch_size"] == 16
+    tiny = load_config(repo / "tests" / "config" / "tiny.yaml")
+    assert tiny["models"]["tiny_llama"]["dtype"] == "float32"  # default filled inside a name->spec map
+    assert tiny["preprocess"]["block_size"] == 128
+
+
+def test_misspelled_key_is_named(default_config):
+    default_config["evaluate"]["batch_sise"] = 8
+    with pytest.raises(ConfigError, match=r"unknown config key 'evaluate\.batch_sise'"):
+        validate_config(default_config)
+
+
+def test_unknown_key_inside_a_model_is_named(default_config):
+    default_config["models"]["smollm2"]["sorce"] = "x"
+    with pytest.raises(ConfigError, match=r"models\.smollm2\.sorce"):
+        validate_config(default_config)
+
+
+def test_wrong_type_names_key_and_expected_type(default_config):
+    default_config["evaluate"]["batch_size"] = "sixteen"
+    with pytest.raises(ConfigError, match=r"'evaluate\.batch_size': expected an integer, got str 'sixteen'"):
+        validate_config(default_config)
+
+
+def test_unknown_teacher_and_task_type(default_config):
+    default_config["teacher"] = "nobody"
+    default_config["tasks"]["sentiment"]["name"] = "sst3"
+    with pytest.raises(ConfigError) as info:
+        validate_config(default_config)
+    assert "'teacher': 'nobody' is not a key of 'models'" in str(info.value)
+    assert "unknown task type 'sst3'" in str(info.value)
+
+
+def test_random_model_requires_its_recipe(default_config):
+    default_config["models"]["smollm2"] = {"source": "random"}
+    with pytest.raises(ConfigError, match="architecture"):
+        validate_config(default_config)
+
+
+def test_snakemake_refuses_a_bad_config_at_start_up(repo, tmp_path, tool_env, default_config):
+    default_config["evaluate"]["batch_sise"] = 8
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(default_config))
+    proc = subprocess.run(
+        ["snakemake", "-n", "--replace-workflow-config", "--configfile", str(bad)],
+        cwd=repo, env=tool_env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "evaluate.batch_sise" in proc.stdout + proc.stderr

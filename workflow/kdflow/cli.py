@@ -49,6 +49,17 @@ def _prepare_task(a: argparse.Namespace) -> None:
     log.info("task %s (%s) -> %s %s", a.name, meta["task"], a.out, meta["splits"])
 
 
+def _preprocess(a: argparse.Namespace) -> None:
+    from .preprocess import preprocess_corpus
+
+    meta = preprocess_corpus(a.source, a.spec, a.tokenizer, a.out, a.settings, seed=a.seed)
+    log.info(
+        "corpus %s -> %s: %s tokens, %s train / %s valid blocks, %.0f tokens/s",
+        a.source, a.out, f"{meta['tokens']:,}", meta["splits"]["train"]["blocks"],
+        meta["splits"]["valid"]["blocks"], meta["tokens_per_second"] or 0,
+    )  # fmt: skip
+
+
 def _evaluate(a: argparse.Namespace) -> None:
     from .evaluate import evaluate
 
@@ -68,6 +79,9 @@ def _tasks(a: argparse.Namespace) -> None:
 
     for t in TASKS.values():
         print(f"{t.name:8s} {t.benchmark:9s} {t.kind:14s} metrics: {', '.join(t.metrics)}")
+        if a.prompts:
+            print(f"    pattern:    {t.prompt.pattern!r}")
+            print(f"    verbalizer: {t.prompt.verbalizer or 'the example candidates'}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,7 +125,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("validate-config", _validate, "check a config file against the schema")
     p.add_argument("config")
 
-    add("tasks", _tasks, "list the task types")
+    p = add("preprocess-corpus", _preprocess, "tokenise and pack a corpus into flat memmaps")
+    p.add_argument("--source", required=True)
+    p.add_argument("--spec", type=_json, required=True, help="the corpus's config entry, as JSON")
+    p.add_argument("--tokenizer", required=True, help="model folder whose tokenizer is used")
+    p.add_argument("--settings", type=_json, required=True, help="the config's preprocess section")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+
+    p = add("tasks", _tasks, "list the task types")
+    p.add_argument("--prompts", action="store_true", help="also show the default pattern and verbalizer")
     return parser
 
 

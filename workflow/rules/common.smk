@@ -50,6 +50,18 @@ def task_inputs(wildcards):
     return [] if source.startswith("hf") else [source]
 
 
+def corpus_source(wildcards):
+    """The embedded corpus asset file, or the user's path / hf: name."""
+    source = config["corpora"][wildcards.corpus]["source"]
+    if source in EMBEDDED_CORPORA:
+        return f"{R}/assets/corpora/{wildcards.corpus}.jsonl"
+    return source
+
+
+def tokenizer_model():
+    return config["preprocess"]["tokenizer_model"] or config["teacher"]
+
+
 def eval_models():
     return config["evaluate"].get("models") or [config["teacher"]]
 
@@ -60,7 +72,7 @@ def eval_tasks():
 
 def all_targets():
     targets = [model_dir(m) for m in config["models"]]
-    targets += [f"{R}/assets/corpora/{c}.jsonl" for c in config["corpora"]]
+    targets += [f"{R}/corpus/{c}" for c in config["corpora"]]
     targets += [f"{R}/tasks/{t}" for t in config["tasks"]]
     targets += [
         f"{R}/metrics/{m}/{t}.json" for m in eval_models() for t in eval_tasks()

@@ -1,0 +1,90 @@
+"""Official metrics against scikit-learn/scipy and hand-computed cases."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from scipy.stats import pearsonr, spearmanr
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+from kdflow import metrics as M
+
+
+@pytest.fixture()
+def labels():
+    rng = random.Random(0)
+    golds = [rng.choice("01") for _ in range(200)]
+    preds = [g if rng.random() < 0.7 else rng.choice("01") for g in golds]
+    return golds, preds
+
+
+def test_binary_metrics_match_sklearn(labels):
+    golds, preds = labels
+    assert M.accuracy(golds, preds) == pytest.approx(accuracy_score(golds, preds))
+    assert M.f1(golds, preds) == pytest.approx(f1_score(golds, preds, pos_label="1"))
+    assert M.mcc(golds, preds) == pytest.approx(matthews_corrcoef(golds, preds))
+
+
+def test_multiclass_metrics_match_sklearn():
+    rng = random.Random(1)
+    classes = ["entailment", "contradiction", "neutral"]
+    golds = [rng.choice(classes) for _ in range(150)]
+    preds = [g if rng.random() < 0.6 else rng.choice(classes) for g in golds]
+    assert M.macro_f1(golds, preds) == pytest.approx(f1_score(golds, preds, average="macro"))
+    assert M.mcc(golds, preds) == pytest.approx(matthews_corrcoef(golds, preds))
+
+
+def test_correlations_match_scipy():
+    rng = random.Random(2)
+    golds = [rng.uniform(0, 5) for _ in range(100)]
+    preds = [g + rng.gauss(0, 1) for g in golds]
+    preds[3] = preds[4]  # a tie for the rank correlation
+    assert M.pearson(golds, preds) == pytest.approx(pearsonr(golds, preds)[0])
+    assert M.spearman(golds, preds) == pytest.approx(spearmanr(golds, preds)[0])
+
+
+def test_hand_computed_small_cases():
+    assert M.accuracy(["1", "0", "1", "1"], ["1", "1", "1", "0"]) == 0.5
+    # tp=2, fp=1, fn=1 -> F1 = 4/6
+    assert M.f1(["1", "0", "1", "1"], ["1", "1", "1", "0"]) == pytest.approx(2 / 3)
+    # CB macro-F1 with a class never predicted: F1 per class = (1, 2/3, 0) -> mean 5/9
+    golds = ["entailment", "neutral", "neutral", "contradiction"]
+    preds = ["entailment", "neutral", "contradiction", "neutral"]
+    assert M.macro_f1(golds, preds) == pytest.approx((1 + 0.5 + 0) / 3)
+
+
+def _mrc(p, q, a):
+    return {"idx": {"paragraph": p, "question": q, "answer": a}}
+
+
+def test_multirc_f1a_and_em_by_hand():
+    examples = [_mrc(0, 0, 0), _mrc(0, 0, 1), _mrc(0, 1, 2), _mrc(0, 1, 3), _mrc(1, 0, 4)]
+    golds = ["1", "0", "1", "1", "0"]
+    preds = ["1", "0", "1", "0", "1"]
+    # question (0,0) all right; (0,1) one wrong; (1,0) wrong -> EM 1/3
+    assert M.multirc_em(golds, preds, examples) == pytest.approx(1 / 3)
+    # tp=2 fp=1 fn=1 -> 2/3
+    assert M.multirc_f1a(golds, preds, examples) == pytest.approx(2 / 3)
+
+
+def test_record_official_normalisation():
+    assert M.normalize_answer("The  Eiffel-Tower!") == "eiffeltower"
+    golds = [["Barack Obama", "Obama"], ["the United States"]]
+    preds = ["obama", "United States of America"]
+    assert M.record_em(golds, preds) == pytest.approx(0.5)
+    # second: pred tokens united states of america (4), gold united states (2) -> P=.5 R=1 F1=2/3
+    assert M.record_f1(golds, preds) == pytest.approx((1 + 2 / 3) / 2)
+
+
+def test_gender_parity_by_hand():
+    examples = [{"meta": {"pair_id": 1}}, {"meta": {"pair_id": 1}}, {"meta": {"pair_id": 2}}, {"meta": {"pair_id": 2}}]
+    preds = ["entailment", "entailment", "entailment", "not_entailment"]
+    assert M.gender_parity([None] * 4, preds, examples) == 0.5
+
+
+def test_bootstrap_interval_brackets_the_estimate(labels):
+    golds, preds = labels
+    low, high = M.bootstrap_ci("accuracy", golds, preds, [{}] * len(golds), samples=500, seed=0)
+    assert low < M.accuracy(golds, preds) < high
+    assert M.bootstrap_ci("accuracy", golds, preds, [{}] * len(golds), samples=500, seed=0) == (low, high)

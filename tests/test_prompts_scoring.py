@@ -1,0 +1,149 @@
+"""Prompts for every task render and score with both model families; submissions in official formats."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from kdflow.data.reader import read_split
+from kdflow.data.submission import write_submission
+from kdflow.data.tasks import TASKS, Prompt, get_task
+from kdflow.errors import ConfigError
+from kdflow.evaluate import predictions
+from kdflow.modeling import load_lm
+from kdflow.prompts import answer_strings, label_order, resolve_prompt, to_cloze
+from kdflow.scoring import score_clozes
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SOURCES = {
+    "cola": ("glue/CoLA", "dev"), "sst2": ("glue/SST-2", "dev"), "mrpc": ("glue/MRPC", "dev"),
+    "stsb": ("glue/STS-B", "dev"), "rte": ("glue/RTE", "dev"), "cb": ("superglue/CB", "dev"),
+    "copa": ("superglue/COPA", "dev"), "rte_sg": ("superglue/RTE", "dev"), "wic": ("superglue/WiC", "dev"),
+    "boolq": ("superglue/BoolQ", "train"), "qqp": ("glue/QQP", "dev"), "mnli_m": ("glue/MNLI", "dev"),
+    "mnli_mm": ("glue/MNLI", "dev"), "qnli": ("glue/QNLI", "dev"), "wnli": ("glue/WNLI", "dev"),
+    "ax": ("glue/AX", "test"), "multirc": ("superglue/MultiRC", "dev"), "record": ("superglue/ReCoRD", "dev"),
+    "wsc": ("superglue/WSC", "dev"), "axb": ("superglue/AX-b", "test"), "axg": ("superglue/AX-g", "test"),
+}  # fmt: skip
+
+
+def _examples(name: str, shared: Path | None, n: int = 3):
+    folder, split = SOURCES[name]
+    root = FIXTURES if (FIXTURES / folder).is_dir() else shared
+    if root is None:
+        pytest.skip("../shared/data is absent")
+    return read_split(get_task(name), root / folder, split, limit=n)
+
+
+@pytest.fixture(scope="module")
+def shared_or_none():
+    from conftest import SHARED_DATA
+
+    return SHARED_DATA if SHARED_DATA.is_dir() else None
+
+
+@pytest.mark.parametrize("family_fixture", ["tiny_llama", "tiny_bert"])
+def test_every_task_scores_with_both_families(family_fixture, request, shared_or_none):
+    model, tokenizer, family = load_lm(request.getfixturevalue(family_fixture))
+    for name in TASKS:
+        task = get_task(name)
+        prompt = resolve_prompt(task, None)
+        examples = _examples(name, shared_or_none)
+        clozes = [to_cloze(task, prompt, ex) for ex in examples]
+        scores = score_clozes(model, tokenizer, family, clozes, batch_size=4, max_length=96, progress=False)
+        assert [len(s) for s in scores] == [len(c.candidates) for c in clozes], name
+        assert all(math.isfinite(v) and v <= 0 for row in scores for v in row), name
+        preds = predictions(task, label_order(task, prompt), scores, examples)
+        if task.kind == "regression":
+            assert all(0 <= p <= 5 for p in preds)
+        elif task.kind == "record":
+            assert all(p in ex["candidates"] for p, ex in zip(preds, examples))
+        elif task.labels:
+            assert set(preds) <= set(task.labels)
+
+
+def test_single_token_fast_path_equals_full_continuation_scoring(tiny_llama):
+    """A one-token verbalizer scored from the prompt's last logits equals its continuation log-prob."""
+    import torch
+
+    model, tok, family = load_lm(tiny_llama)
+    task = get_task("sst2")
+    ex = {"idx": 0, "fields": {"sentence": "a fine film"}, "label": "1"}
+    cloze = to_cloze(task, task.prompt, ex)
+    fast = score_clozes(model, tok, family, [cloze], progress=False)[0]
+    prefix = tok(cloze.prefix.rstrip())["input_ids"]
+    for j, word in enumerate(cloze.candidates):
+        cont = tok(" " + word, add_special_tokens=False)["input_ids"]
+        assert len(cont) == 1
+        with torch.no_grad():
+            logits = model(torch.tensor([prefix + cont])).logits[0]
+        expected = torch.log_softmax(logits[len(prefix) - 1], -1)[cont[0]].item()
+        assert fast[j] == pytest.approx(expected, abs=1e-5)
+
+
+def test_multi_token_candidates_sum_log_probs(tiny_llama):
+    import torch
+
+    model, tok, family = load_lm(tiny_llama)
+    task = get_task("copa")
+    ex = {"idx": 0, "fields": {"premise": "It rained.", "question": "effect", "choice1": "x", "choice2": "y",
+                               "connective": "so"}, "label": "0",
+          "candidates": ["The streets were wet and shiny.", "Nothing happened at all today."]}  # fmt: skip
+    cloze = to_cloze(task, task.prompt, ex)
+    got = score_clozes(model, tok, family, [cloze], progress=False)[0]
+    prefix = tok(cloze.prefix.rstrip())["input_ids"]
+    for j, cand in enumerate(cloze.candidates):
+        cont = tok(" " + cand + cloze.suffix, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([prefix + cont])).logits[0], -1)
+        expected = sum(logp[len(prefix) - 1 + k, t].item() for k, t in enumerate(cont))
+        assert got[j] == pytest.approx(expected, abs=1e-4)
+
+
+def test_prompt_override_and_bad_override():
+    task = get_task("sst2")
+    prompt = resolve_prompt(task, {"pattern": "{sentence} It was {mask}.", "verbalizer": {"0": "bad", "1": "good"}})
+    cloze = to_cloze(task, prompt, {"idx": 0, "fields": {"sentence": "Fun."}, "label": "1"})
+    assert cloze.prefix == "Fun. It was " and cloze.suffix == "." and cloze.candidates == ["bad", "good"]
+    with pytest.raises(ConfigError, match="must map exactly the labels"):
+        resolve_prompt(task, {"verbalizer": {"pos": "good"}})
+    with pytest.raises(ConfigError, match="names field"):
+        to_cloze(task, Prompt("{text} {mask}", {"0": "a", "1": "b"}), {"idx": 0, "fields": {"sentence": "x"}})
+
+
+def test_answer_strings_cover_verbalizers_and_candidates():
+    assert answer_strings(get_task("cb"), get_task("cb").prompt, []) == ["False", "Neither", "True"]
+    rec = read_split(get_task("record"), FIXTURES / "superglue/ReCoRD", "dev")
+    assert answer_strings(get_task("record"), get_task("record").prompt, rec) == rec[0]["candidates"]
+
+
+def test_glue_submission_format(tmp_path):
+    task = get_task("stsb")
+    exs = [{"idx": 0}, {"idx": 1}]
+    path = write_submission(task, exs, [1.23456, 4.0], tmp_path)
+    assert path.name == "STS-B.tsv"
+    assert path.read_text() == "index\tprediction\n0\t1.235\n1\t4.000\n"
+    path = write_submission(get_task("mnli_mm"), exs, ["entailment", "neutral"], tmp_path)
+    assert path.name == "MNLI-mm.tsv" and path.read_text().splitlines()[2] == "1\tneutral"
+
+
+def test_superglue_submission_formats(tmp_path):
+    mrc = read_split(get_task("multirc"), FIXTURES / "superglue/MultiRC", "test")
+    path = write_submission(get_task("multirc"), mrc, ["1", "0", "1", "0", "1"], tmp_path)
+    (row,) = [json.loads(x) for x in path.read_text().splitlines()]
+    assert row == {
+        "idx": 0,
+        "passage": {"questions": [
+            {"idx": 0, "answers": [{"idx": 0, "label": 1}, {"idx": 1, "label": 0}]},
+            {"idx": 1, "answers": [{"idx": 2, "label": 1}, {"idx": 3, "label": 0}, {"idx": 4, "label": 1}]},
+        ]},
+    }  # fmt: skip
+    rec = read_split(get_task("record"), FIXTURES / "superglue/ReCoRD", "test")
+    path = write_submission(get_task("record"), rec, ["Afghanistan"], tmp_path)
+    assert json.loads(path.read_text()) == {"idx": 0, "label": "Afghanistan"}
+    path = write_submission(get_task("copa"), [{"idx": 5}], ["1"], tmp_path)
+    assert json.loads(path.read_text()) == {"idx": 5, "label": 1}
+    path = write_submission(get_task("boolq"), [{"idx": 5}], ["true"], tmp_path)
+    assert path.name == "BoolQ.jsonl" and json.loads(path.read_text()) == {"idx": 5, "label": "true"}

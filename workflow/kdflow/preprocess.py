@@ -1,0 +1,142 @@
+"""Rule `preprocess_corpus`: normalise, deduplicate, split, tokenise and pack a corpus into flat memmaps.
+
+Output folder: ``train.bin`` and ``valid.bin`` (token ids, uint16 when the vocabulary fits, else
+uint32, ``blocks x block_size`` row-major) and ``meta.json`` (tokenizer fingerprint, counts, block size).
+Memory stays bounded: documents stream through; only 16-byte hashes of seen documents are kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import time
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+from tqdm import tqdm
+from transformers import AutoTokenizer
+
+from .data.corpus import iter_documents, normalise_text
+from .errors import DataError
+from .fingerprint import tokenizer_fingerprint
+from .jsonio import read_json, write_json
+
+SPLITS = ("train", "valid")
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16) if vocab_size <= np.iinfo(np.uint16).max + 1 else np.dtype(np.uint32)
+
+
+def split_of(text: str, seed: int, valid_fraction: float) -> str:
+    """Deterministic document-level split from a hash of the text and the seed."""
+    digest = hashlib.sha256(f"{seed}\x00{text}".encode()).digest()
+    return "valid" if int.from_bytes(digest[:8], "big") / 2**64 < valid_fraction else "train"
+
+
+class _Packer:
+    """Append token ids to a binary file in whole blocks; the partial tail is counted, not written."""
+
+    def __init__(self, fh: BinaryIO, block_size: int, dtype: np.dtype) -> None:
+        self.fh, self.block_size, self.dtype = fh, block_size, dtype
+        self.pending: list[int] = []
+        self.blocks = 0
+
+    def add(self, ids: list[int]) -> None:
+        self.pending.extend(ids)
+        whole = len(self.pending) // self.block_size * self.block_size
+        if whole:
+            np.asarray(self.pending[:whole], dtype=self.dtype).tofile(self.fh)
+            self.blocks += whole // self.block_size
+            del self.pending[:whole]
+
+
+def preprocess_corpus(
+    source: str, spec: dict[str, Any], tokenizer_dir: str | Path, out_dir: str | Path, settings: dict[str, Any], seed: int
+) -> dict[str, Any]:
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+    if not tokenizer.is_fast:
+        raise DataError(f"{tokenizer_dir}: preprocess_corpus needs a fast tokenizer")
+    separator = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    if separator is None:
+        raise DataError(f"{tokenizer_dir}: the tokenizer has neither an EOS nor a SEP token to separate documents")
+    vocab_size = len(tokenizer)
+    dtype = token_dtype(vocab_size)
+    block_size, batch = settings["block_size"], settings["batch_documents"]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seen: set[bytes] = set()
+    counts = {s: {"documents": 0, "tokens": 0} for s in SPLITS}
+    stats = {"read": 0, "empty": 0, "duplicates": 0}
+    documents = iter_documents(source, spec)
+    if spec.get("max_documents"):
+        documents = itertools.islice(documents, spec["max_documents"])
+    tmp = {s: out_dir / f".{s}.bin.tmp" for s in SPLITS}
+    started = time.perf_counter()
+    with open(tmp["train"], "wb") as f_train, open(tmp["valid"], "wb") as f_valid:
+        packers = {"train": _Packer(f_train, block_size, dtype), "valid": _Packer(f_valid, block_size, dtype)}
+        bar = tqdm(desc="preprocess", unit="tok", unit_scale=True, mininterval=1.0)
+        while chunk := list(itertools.islice(documents, batch)):
+            texts: list[tuple[str, str]] = []
+            for raw in chunk:
+                stats["read"] += 1
+                text = normalise_text(raw)
+                if not text:
+                    stats["empty"] += 1
+                    continue
+                key = hashlib.blake2b(text.encode(), digest_size=16).digest()
+                if key in seen:
+                    stats["duplicates"] += 1
+                    continue
+                seen.add(key)
+                texts.append((split_of(text, seed, settings["valid_fraction"]), text))
+            if not texts:
+                continue
+            encoded = tokenizer([t for _, t in texts], add_special_tokens=False)["input_ids"]
+            for (split, _), ids in zip(texts, encoded, strict=True):
+                ids = [*ids, separator]
+                packers[split].add(ids)
+                counts[split]["documents"] += 1
+                counts[split]["tokens"] += len(ids)
+                bar.update(len(ids))
+        bar.close()
+    elapsed = time.perf_counter() - started
+    for split in SPLITS:
+        tmp[split].replace(out_dir / f"{split}.bin")
+        counts[split]["blocks"] = packers[split].blocks
+        counts[split]["tail_tokens_not_packed"] = len(packers[split].pending)
+    total = sum(c["tokens"] for c in counts.values())
+    meta = {
+        "kdflow": "token_stream",
+        "source": source,
+        "tokenizer": str(tokenizer_dir),
+        "tokenizer_sha256": tokenizer_fingerprint(tokenizer_dir),
+        "vocab_size": vocab_size,
+        "dtype": dtype.name,
+        "block_size": block_size,
+        "separator_id": separator,
+        "seed": seed,
+        "valid_fraction": settings["valid_fraction"],
+        "documents_read": stats["read"],
+        "empty_documents": stats["empty"],
+        "duplicate_documents": stats["duplicates"],
+        "splits": counts,
+        "tokens": total,
+        "tokens_per_second": total / elapsed if elapsed > 0 else None,
+    }
+    write_json(out_dir / "meta.json", meta)
+    return meta
+
+
+def open_blocks(folder: str | Path, split: str = "train") -> np.memmap:
+    """The packed blocks of a preprocessed corpus as a read-only (blocks, block_size) memmap."""
+    folder = Path(folder)
+    meta = read_json(folder / "meta.json")
+    path = folder / f"{split}.bin"
+    expected = meta["splits"][split]["blocks"] * meta["block_size"] * np.dtype(meta["dtype"]).itemsize
+    if path.stat().st_size != expected:
+        raise DataError(f"{path}: {path.stat().st_size} bytes, expected {expected} from meta.json (truncated?)")
+    if meta["splits"][split]["blocks"] == 0:
+        return np.zeros((0, meta["block_size"]), dtype=meta["dtype"])
+    return np.memmap(path, dtype=meta["dtype"], mode="r", shape=(meta["splits"][split]["blocks"], meta["block_size"]))

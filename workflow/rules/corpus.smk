@@ -1,0 +1,27 @@
+# Corpus: documents -> normalised, deduplicated, split, tokenised, packed token memmaps.
+
+
+rule preprocess_corpus:
+    input:
+        corpus=corpus_source,
+        tokenizer=lambda w: model_dir(tokenizer_model()),
+    output:
+        directory(f"{R}/corpus/{{corpus}}"),
+    log:
+        f"{R}/logs/preprocess_corpus/{{corpus}}.log",
+    benchmark:
+        f"{R}/benchmarks/preprocess_corpus/{{corpus}}.tsv"
+    conda:
+        "../../envs/kdflow.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    params:
+        source=corpus_source,
+        spec=lambda w: as_json(config["corpora"][w.corpus]),
+        settings=as_json(config["preprocess"]),
+        seed=config["seed"],
+    shell:
+        "kdflow preprocess-corpus --source {params.source:q} --spec {params.spec:q} "
+        "--tokenizer {input.tokenizer} --settings {params.settings:q} --seed {params.seed} "
+        "--out {output} > {log} 2>&1"

@@ -60,6 +60,25 @@ def _preprocess(a: argparse.Namespace) -> None:
     )  # fmt: skip
 
 
+def _count_tokens(a: argparse.Namespace) -> None:
+    from .vocab.counts import count_tokens
+
+    stats = count_tokens(a.corpus, a.tokenizer, a.tasks, a.out)
+    log.info("counted %s tokens (%s distinct) -> %s", f"{stats['tokens']:,}", f"{stats['distinct']:,}", a.out)
+
+
+def _compress_vocab(a: argparse.Namespace) -> None:
+    from .vocab.stage import compress_vocab
+
+    p = compress_vocab(a.counts, a.teacher, a.tasks, a.spec, a.out)
+    log.info(
+        "vocabulary %s -> %s tokens, coverage %.4f, embedding+head parameters %s -> %s (-%.1f %%)",
+        f"{p['teacher_vocab_size']:,}", f"{p['compressed_vocab_size']:,}", p["coverage"],
+        f"{p['uncompressed']['embedding'] + p['uncompressed']['head']:,}",
+        f"{p['compressed']['embedding'] + p['compressed']['head']:,}", 100 * p["embedding_and_head_reduction"],
+    )  # fmt: skip
+
+
 def _evaluate(a: argparse.Namespace) -> None:
     from .evaluate import evaluate
 
@@ -132,6 +151,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settings", type=_json, required=True, help="the config's preprocess section")
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
+
+    p = add("count-tokens", _count_tokens, "token frequency table of a preprocessed corpus (+ task inputs)")
+    p.add_argument("--corpus", required=True, help="preprocessed corpus folder")
+    p.add_argument("--tokenizer", required=True, help="model folder whose tokenizer tokenised the corpus")
+    p.add_argument("--tasks", nargs="*", default=[], help="prepared task folders whose training inputs count too")
+    p.add_argument("--out", required=True)
+
+    p = add("compress-vocab", _compress_vocab, "build a compressed vocabulary map from token counts")
+    p.add_argument("--counts", required=True)
+    p.add_argument("--teacher", required=True, help="teacher model folder")
+    p.add_argument("--tasks", nargs="*", default=[], help="prepared task folders (their answers are kept)")
+    p.add_argument("--spec", type=_json, required=True, help="the vocabulary's config entry, as JSON")
+    p.add_argument("--out", required=True)
 
     p = add("tasks", _tasks, "list the task types")
     p.add_argument("--prompts", action="store_true", help="also show the default pattern and verbalizer")

@@ -101,6 +101,16 @@ def _check_references(config: dict[str, Any]) -> list[str]:
     tok_model = config.get("preprocess", {}).get("tokenizer_model")
     if tok_model is not None and tok_model not in models:
         problems.append(f"config key 'preprocess.tokenizer_model': unknown model '{tok_model}'")
+    corpora = config.get("corpora", {})
+    for name, vocab in config.get("vocabularies", {}).items():
+        corpus = vocab.get("corpus")
+        if corpus is None and not corpora:
+            problems.append(f"config key 'vocabularies.{name}': needs a corpus, and 'corpora' is empty")
+        elif corpus is not None and corpus not in corpora:
+            problems.append(f"config key 'vocabularies.{name}.corpus': unknown corpus '{corpus}'")
+        for i, task in enumerate(vocab.get("count_tasks", [])):
+            if task not in tasks:
+                problems.append(f"config key 'vocabularies.{name}.count_tasks[{i}]': unknown task '{task}'")
     from .data.tasks import TASKS
 
     for name, task in tasks.items():

@@ -41,11 +41,13 @@ def count_parameters(model: torch.nn.Module) -> dict[str, int]:
         if id(p) not in seen:
             seen.add(id(p))
             total += p.numel()
-    embedding = model.get_input_embeddings().weight.numel()
+    emb_module = model.get_input_embeddings()
+    embedding = sum(p.numel() for p in emb_module.parameters())
     head_module = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     head = 0
-    if head_module is not None and head_module.weight is not model.get_input_embeddings().weight:
-        head = head_module.weight.numel()
+    if head_module is not None:
+        emb_params = {id(p) for p in emb_module.parameters()}
+        head = sum(p.numel() for p in head_module.parameters() if id(p) not in emb_params)
     return {"total": total, "embedding": embedding, "head": head, "body": total - embedding - head}
 
 

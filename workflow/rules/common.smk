@@ -26,6 +26,7 @@ wildcard_constraints:
     model="|".join(config["models"]),
     task="|".join(config["tasks"]),
     corpus="|".join(config["corpora"]) or "-",
+    vocab="|".join(config["vocabularies"]) or "-",
 
 
 def as_json(value):
@@ -62,6 +63,10 @@ def tokenizer_model():
     return config["preprocess"]["tokenizer_model"] or config["teacher"]
 
 
+def vocab_corpus(name):
+    return config["vocabularies"][name]["corpus"] or next(iter(config["corpora"]))
+
+
 def eval_models():
     return config["evaluate"].get("models") or [config["teacher"]]
 
@@ -74,6 +79,7 @@ def all_targets():
     targets = [model_dir(m) for m in config["models"]]
     targets += [f"{R}/corpus/{c}" for c in config["corpora"]]
     targets += [f"{R}/tasks/{t}" for t in config["tasks"]]
+    targets += [f"{R}/vocab/{v}/map.json" for v in config["vocabularies"]]
     targets += [
         f"{R}/metrics/{m}/{t}.json" for m in eval_models() for t in eval_tasks()
     ]

@@ -1,0 +1,1 @@
+"""GLMD vocabulary compression by token frequency: counts, the kept vocabulary map, compressed models."""

@@ -90,3 +90,12 @@ def test_minilm_is_a_bert_folder(tmp_path):
     model = AutoModel.from_pretrained(tmp_path / "minilm", local_files_only=True)
     assert model.config.model_type == "bert" and model.config.hidden_size == 384
     assert meta["vocab_size"] == 30522
+
+
+def test_local_folder_source_is_copied_as_a_model(tiny_llama, tmp_path):
+    """A config `source:` that is a local folder (or a hub id) is loaded with the Auto classes."""
+    meta = build_model({"source": str(tiny_llama)}, tmp_path / "copy")
+    assert meta["family"] == "causal"
+    a = AutoModelForCausalLM.from_pretrained(tiny_llama, local_files_only=True)
+    b = AutoModelForCausalLM.from_pretrained(tmp_path / "copy", local_files_only=True)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))

@@ -45,6 +45,9 @@ def test_tiny_dag_end_to_end(repo, tool_env, tmp_path):
         assert low <= metrics["metrics"]["accuracy"] <= high
         preds = (results / "predictions" / model / "sentiment.jsonl").read_text().splitlines()
         assert len(preds) == 64
+        submission = (results / "submissions" / model / "sentiment" / "SST-2.tsv").read_text().splitlines()
+        assert submission[0] == "index\tprediction" and len(submission) == 65
+        assert {line.split("\t")[1] for line in submission[1:]} <= {"0", "1"}
     assert (results / "benchmarks" / "evaluate" / "tiny_llama" / "sentiment.tsv").exists()
     task = json.loads((results / "tasks" / "sentiment" / "task.json").read_text())
     assert task["splits"] == {"train": 200, "dev": 64, "test": 64}

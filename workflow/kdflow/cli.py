@@ -82,8 +82,15 @@ def _compress_vocab(a: argparse.Namespace) -> None:
 def _evaluate(a: argparse.Namespace) -> None:
     from .evaluate import evaluate
 
-    result = evaluate(a.model, a.task, a.out, a.predictions, a.settings, a.submission_dir, seed=a.seed)
+    result = evaluate(a.model, a.task, a.out, a.predictions, a.settings, seed=a.seed)
     log.info("%s on %s: %s", a.model, result["task"], result["metrics"])
+
+
+def _submit(a: argparse.Namespace) -> None:
+    from .evaluate import submit
+
+    path = submit(a.model, a.task, a.out, a.settings)
+    log.info("test predictions of %s -> %s", a.model, path)
 
 
 def _validate(a: argparse.Namespace) -> None:
@@ -138,8 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--predictions", required=True)
     p.add_argument("--settings", type=_json, required=True)
-    p.add_argument("--submission-dir")
     p.add_argument("--seed", type=int, default=0)
+
+    p = add("submit", _submit, "predict a task's test split in the benchmark's submission format")
+    p.add_argument("--model", required=True)
+    p.add_argument("--task", required=True)
+    p.add_argument("--out", required=True, help="folder for <TASK>.tsv / <TASK>.jsonl")
+    p.add_argument("--settings", type=_json, required=True)
 
     p = add("validate-config", _validate, "check a config file against the schema")
     p.add_argument("config")

@@ -49,7 +49,6 @@ def evaluate(
     out: str | Path,
     predictions_out: str | Path,
     settings: dict[str, Any],
-    submission_dir: str | Path | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
     task_dir, model_dir = Path(task_dir), Path(model_dir)
@@ -78,14 +77,6 @@ def evaluate(
     with open(predictions_out, "w", encoding="utf-8") as fh:
         for ex, pred, row in zip(examples, preds, scores, strict=True):
             fh.write(json.dumps({"idx": ex["idx"], "label": ex["label"], "prediction": pred, "scores": row}) + "\n")
-    submission = None
-    if submission_dir is not None and "test" in meta["splits"]:
-        test = read_prepared(task_dir / "test.jsonl")
-        test_scores = score_clozes(
-            model, tokenizer, family, [to_cloze(task, prompt, ex) for ex in test],
-            batch_size=settings["batch_size"], max_length=settings["max_length"],
-        )  # fmt: skip
-        submission = str(write_submission(task, test, predictions(task, labels, test_scores, test), submission_dir))
     result = {
         "model": str(model_dir),
         "task": meta["name"],
@@ -103,7 +94,24 @@ def evaluate(
         "disk_bytes": _folder_bytes(model_dir),
         "seconds": elapsed,
         "examples_per_second": len(examples) / elapsed if elapsed > 0 else None,
-        "submission": submission,
     }
     write_json(out, result)
     return result
+
+
+def submit(model_dir: str | Path, task_dir: str | Path, out_dir: str | Path, settings: dict[str, Any]) -> Path:
+    """Predict the test split and write it in the benchmark's submission format."""
+    task_dir = Path(task_dir)
+    meta = read_json(task_dir / "task.json")
+    task = get_task(meta["task"])
+    if "test" not in meta["splits"]:
+        raise DataError(f"{task_dir}: task {meta['name']} has no test split to predict")
+    prompt = resolve_prompt(task, meta["prompt"])
+    examples = read_prepared(task_dir / "test.jsonl")
+    model, tokenizer, family = load_lm(model_dir)
+    scores = score_clozes(
+        model, tokenizer, family, [to_cloze(task, prompt, ex) for ex in examples],
+        batch_size=settings["batch_size"], max_length=settings["max_length"],
+    )  # fmt: skip
+    preds = predictions(task, label_order(task, prompt), scores, examples)
+    return write_submission(task, examples, preds, out_dir)

@@ -80,7 +80,8 @@ def all_targets():
     targets += [f"{R}/corpus/{c}" for c in config["corpora"]]
     targets += [f"{R}/tasks/{t}" for t in config["tasks"]]
     targets += [f"{R}/vocab/{v}/map.json" for v in config["vocabularies"]]
-    targets += [
-        f"{R}/metrics/{m}/{t}.json" for m in eval_models() for t in eval_tasks()
-    ]
+    pairs = [(m, t) for m in eval_models() for t in eval_tasks()]
+    targets += [f"{R}/metrics/{m}/{t}.json" for m, t in pairs]
+    if config["evaluate"]["test_submissions"]:
+        targets += [f"{R}/submissions/{m}/{t}" for m, t in pairs]
     return targets

@@ -23,3 +23,25 @@ rule evaluate:
     shell:
         "kdflow evaluate --model {input.model} --task {input.task} --out {output.metrics} "
         "--predictions {output.predictions} --settings {params.settings:q} --seed {params.seed} > {log} 2>&1"
+
+
+rule submit:
+    input:
+        model=lambda w: model_dir(w.model),
+        task=f"{R}/tasks/{{task}}",
+    output:
+        directory(f"{R}/submissions/{{model}}/{{task}}"),
+    log:
+        f"{R}/logs/submit/{{model}}/{{task}}.log",
+    benchmark:
+        f"{R}/benchmarks/submit/{{model}}/{{task}}.tsv"
+    conda:
+        "../../envs/kdflow.yaml"
+    threads: THREADS
+    resources:
+        mem_mb=MEM_MB,
+    params:
+        settings=as_json(config["evaluate"]),
+    shell:
+        "kdflow submit --model {input.model} --task {input.task} --out {output} "
+        "--settings {params.settings:q} > {log} 2>&1"

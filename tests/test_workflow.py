@@ -51,6 +51,14 @@ def test_tiny_dag_end_to_end(repo, tool_env, tmp_path):
     assert (results / "benchmarks" / "evaluate" / "tiny_llama" / "sentiment.tsv").exists()
     task = json.loads((results / "tasks" / "sentiment" / "task.json").read_text())
     assert task["splits"] == {"train": 200, "dev": 64, "test": 64}
+    ft = json.loads((results / "metrics" / "teacher_finetuned" / "sentiment.json").read_text())
+    assert ft["examples"] == 64 and 0.0 <= ft["metrics"]["accuracy"] <= 1.0
+    for vocab, size in (("full", 49152), ("half", 24576)):
+        corpus_cache = json.loads((results / "cache" / "corpus" / "package_texts" / vocab / "manifest.json").read_text())
+        assert corpus_cache["blocks"] == 24 and corpus_cache["student_vocab_size"] == size
+        task_cache = json.loads((results / "cache" / "task" / "sentiment" / vocab / "manifest.json").read_text())
+        assert task_cache["examples"] == 200 and len(task_cache["shards"]) == 4
+    assert (results / "vocab" / "half" / "coverage.png").stat().st_size > 10_000
     # A second run has nothing to do: outputs are complete and up to date.
     again = _run(cmd + ["-n"], repo, tool_env)
     assert "Nothing to be done" in again.stdout + again.stderr

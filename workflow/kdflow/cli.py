@@ -79,6 +79,25 @@ def _compress_vocab(a: argparse.Namespace) -> None:
     )  # fmt: skip
 
 
+def _finetune(a: argparse.Namespace) -> None:
+    from .finetune import finetune_teacher
+
+    result = finetune_teacher(a.teacher, a.task, a.out, a.metrics, a.work, a.settings, a.eval_settings,
+                              a.deepspeed, a.seed, a.stop_after_steps)  # fmt: skip
+    log.info("fine-tuned teacher %s: dev %s", a.out, result["metrics"])
+
+
+def _cache(a: argparse.Namespace) -> None:
+    from .cache.build import cache_corpus, cache_task
+
+    vocab = a.vocab_map or None
+    if a.corpus:
+        m = cache_corpus(a.teacher, a.corpus, vocab, a.out, a.settings, a.seed, a.stop_after_shards)
+    else:
+        m = cache_task(a.teacher, a.task, vocab, a.out, a.settings, a.stop_after_shards)
+    log.info("cache %s: %s positions, %.1f bytes/position", a.out, f"{m['positions']:,}", m["bytes_per_position"] or 0)
+
+
 def _evaluate(a: argparse.Namespace) -> None:
     from .evaluate import evaluate
 
@@ -176,6 +195,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", nargs="*", default=[], help="prepared task folders (their answers are kept)")
     p.add_argument("--spec", type=_json, required=True, help="the vocabulary's config entry, as JSON")
     p.add_argument("--out", required=True)
+
+    p = add("finetune-teacher", _finetune, "prompt fine-tuning of the teacher on a task, then dev evaluation")
+    p.add_argument("--teacher", required=True)
+    p.add_argument("--task", required=True, help="prepared task folder")
+    p.add_argument("--out", required=True, help="fine-tuned model folder")
+    p.add_argument("--metrics", required=True, help="dev metrics JSON")
+    p.add_argument("--work", required=True, help="checkpoints and logs (kept across failures)")
+    p.add_argument("--settings", type=_json, required=True, help="the config's teacher_finetune section")
+    p.add_argument("--eval-settings", type=_json, required=True, help="the config's evaluate section")
+    p.add_argument("--deepspeed", type=_json, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stop-after-steps", type=int, default=None, help="fault injection: die after N steps")
+
+    p = add("cache-logits", _cache, "run the teacher once and cache sparse targets (corpus or task)")
+    p.add_argument("--teacher", required=True)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--corpus", help="preprocessed corpus folder (stage 1)")
+    source.add_argument("--task", help="prepared task folder (stage 2)")
+    p.add_argument("--vocab-map", default="", help="map.json of a compressed vocabulary (default: full)")
+    p.add_argument("--settings", type=_json, required=True, help="the config's cache section")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stop-after-shards", type=int, default=None, help="fault injection: die after N shards")
 
     p = add("tasks", _tasks, "list the task types")
     p.add_argument("--prompts", action="store_true", help="also show the default pattern and verbalizer")

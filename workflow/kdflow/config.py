@@ -111,6 +111,16 @@ def _check_references(config: dict[str, Any]) -> list[str]:
         for i, task in enumerate(vocab.get("count_tasks", [])):
             if task not in tasks:
                 problems.append(f"config key 'vocabularies.{name}.count_tasks[{i}]': unknown task '{task}'")
+    for section in ("teacher_finetune", "cache"):
+        for i, task in enumerate(config.get(section, {}).get("tasks", [])):
+            if task not in tasks:
+                problems.append(f"config key '{section}.tasks[{i}]': unknown task '{task}'")
+    for i, corpus in enumerate(config.get("cache", {}).get("corpora", [])):
+        if corpus not in corpora:
+            problems.append(f"config key 'cache.corpora[{i}]': unknown corpus '{corpus}'")
+    for i, vocab in enumerate(config.get("cache", {}).get("vocabularies", [])):
+        if vocab != "full" and vocab not in config.get("vocabularies", {}):
+            problems.append(f"config key 'cache.vocabularies[{i}]': '{vocab}' is neither 'full' nor a vocabulary")
     from .data.tasks import TASKS
 
     for name, task in tasks.items():

@@ -76,6 +76,38 @@ def _masked_items(i: int, cloze: Cloze, tok: PreTrainedTokenizerBase, max_length
     return items
 
 
+def build_items(
+    clozes: list[Cloze], tokenizer: PreTrainedTokenizerBase, family: str, max_length: int
+) -> list[_Item]:
+    build = _causal_items if family == "causal" else _masked_items
+    return [item for i, c in enumerate(clozes) for item in build(i, c, tokenizer, max_length)]
+
+
+def forward_items(model: PreTrainedModel, items: list[_Item], pad: int) -> list[tuple[int, int, torch.Tensor]]:
+    """(example, candidate, summed log-probability) for every target of a batch of items; keeps the graph."""
+    width = max(len(it.input_ids) for it in items)
+    ids = torch.full((len(items), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    for r, it in enumerate(items):
+        ids[r, : len(it.input_ids)] = torch.tensor(it.input_ids)
+        mask[r, : len(it.input_ids)] = 1
+    logits = model(input_ids=ids, attention_mask=mask).logits
+    out = []
+    for r, it in enumerate(items):
+        positions = sorted({p for _, pairs in it.targets for p, _ in pairs})
+        logp = torch.log_softmax(logits[r, positions].float(), dim=-1)
+        row = {p: k for k, p in enumerate(positions)}
+        for j, pairs in it.targets:
+            index_p = torch.tensor([row[p] for p, _ in pairs])
+            index_t = torch.tensor([t for _, t in pairs])
+            out.append((it.example, j, logp[index_p, index_t].sum()))
+    return out
+
+
+def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
 @torch.no_grad()
 def score_clozes(
     model: PreTrainedModel,
@@ -87,30 +119,17 @@ def score_clozes(
     progress: bool = True,
 ) -> list[list[float]]:
     """Summed log-probability of every candidate of every cloze (one list per cloze)."""
-    build = _causal_items if family == "causal" else _masked_items
-    items = [item for i, c in enumerate(clozes) for item in build(i, c, tokenizer, max_length)]
+    items = build_items(clozes, tokenizer, family, max_length)
     scores = [[0.0] * len(c.candidates) for c in clozes]
     order = sorted(range(len(items)), key=lambda k: len(items[k].input_ids))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     bar = tqdm(total=len(clozes), desc="scoring", unit="ex", disable=not progress)
     done: set[int] = set()
     for start in range(0, len(order), batch_size):
         batch = [items[k] for k in order[start : start + batch_size]]
-        width = max(len(it.input_ids) for it in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for r, it in enumerate(batch):
-            ids[r, : len(it.input_ids)] = torch.tensor(it.input_ids)
-            mask[r, : len(it.input_ids)] = 1
-        logits = model(input_ids=ids, attention_mask=mask).logits
-        for r, it in enumerate(batch):
-            positions = sorted({p for _, pairs in it.targets for p, _ in pairs})
-            logp = torch.log_softmax(logits[r, positions].float(), dim=-1)
-            row = {p: k for k, p in enumerate(positions)}
-            for j, pairs in it.targets:
-                scores[it.example][j] = float(sum(logp[row[p], t] for p, t in pairs))
-            if it.example not in done:
-                done.add(it.example)
+        for example, j, value in forward_items(model, batch, pad_id(tokenizer)):
+            scores[example][j] = float(value)
+            if example not in done:
+                done.add(example)
                 bar.update(1)
     bar.close()
     return scores

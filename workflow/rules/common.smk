@@ -26,7 +26,7 @@ wildcard_constraints:
     model="|".join(config["models"]),
     task="|".join(config["tasks"]),
     corpus="|".join(config["corpora"]) or "-",
-    vocab="|".join(config["vocabularies"]) or "-",
+    vocab="|".join([*config["vocabularies"], "full"]),
 
 
 def as_json(value):
@@ -67,6 +67,23 @@ def vocab_corpus(name):
     return config["vocabularies"][name]["corpus"] or next(iter(config["corpora"]))
 
 
+def task_teacher(task):
+    """The teacher of a task: fine-tuned on it when teacher_finetune lists it, else the base teacher."""
+    if task in config["teacher_finetune"]["tasks"]:
+        return f"{R}/teachers/{task}"
+    return model_dir(config["teacher"])
+
+
+def cache_inputs(wildcards):
+    """Teacher folder and (unless `full`) vocabulary map of a cache_logits job."""
+    task = getattr(wildcards, "task", None)
+    teacher = task_teacher(task) if task else model_dir(config["teacher"])
+    vmap = (
+        [] if wildcards.vocab == "full" else [f"{R}/vocab/{wildcards.vocab}/map.json"]
+    )
+    return {"teacher": teacher, "vmap": vmap}
+
+
 def eval_models():
     return config["evaluate"].get("models") or [config["teacher"]]
 
@@ -80,6 +97,21 @@ def all_targets():
     targets += [f"{R}/corpus/{c}" for c in config["corpora"]]
     targets += [f"{R}/tasks/{t}" for t in config["tasks"]]
     targets += [f"{R}/vocab/{v}/map.json" for v in config["vocabularies"]]
+    targets += [
+        f"{R}/metrics/teacher_finetuned/{t}.json"
+        for t in config["teacher_finetune"]["tasks"]
+    ]
+    cache = config["cache"]
+    targets += [
+        f"{R}/cache/corpus/{c}/{v}/manifest.json"
+        for c in cache["corpora"]
+        for v in cache["vocabularies"]
+    ]
+    targets += [
+        f"{R}/cache/task/{t}/{v}/manifest.json"
+        for t in cache["tasks"]
+        for v in cache["vocabularies"]
+    ]
     pairs = [(m, t) for m in eval_models() for t in eval_tasks()]
     targets += [f"{R}/metrics/{m}/{t}.json" for m, t in pairs]
     if config["evaluate"]["test_submissions"]:

@@ -1,0 +1,163 @@
+"""Logit cache: exactness of top-k + normaliser, integrity checks, fingerprints, resume after a kill."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from kdflow.cache.build import cache_corpus, cache_task
+from kdflow.cache.format import bytes_per_position, sparse_targets
+from kdflow.cache.kl import dense_kl, reconstruct, sparse_kl
+from kdflow.cache.reader import CorpusCacheDataset, TaskCacheDataset
+from kdflow.errors import DataError
+from kdflow.modeling import load_lm
+from kdflow.prepare import prepare_task, read_prepared
+from kdflow.preprocess import preprocess_corpus
+from kdflow.prompts import resolve_prompt, to_cloze
+from kdflow.scoring import score_clozes
+
+SETTINGS = {
+    "k": 16, "value_dtype": "fp32", "temperatures": [1.0, 15.0], "mode": "topk", "shard_blocks": 4,
+    "shard_examples": 8, "batch_size": 4, "max_blocks": 12, "max_length": 64,
+}  # fmt: skip
+TEXT = "\n\n".join(f"Paragraph {i}: the quick brown fox jumps over the lazy dog number {i}." * 3 for i in range(40))
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, tiny_llama):
+    folder = tmp_path_factory.mktemp("corpus")
+    (folder / "c.txt").write_text(TEXT)
+    preprocess_corpus(str(folder / "c.txt"), {}, tiny_llama, folder / "packed",
+                      {"block_size": 32, "valid_fraction": 0.0, "batch_documents": 16}, seed=0)  # fmt: skip
+    return folder / "packed"
+
+
+@pytest.mark.parametrize("temperature", [1.0, 15.0])
+def test_sparse_kl_equals_dense_kl_when_k_is_the_vocabulary(temperature):
+    torch.manual_seed(0)
+    teacher, student = torch.randn(5, 50) * 3, torch.randn(5, 50) * 3
+    full = sparse_targets(teacher, 50, [1.0, temperature])
+    got = sparse_kl(student, full["values"], full["ids"], full["log_norm"][:, 1], temperature)
+    assert torch.allclose(got, dense_kl(teacher, student, temperature), atol=1e-5)
+    top = sparse_targets(teacher, 8, [1.0, temperature])
+    bound = sparse_kl(student, top["values"], top["ids"], top["log_norm"][:, 1], temperature)
+    assert (bound <= dense_kl(teacher, student, temperature) + 1e-6).all()  # a lower bound
+    probs = reconstruct(top["values"], top["ids"], top["log_norm"][:, 1], temperature, 50)
+    assert torch.allclose(probs.sum(-1), torch.ones(5), atol=1e-5)
+    expected = torch.softmax(teacher / temperature, -1).gather(-1, top["ids"])
+    assert torch.allclose(probs.gather(-1, top["ids"]), expected, atol=1e-6)
+
+
+def test_bytes_per_position():
+    assert bytes_per_position(64, "bf16", 49152, 2) == 64 * 4 + 8
+
+
+def test_corpus_cache_reader_matches_the_teacher(tmp_path, tiny_llama, corpus):
+    manifest = cache_corpus(tiny_llama, corpus, None, tmp_path / "cache", SETTINGS, seed=0)
+    assert manifest["blocks"] == 12 and len(manifest["shards"]) == 3
+    data = CorpusCacheDataset(tmp_path / "cache", corpus, tokenizer_dir=tiny_llama)
+    item = data[5]
+    model, _, _ = load_lm(tiny_llama)
+    with torch.no_grad():
+        logits = model(item["input_ids"][None]).logits[0]
+    lp = torch.log_softmax(logits, -1)
+    top = lp.topk(16, -1)
+    assert torch.equal(item["ids"], top.indices)
+    assert torch.allclose(item["values"], top.values, atol=1e-4)
+    assert torch.allclose(item["log_norm"][:, 1], torch.logsumexp(lp / 15.0, -1), atol=1e-4)
+
+
+def test_corrupted_shard_is_reported_by_name(tmp_path, tiny_llama, corpus):
+    cache_corpus(tiny_llama, corpus, None, tmp_path / "cache", SETTINGS, seed=0)
+    shard = tmp_path / "cache" / "shard_00001.npz"
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    data = CorpusCacheDataset(tmp_path / "cache", corpus)
+    data[0]  # shard 0 is intact
+    with pytest.raises(DataError, match=r"shard_00001\.npz: cache shard is corrupted or truncated"):
+        data[4]
+    shard.write_bytes(bytes(raw[:100]))
+    with pytest.raises(DataError, match="shard_00001.npz"):
+        CorpusCacheDataset(tmp_path / "cache", corpus)[5]
+
+
+def test_mismatched_fingerprint_is_refused(tmp_path, tiny_llama, tiny_bert, corpus):
+    cache_corpus(tiny_llama, corpus, None, tmp_path / "cache", SETTINGS, seed=0)
+    other = tmp_path / "other"
+    (tmp_path / "o.txt").write_text(TEXT.replace("fox", "cat"))
+    preprocess_corpus(str(tmp_path / "o.txt"), {}, tiny_llama, other,
+                      {"block_size": 32, "valid_fraction": 0.0, "batch_documents": 16}, seed=0)  # fmt: skip
+    with pytest.raises(DataError, match="does not match the student's inputs .*data"):
+        CorpusCacheDataset(tmp_path / "cache", other)
+    with pytest.raises(DataError, match="tokenizer"):
+        CorpusCacheDataset(tmp_path / "cache", corpus, tokenizer_dir=tiny_bert)
+
+
+def test_killed_job_resumes_to_an_identical_cache(tmp_path, tiny_llama, corpus, tool_env):
+    cache_corpus(tiny_llama, corpus, None, tmp_path / "clean", SETTINGS, seed=0)
+    cmd = [sys.executable, "-m", "kdflow", "cache-logits", "--teacher", str(tiny_llama), "--corpus", str(corpus),
+           "--settings", json.dumps(SETTINGS), "--out", str(tmp_path / "killed")]  # fmt: skip
+    first = subprocess.run(cmd + ["--stop-after-shards", "2"], env=tool_env, capture_output=True, text=True)
+    assert first.returncode == 137
+    assert not (tmp_path / "killed" / "manifest.json").exists()
+    assert len(json.loads((tmp_path / "killed" / "progress.json").read_text())["shards"]) == 2
+    second = subprocess.run(cmd, env=tool_env, capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "resuming" in second.stderr
+    for name in ("shard_00000.npz", "shard_00001.npz", "shard_00002.npz"):
+        assert (tmp_path / "clean" / name).read_bytes() == (tmp_path / "killed" / name).read_bytes()
+    clean = json.loads((tmp_path / "clean" / "manifest.json").read_text())
+    killed = json.loads((tmp_path / "killed" / "manifest.json").read_text())
+    assert clean["shards"] == killed["shards"] and clean["fingerprints"] == killed["fingerprints"]
+
+
+def test_masked_lm_cache_reproduces_the_masking(tmp_path, tiny_bert):
+    (tmp_path / "c.txt").write_text(TEXT)
+    packed = tmp_path / "packed"
+    preprocess_corpus(str(tmp_path / "c.txt"), {}, tiny_bert, packed,
+                      {"block_size": 32, "valid_fraction": 0.0, "batch_documents": 16}, seed=0)  # fmt: skip
+    manifest = cache_corpus(tiny_bert, packed, None, tmp_path / "cache", SETTINGS, seed=3)
+    assert manifest["family"] == "masked"
+    data = CorpusCacheDataset(tmp_path / "cache", packed, tokenizer_dir=tiny_bert)
+    item = data[2]
+    assert 0 < len(item["positions"]) < 32 and item["values"].shape == (len(item["positions"]), 16)
+    model, tok, _ = load_lm(tiny_bert)
+    with torch.no_grad():
+        logits = model(item["input_ids"][None]).logits[0, item["positions"]]
+    assert torch.equal(item["ids"], logits.topk(16, -1).indices)
+    assert (item["input_ids"] == tok.mask_token_id).sum() > 0
+
+
+def test_task_cache_holds_word_targets_and_candidate_scores(tmp_path, tiny_llama, shared_or_fixture_task):
+    manifest = cache_task(tiny_llama, shared_or_fixture_task, None, tmp_path / "cache", SETTINGS)
+    data = TaskCacheDataset(tmp_path / "cache", shared_or_fixture_task)
+    assert len(data) == manifest["examples"]
+    item = data[3]
+    meta = json.loads((shared_or_fixture_task / "task.json").read_text())
+    from kdflow.data.tasks import get_task
+
+    task = get_task(meta["task"])
+    ex = read_prepared(shared_or_fixture_task / "train.jsonl")[3]
+    model, tok, family = load_lm(tiny_llama)
+    expected = score_clozes(model, tok, family, [to_cloze(task, resolve_prompt(task, meta["prompt"]), ex)], progress=False)
+    assert torch.allclose(item["candidate_scores"], torch.tensor(expected[0]), atol=1e-4)
+    assert len(item["positions"]) == len(item["input_ids"]) == item["values"].shape[0]
+
+
+@pytest.fixture()
+def shared_or_fixture_task(tmp_path):
+    from pathlib import Path
+
+    fixtures = Path(__file__).parent / "fixtures"
+    folder = tmp_path / "qnli"
+    prepare_task("qnli", {"name": "qnli"}, str(fixtures / "glue/QNLI"), folder)
+    # two train rows in the fixture: duplicate them so the cache has several shards
+    rows = (folder / "train.jsonl").read_text().splitlines() * 6
+    (folder / "train.jsonl").write_text("\n".join(rows) + "\n")
+    return folder

@@ -1,0 +1,93 @@
+"""Teacher prompt fine-tuning and the shared training loop: learning, resume after a kill, DeepSpeed, NaN guard."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from kdflow.assets.sentiment import build_sentiment_task
+from kdflow.finetune import finetune_teacher
+from kdflow.prepare import prepare_task
+from kdflow.train.loop import TrainingError, TrainSettings, train
+
+FT = {
+    "epochs": 3, "max_steps": 6, "max_examples": 16, "batch_size": 4, "grad_accum": 2, "lr": 5e-3,
+    "warmup_ratio": 0.0, "weight_decay": 0.0, "max_grad_norm": 1.0, "checkpoint_every": 2, "max_length": 48,
+}  # fmt: skip
+EVAL = {"batch_size": 16, "max_length": 48, "bootstrap_samples": 20}
+
+
+@pytest.fixture(scope="module")
+def task_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("task")
+    build_sentiment_task("embedded:rotten-tomatoes", root / "raw", seed=0)
+    prepare_task("sentiment", {"name": "sst2", "max_examples": {"train": 16, "dev": 16, "test": 4}},
+                 str(root / "raw"), root / "prepared")  # fmt: skip
+    return root / "prepared"
+
+
+def _losses(path):
+    with open(path, newline="") as fh:
+        return [float(r["cloze_ce"]) for r in csv.DictReader(fh)]
+
+
+def test_finetuning_lowers_the_cloze_loss(tmp_path, tiny_llama, task_dir):
+    settings = {**FT, "epochs": 24, "max_steps": 24, "max_examples": 8, "batch_size": 8, "grad_accum": 1}
+    result = finetune_teacher(tiny_llama, task_dir, tmp_path / "ft", tmp_path / "m.json", tmp_path / "work",
+                              settings, EVAL, None, seed=0)  # fmt: skip
+    losses = _losses(tmp_path / "ft" / "train_log.csv")
+    assert len(losses) == 24 and losses[-1] < 0.5 * losses[0]
+    assert result["examples"] == 16 and 0 <= result["metrics"]["accuracy"] <= 1
+    meta = json.loads((tmp_path / "ft" / "kdflow.json").read_text())
+    assert meta["role"] == "teacher" and meta["task"] == "sentiment" and meta["family"] == "causal"
+
+
+def test_killed_finetuning_resumes_to_the_same_weights(tmp_path, tiny_llama, task_dir, tool_env):
+    finetune_teacher(tiny_llama, task_dir, tmp_path / "clean", tmp_path / "c.json", tmp_path / "wc", FT, EVAL, None, 0)
+    cmd = [sys.executable, "-m", "kdflow", "finetune-teacher", "--teacher", str(tiny_llama), "--task", str(task_dir),
+           "--out", str(tmp_path / "resumed"), "--metrics", str(tmp_path / "r.json"), "--work", str(tmp_path / "wr"),
+           "--settings", json.dumps(FT), "--eval-settings", json.dumps(EVAL), "--seed", "0"]  # fmt: skip
+    killed = subprocess.run(cmd + ["--stop-after-steps", "3"], env=tool_env, capture_output=True, text=True)
+    assert killed.returncode == 137 and (tmp_path / "wr" / "checkpoint" / "checkpoint.pt").exists()
+    resumed = subprocess.run(cmd, env=tool_env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a = load_file(tmp_path / "clean" / "model.safetensors")
+    b = load_file(tmp_path / "resumed" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert _losses(tmp_path / "clean" / "train_log.csv") == _losses(tmp_path / "resumed" / "train_log.csv")
+
+
+@pytest.mark.slow
+def test_deepspeed_zero2_finetunes_two_steps(tmp_path, tiny_llama, task_dir):
+    pytest.importorskip("deepspeed")
+    settings = {**FT, "max_steps": 2, "grad_accum": 1}
+    ds = {"zero_optimization": {"stage": 2}, "bf16": {"enabled": False}}
+    result = finetune_teacher(tiny_llama, task_dir, tmp_path / "ds", tmp_path / "m.json", tmp_path / "work",
+                              settings, EVAL, ds, seed=0)  # fmt: skip
+    assert len(_losses(tmp_path / "ds" / "train_log.csv")) == 2
+    assert (tmp_path / "work" / "checkpoint" / "latest").exists()
+    assert 0 <= result["metrics"]["accuracy"] <= 1
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    model = torch.nn.Linear(4, 1)
+    calls = {"n": 0}
+
+    def loss_fn(module, indices):
+        calls["n"] += 1
+        out = module(torch.ones(len(indices), 4)).sum()
+        if calls["n"] > 2:
+            out = out * float("nan")
+        return out, {"loss": float(out)}, len(indices)
+
+    settings = TrainSettings(steps=5, batch_size=2, checkpoint_every=2)
+    with pytest.raises(TrainingError, match="non-finite loss .* at step 2"):
+        train(model, loss_fn, 4, settings, tmp_path / "ckpt", tmp_path / "log.csv")
+    state = torch.load(tmp_path / "ckpt" / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 2

@@ -1,0 +1,1 @@
+"""Teacher logit cache: the teacher runs once, every student run reuses its outputs."""

@@ -1,0 +1,231 @@
+"""Rule `cache_logits`: run the teacher once over the corpus (stage 1) or a task (stage 2) and store
+sparse targets (see format.py) in resumable shards."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..data.tasks import get_task
+from ..fingerprint import files_sha256, tokenizer_fingerprint, weights_fingerprint
+from ..jsonio import read_json
+from ..modeling import load_lm
+from ..prepare import read_prepared
+from ..preprocess import open_blocks
+from ..prompts import resolve_prompt, to_cloze
+from ..scoring import _wrap, score_clozes
+from ..vocab.compress import special_token_ids
+from ..vocab.vmap import VocabMap
+from .format import encode_values, file_sha256, id_dtype, sparse_targets
+from .masking import mask_block
+from .store import ShardWriter
+
+
+def corpus_fingerprint(corpus_dir: str | Path) -> str:
+    folder = Path(corpus_dir)
+    return files_sha256([folder / "meta.json", folder / "train.bin"], folder)
+
+
+def task_fingerprint(task_dir: str | Path, split: str = "train") -> str:
+    folder = Path(task_dir)
+    return files_sha256([folder / "task.json", folder / f"{split}.jsonl"], folder)
+
+
+def vocab_fingerprint(vocab_map: str | Path | None) -> str:
+    return file_sha256(vocab_map) if vocab_map else "full"
+
+
+def _load(teacher_dir: str | Path, vocab_map: str | Path | None):
+    model, tokenizer, family = load_lm(teacher_dir)
+    vmap = VocabMap.load(vocab_map, tokenizer_fingerprint(teacher_dir)) if vocab_map else None
+    return model, tokenizer, family, vmap
+
+
+def _project(logits: torch.Tensor, vmap: VocabMap | None) -> torch.Tensor:
+    return vmap.project_logits(logits) if vmap is not None else logits
+
+
+def _targets_arrays(logits: torch.Tensor, settings: dict[str, Any], vocab_size: int) -> dict[str, np.ndarray]:
+    temps = settings["temperatures"]
+    if settings["mode"] == "dense":
+        logprobs = torch.log_softmax(logits.float(), -1)
+        from .format import log_normalisers
+
+        return {
+            "dense": encode_values(logprobs, settings["value_dtype"]),
+            "log_norm": log_normalisers(logprobs, temps).numpy(),
+        }
+    t = sparse_targets(logits, settings["k"], temps)
+    return {
+        "topk_values": encode_values(t["values"], settings["value_dtype"]),
+        "topk_ids": t["ids"].numpy().astype(id_dtype(vocab_size)),
+        "log_norm": t["log_norm"].numpy().astype(np.float32),
+    }
+
+
+def _header(kind: str, teacher_dir, tokenizer_dir, vocab_map, data_sha: str, settings: dict, extra: dict) -> dict:
+    return {
+        "kdflow": "logit_cache",
+        "kind": kind,
+        "settings": settings,
+        "fingerprints": {
+            "teacher": weights_fingerprint(teacher_dir),
+            "tokenizer": tokenizer_fingerprint(tokenizer_dir),
+            "vocab_map": vocab_fingerprint(vocab_map),
+            "data": data_sha,
+        },
+        **extra,
+    }
+
+
+@torch.no_grad()
+def cache_corpus(
+    teacher_dir: str | Path,
+    corpus_dir: str | Path,
+    vocab_map: str | Path | None,
+    out_dir: str | Path,
+    settings: dict[str, Any],
+    seed: int,
+    stop_after_shards: int | None = None,
+) -> dict[str, Any]:
+    """Stage 1: targets at every position (causal) or at the deterministic masked positions (masked)."""
+    model, tokenizer, family, vmap = _load(teacher_dir, vocab_map)
+    blocks = open_blocks(corpus_dir, "train")
+    n_blocks = min(len(blocks), settings["max_blocks"] or len(blocks))
+    block_size = blocks.shape[1]
+    student_vocab = vmap.size if vmap else model.config.vocab_size
+    extra = {"family": family, "blocks": n_blocks, "block_size": block_size, "student_vocab_size": student_vocab}
+    if family == "masked":
+        extra["masking"] = {"seed": seed, "prob": 0.15, "mask_id": tokenizer.mask_token_id}
+    header = _header("corpus", teacher_dir, teacher_dir, vocab_map, corpus_fingerprint(corpus_dir), settings, extra)
+    writer = ShardWriter(out_dir, header, stop_after_shards)
+    specials = special_token_ids(tokenizer)
+    per_shard, batch = settings["shard_blocks"], settings["batch_size"]
+    bar = tqdm(total=n_blocks * block_size, desc="cache corpus", unit="tok", unit_scale=True)
+    started, forward_seconds = time.perf_counter(), 0.0
+    for index, start in enumerate(range(0, n_blocks, per_shard)):
+        stop = min(start + per_shard, n_blocks)
+        if writer.done(index):
+            bar.update((stop - start) * block_size)
+            continue
+        parts: list[dict[str, np.ndarray]] = []
+        for b in range(start, stop, batch):
+            ids = torch.from_numpy(np.asarray(blocks[b : min(b + batch, stop)]).astype(np.int64))
+            positions = None
+            if family == "masked":
+                masked = [mask_block(row.numpy(), seed, b + r, tokenizer.mask_token_id, len(tokenizer), specials)
+                          for r, row in enumerate(ids)]  # fmt: skip
+                ids = torch.from_numpy(np.stack([m[0] for m in masked]))
+                positions = [m[1] for m in masked]
+            t0 = time.perf_counter()
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+            forward_seconds += time.perf_counter() - t0
+            if positions is not None:
+                logits = torch.cat([logits[r, p] for r, p in enumerate(positions)])
+                flat = np.concatenate([(b + r) * block_size + p for r, p in enumerate(positions)])
+            else:
+                logits = logits.reshape(-1, logits.shape[-1])
+                flat = None
+            arrays = _targets_arrays(_project(logits, vmap), settings, student_vocab)
+            if flat is not None:
+                arrays["positions"] = flat.astype(np.int64)
+            parts.append(arrays)
+            bar.update(ids.numel())
+        merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        writer.add(index, merged, {"blocks": [start, stop], "positions": int(len(merged["log_norm"]))})
+    bar.close()
+    elapsed = time.perf_counter() - started
+    return writer.finish(_summary(writer, elapsed, forward_seconds, out_dir))
+
+
+def _summary(writer: ShardWriter, elapsed: float, forward_seconds: float, out_dir) -> dict[str, Any]:
+    positions = sum(s["positions"] for s in writer.shards)
+    size = sum((Path(out_dir) / s["file"]).stat().st_size for s in writer.shards)
+    return {
+        "positions": positions,
+        "bytes": size,
+        "bytes_per_position": size / positions if positions else None,
+        "seconds_this_run": elapsed,
+        "teacher_forward_seconds_this_run": forward_seconds,
+    }
+
+
+def _task_inputs(task, prompt, examples, tokenizer, family: str, max_length: int):
+    """Teacher-token inputs of each example (the prompt up to the slot) and the positions to cache."""
+    clozes = [to_cloze(task, prompt, ex) for ex in examples]
+    inputs, positions = [], []
+    for cloze in clozes:
+        if family == "causal":
+            ids = tokenizer(cloze.prefix.rstrip(), add_special_tokens=True)["input_ids"][-max_length:]
+            pos = np.arange(len(ids))
+        else:
+            pre = tokenizer(cloze.prefix, add_special_tokens=False)["input_ids"]
+            post = tokenizer(cloze.suffix, add_special_tokens=False)["input_ids"]
+            pre = pre[-max(1, max_length - len(post) - 3) :]
+            ids = _wrap(tokenizer, pre + [tokenizer.mask_token_id] + post)
+            pos = np.asarray([ids.index(tokenizer.mask_token_id)])
+        inputs.append(ids)
+        positions.append(pos)
+    return clozes, inputs, positions
+
+
+@torch.no_grad()
+def cache_task(
+    teacher_dir: str | Path,
+    task_dir: str | Path,
+    vocab_map: str | Path | None,
+    out_dir: str | Path,
+    settings: dict[str, Any],
+    stop_after_shards: int | None = None,
+) -> dict[str, Any]:
+    """Stage 2: word-prediction targets on the task inputs + the teacher's candidate scores, per example."""
+    model, tokenizer, family, vmap = _load(teacher_dir, vocab_map)
+    meta = read_json(Path(task_dir) / "task.json")
+    task = get_task(meta["task"])
+    prompt = resolve_prompt(task, meta["prompt"])
+    examples = read_prepared(Path(task_dir) / "train.jsonl")
+    student_vocab = vmap.size if vmap else model.config.vocab_size
+    extra = {"family": family, "task": meta["name"], "examples": len(examples), "student_vocab_size": student_vocab}
+    header = _header("task", teacher_dir, teacher_dir, vocab_map, task_fingerprint(task_dir), settings, extra)
+    writer = ShardWriter(out_dir, header, stop_after_shards)
+    per_shard, batch = settings["shard_examples"], settings["batch_size"]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    bar = tqdm(total=len(examples), desc="cache task", unit="ex")
+    started, forward_seconds = time.perf_counter(), 0.0
+    for index, start in enumerate(range(0, len(examples), per_shard)):
+        chunk = examples[start : start + per_shard]
+        if writer.done(index):
+            bar.update(len(chunk))
+            continue
+        clozes, inputs, positions = _task_inputs(task, prompt, chunk, tokenizer, family, settings["max_length"])
+        parts = []
+        for b in range(0, len(chunk), batch):
+            rows = inputs[b : b + batch]
+            width = max(map(len, rows))
+            ids = torch.full((len(rows), width), pad, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for r, row in enumerate(rows):
+                ids[r, : len(row)], mask[r, : len(row)] = torch.tensor(row), 1
+            t0 = time.perf_counter()
+            logits = model(input_ids=ids, attention_mask=mask).logits
+            forward_seconds += time.perf_counter() - t0
+            picked = torch.cat([logits[r, torch.as_tensor(p)] for r, p in enumerate(positions[b : b + batch])])
+            parts.append(_targets_arrays(_project(picked, vmap), settings, student_vocab))
+        scores = score_clozes(model, tokenizer, family, clozes, batch_size=batch, max_length=settings["max_length"],
+                              progress=False)  # fmt: skip
+        arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        arrays["input_ids"] = np.concatenate([np.asarray(i, dtype=np.int64) for i in inputs])
+        arrays["input_offsets"] = np.cumsum([0] + [len(i) for i in inputs]).astype(np.int64)
+        arrays["positions"] = np.concatenate(positions).astype(np.int64)
+        arrays["position_offsets"] = np.cumsum([0] + [len(p) for p in positions]).astype(np.int64)
+        arrays["candidate_scores"] = np.concatenate([np.asarray(s, dtype=np.float32) for s in scores])
+        arrays["candidate_offsets"] = np.cumsum([0] + [len(s) for s in scores]).astype(np.int64)
+        writer.add(index, arrays, {"examples": [start, start + len(chunk)], "positions": int(len(arrays["log_norm"]))})
+        bar.update(len(chunk))
+    bar.close()
+    return writer.finish(_summary(writer, time.perf_counter() - started, forward_seconds, out_dir))

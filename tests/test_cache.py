@@ -17,7 +17,7 @@ from kdflow.cache.reader import CorpusCacheDataset, TaskCacheDataset
 from kdflow.errors import DataError
 from kdflow.modeling import load_lm
 from kdflow.prepare import prepare_task, read_prepared
-from kdflow.preprocess import preprocess_corpus
+from kdflow.preprocess import open_blocks, preprocess_corpus
 from kdflow.prompts import resolve_prompt, to_cloze
 from kdflow.scoring import score_clozes
 
@@ -161,3 +161,31 @@ def shared_or_fixture_task(tmp_path):
     rows = (folder / "train.jsonl").read_text().splitlines() * 6
     (folder / "train.jsonl").write_text("\n".join(rows) + "\n")
     return folder
+
+
+def test_dense_mode_and_vocabulary_projection(tmp_path, tiny_llama, corpus):
+    from transformers import AutoTokenizer
+
+    from kdflow.fingerprint import tokenizer_fingerprint
+    from kdflow.vocab.compress import build_vocab_map
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    counts = np.zeros(len(tok), dtype=np.int64)
+    text_ids = tok(TEXT)["input_ids"]
+    counts[np.asarray(text_ids)] += 1
+    vmap = build_vocab_map(counts, tok, [], {"size": 128, "round_to": 64})
+    vmap.meta["tokenizer_sha256"] = tokenizer_fingerprint(tiny_llama)
+    vmap.save(tmp_path / "map.json")
+    settings = {**SETTINGS, "mode": "dense", "max_blocks": 4}
+    manifest = cache_corpus(tiny_llama, corpus, tmp_path / "map.json", tmp_path / "cache", settings, seed=0)
+    assert manifest["student_vocab_size"] == 128 and manifest["fingerprints"]["vocab_map"] != "full"
+    item = CorpusCacheDataset(tmp_path / "cache", corpus, tmp_path / "map.json")[1]
+    assert item["dense"].shape == (32, 128) and int(item["input_ids"].max()) < 128
+    model, _, _ = load_lm(tiny_llama)
+    with torch.no_grad():
+        teacher_ids = torch.from_numpy(np.asarray(open_blocks(corpus)[1]).astype(np.int64))
+        logits = model(teacher_ids[None]).logits[0]
+    expected = torch.log_softmax(vmap.project_logits(logits), -1)  # kept columns, renormalised
+    assert torch.allclose(item["dense"], expected, atol=1e-4)
+    with pytest.raises(DataError, match="vocab_map"):
+        CorpusCacheDataset(tmp_path / "cache", corpus)  # read as full-vocabulary: refused

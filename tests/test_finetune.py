@@ -37,15 +37,18 @@ def _losses(path):
         return [float(r["cloze_ce"]) for r in csv.DictReader(fh)]
 
 
-def test_finetuning_lowers_the_cloze_loss(tmp_path, tiny_llama, task_dir):
+@pytest.mark.parametrize("family", ["tiny_llama", "tiny_bert"])
+def test_finetuning_lowers_the_cloze_loss(tmp_path, family, request, task_dir):
+    teacher = request.getfixturevalue(family)
     settings = {**FT, "epochs": 24, "max_steps": 24, "max_examples": 8, "batch_size": 8, "grad_accum": 1}
-    result = finetune_teacher(tiny_llama, task_dir, tmp_path / "ft", tmp_path / "m.json", tmp_path / "work",
+    result = finetune_teacher(teacher, task_dir, tmp_path / "ft", tmp_path / "m.json", tmp_path / "work",
                               settings, EVAL, None, seed=0)  # fmt: skip
     losses = _losses(tmp_path / "ft" / "train_log.csv")
     assert len(losses) == 24 and losses[-1] < 0.5 * losses[0]
     assert result["examples"] == 16 and 0 <= result["metrics"]["accuracy"] <= 1
     meta = json.loads((tmp_path / "ft" / "kdflow.json").read_text())
-    assert meta["role"] == "teacher" and meta["task"] == "sentiment" and meta["family"] == "causal"
+    assert meta["role"] == "teacher" and meta["task"] == "sentiment"
+    assert meta["family"] == ("causal" if family == "tiny_llama" else "masked")
 
 
 def test_killed_finetuning_resumes_to_the_same_weights(tmp_path, tiny_llama, task_dir, tool_env):

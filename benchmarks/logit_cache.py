@@ -4,11 +4,12 @@ the assets it needs):
     .venv/bin/python benchmarks/logit_cache.py [--blocks 16] [--out results/bench/logit_cache.json]
 
 Prints and writes:
-1. bytes per token at k = 16, 64, 256 (bf16 values, uint16 ids, normalisers for T = 1 and 15), measured
-   from the shard files;
+1. bytes per token at k = 16, 64, 256 (bf16 values, uint16 ids, normalisers for T = 1 and 15) and of
+   the ``hidden`` mode (the teacher's LM-head inputs, bf16), measured from the shard files;
 2. KL error against dense logits at T = 1 and T = 15 on a corpus sample, with a real student (a 6-of-30
    layer cut of the teacher): the cached "top-k + tail bucket" KL, a plain top-k cache renormalised over
-   its k entries (DistillKit style) at equal bytes per token, and KL(p || reconstructed p);
+   its k entries (DistillKit style) at equal bytes per token, KL(p || reconstructed p), and the KL
+   computed from the ``hidden`` cache;
 3. caching throughput against a bare teacher forward pass over the same batches;
 4. peak RSS of caching 1x and 10x the sample (each in a fresh process).
 """
@@ -55,8 +56,8 @@ def _assets(work: Path) -> tuple[Path, Path]:
     return teacher, corpus
 
 
-def _settings(k: int, blocks: int) -> dict:
-    return {"k": k, "value_dtype": "bf16", "temperatures": [1.0, 15.0], "mode": "topk", "shard_blocks": 64,
+def _settings(k: int, blocks: int, mode: str = "topk") -> dict:
+    return {"k": k, "value_dtype": "bf16", "temperatures": [1.0, 15.0], "mode": mode, "shard_blocks": 64,
             "shard_examples": 64, "batch_size": 8, "max_blocks": blocks, "max_length": 128}  # fmt: skip
 
 
@@ -87,12 +88,14 @@ def _kl_errors(teacher: Path, corpus: Path, cache_dir: Path, k: int, blocks: int
     t_model, _, _ = load_lm(teacher)
     s_model = _student(teacher)
     data = CorpusCacheDataset(cache_dir, corpus)
+    hidden = CorpusCacheDataset(cache_dir.parent / "hidden", corpus)
     out = {}
     rows = {1.0: [], 15.0: []}
     for i in range(blocks):
         item = data[i]
         ids = item["input_ids"][None]
         t_logits, s_logits = t_model(ids).logits[0], s_model(ids).logits[0]
+        from_hidden = hidden.teacher_logits(hidden[i]["hidden"])
         for col, temp in enumerate((1.0, 15.0)):
             dense = dense_kl(t_logits, s_logits, temp)
             cached = sparse_kl(s_logits, item["values"], item["ids"], item["log_norm"][:, col], temp)
@@ -105,9 +108,10 @@ def _kl_errors(teacher: Path, corpus: Path, cache_dir: Path, k: int, blocks: int
             p_hat = reconstruct(item["values"], item["ids"], item["log_norm"][:, col], temp, t_logits.shape[-1])
             log_p = torch.log_softmax(t_logits.float() / temp, -1)
             recon = (log_p.exp() * (log_p - p_hat.clamp(min=1e-30).log())).sum(-1)
-            rows[temp].append((dense, cached, plain, recon))
+            via_hidden = dense_kl(from_hidden, s_logits, temp)
+            rows[temp].append((dense, cached, plain, recon, via_hidden))
     for temp, parts in rows.items():
-        dense, cached, plain, recon = (torch.cat([p[j] for p in parts]) for j in range(4))
+        dense, cached, plain, recon, via_hidden = (torch.cat([p[j] for p in parts]) for j in range(5))
         out[f"T={temp:g}"] = {
             "dense_kl_mean": float(dense.mean()),
             "cached_kl_mean": float(cached.mean()),
@@ -115,6 +119,8 @@ def _kl_errors(teacher: Path, corpus: Path, cache_dir: Path, k: int, blocks: int
             "plain_topk_kl_mean": float(plain.mean()),
             "plain_topk_relative_error": float((dense - plain).abs().mean() / dense.mean()),
             "reconstruction_kl_mean": float(recon.mean()),
+            "hidden_kl_mean": float(via_hidden.mean()),
+            "hidden_relative_error": float((dense - via_hidden).abs().mean() / dense.mean()),
         }
     return out
 
@@ -147,6 +153,8 @@ def main() -> None:
         for k in (16, 64, 256):
             m = _child(teacher, corpus, work / f"k{k}", _settings(k, args.blocks))
             sizes[k] = {"bytes_per_token": m["bytes"] / m["positions"], "seconds": m["seconds"]}
+        m = _child(teacher, corpus, work / "hidden", _settings(64, args.blocks, "hidden"))
+        sizes["hidden"] = {"bytes_per_token": m["bytes"] / m["positions"], "seconds": m["seconds"]}
         report["bytes_per_token"] = sizes
         report["kl"] = _kl_errors(teacher, corpus, work / "k64", 64, min(args.blocks, 8))
         bare = _bare_forward_seconds(teacher, corpus, args.blocks)
@@ -163,7 +171,8 @@ def main() -> None:
         print(f"{temp}: dense KL {row['dense_kl_mean']:.4f}  cached {row['cached_kl_mean']:.4f} "
               f"(rel. error {100 * row['cached_relative_error']:.3f} %)  plain top-k at equal bytes "
               f"{row['plain_topk_kl_mean']:.4f} (rel. error {100 * row['plain_topk_relative_error']:.2f} %)  "
-              f"KL(p||p_hat) {row['reconstruction_kl_mean']:.5f}")  # fmt: skip
+              f"KL(p||p_hat) {row['reconstruction_kl_mean']:.5f}  hidden mode {row['hidden_kl_mean']:.4f} "
+              f"(rel. error {100 * row['hidden_relative_error']:.3f} %)")  # fmt: skip
     t = report["throughput"]
     print(f"caching throughput / bare forward: {100 * t['ratio']:.1f} % ({t['cache_seconds_k64']:.1f} s vs {t['bare_forward_seconds']:.1f} s)")
     for scale, row in report["peak_rss"].items():

@@ -189,3 +189,24 @@ def test_dense_mode_and_vocabulary_projection(tmp_path, tiny_llama, corpus):
     assert torch.allclose(item["dense"], expected, atol=1e-4)
     with pytest.raises(DataError, match="vocab_map"):
         CorpusCacheDataset(tmp_path / "cache", corpus)  # read as full-vocabulary: refused
+
+
+@pytest.mark.parametrize("family", ["tiny_llama", "tiny_bert"])
+def test_hidden_mode_reconstructs_the_teacher_logits(tmp_path, family, request):
+    teacher = request.getfixturevalue(family)
+    (tmp_path / "c.txt").write_text(TEXT)
+    packed = tmp_path / "packed"
+    preprocess_corpus(str(tmp_path / "c.txt"), {}, teacher, packed,
+                      {"block_size": 32, "valid_fraction": 0.0, "batch_documents": 16}, seed=0)  # fmt: skip
+    settings = {**SETTINGS, "mode": "hidden", "max_blocks": 4}
+    manifest = cache_corpus(teacher, packed, None, tmp_path / "cache", settings, seed=1)
+    assert manifest["head_sha256"] and (tmp_path / "cache" / "head.safetensors").exists()
+    data = CorpusCacheDataset(tmp_path / "cache", packed, tokenizer_dir=teacher)
+    item = data[2]
+    model, _, _ = load_lm(teacher)
+    with torch.no_grad():
+        expected = model(item["input_ids"][None]).logits[0, item["positions"]]
+    assert torch.allclose(data.teacher_logits(item["hidden"]), expected, atol=1e-4)
+    (tmp_path / "cache" / "head.safetensors").write_bytes(b"broken")
+    with pytest.raises(DataError, match="head"):
+        CorpusCacheDataset(tmp_path / "cache", packed, tokenizer_dir=teacher).teacher_logits(item["hidden"])

@@ -50,8 +50,12 @@ def _project(logits: torch.Tensor, vmap: VocabMap | None) -> torch.Tensor:
     return vmap.project_logits(logits) if vmap is not None else logits
 
 
-def _targets_arrays(logits: torch.Tensor, settings: dict[str, Any], vocab_size: int) -> dict[str, np.ndarray]:
+def _targets_arrays(outputs: torch.Tensor, settings: dict[str, Any], vocab_size: int) -> dict[str, np.ndarray]:
+    """Arrays of one batch: ``outputs`` are projected logits, or (mode ``hidden``) the LM head's inputs."""
     temps = settings["temperatures"]
+    logits = outputs
+    if settings["mode"] == "hidden":
+        return {"hidden": encode_values(outputs, settings["value_dtype"])}
     if settings["mode"] == "dense":
         logprobs = torch.log_softmax(logits.float(), -1)
         from .format import log_normalisers
@@ -66,6 +70,37 @@ def _targets_arrays(logits: torch.Tensor, settings: dict[str, Any], vocab_size: 
         "topk_ids": t["ids"].numpy().astype(id_dtype(vocab_size)),
         "log_norm": t["log_norm"].numpy().astype(np.float32),
     }
+
+
+class _HeadInputs:
+    """Captures what goes into the model's output embedding (the vector whose product with the head gives
+    the logits), so that a ``hidden`` cache can store it instead of the logits."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.value: torch.Tensor | None = None
+        self.handle = model.get_output_embeddings().register_forward_hook(self._hook)
+
+    def _hook(self, module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        self.value = inputs[0].detach()
+
+
+def _teacher_outputs(model, ids, mask, capture: _HeadInputs | None) -> torch.Tensor:
+    logits = model(input_ids=ids, attention_mask=mask).logits
+    return capture.value if capture is not None else logits
+
+
+def _save_head(model: torch.nn.Module, out_dir: str | Path) -> str:
+    """The teacher's full output head, stored once beside a ``hidden`` cache; returns its sha256."""
+    from safetensors.torch import save_file
+
+    head = model.get_output_embeddings()
+    tensors = {"weight": head.weight.detach().float().contiguous()}
+    if head.bias is not None:
+        tensors["bias"] = head.bias.detach().float().contiguous()
+    path = Path(out_dir) / "head.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path))
+    return file_sha256(path)
 
 
 def _header(kind: str, teacher_dir, tokenizer_dir, vocab_map, data_sha: str, settings: dict, extra: dict) -> dict:
@@ -104,6 +139,8 @@ def cache_corpus(
         extra["masking"] = {"seed": seed, "prob": 0.15, "mask_id": tokenizer.mask_token_id}
     header = _header("corpus", teacher_dir, teacher_dir, vocab_map, corpus_fingerprint(corpus_dir), settings, extra)
     writer = ShardWriter(out_dir, header, stop_after_shards)
+    capture = _HeadInputs(model) if settings["mode"] == "hidden" else None
+    head_sha = _save_head(model, out_dir) if capture else None
     specials = special_token_ids(tokenizer)
     per_shard, batch = settings["shard_blocks"], settings["batch_size"]
     bar = tqdm(total=n_blocks * block_size, desc="cache corpus", unit="tok", unit_scale=True)
@@ -123,7 +160,7 @@ def cache_corpus(
                 ids = torch.from_numpy(np.stack([m[0] for m in masked]))
                 positions = [m[1] for m in masked]
             t0 = time.perf_counter()
-            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+            logits = _teacher_outputs(model, ids, torch.ones_like(ids), capture)
             forward_seconds += time.perf_counter() - t0
             if positions is not None:
                 logits = torch.cat([logits[r, p] for r, p in enumerate(positions)])
@@ -131,16 +168,21 @@ def cache_corpus(
             else:
                 logits = logits.reshape(-1, logits.shape[-1])
                 flat = None
-            arrays = _targets_arrays(_project(logits, vmap), settings, student_vocab)
+            arrays = _targets_arrays(logits if capture else _project(logits, vmap), settings, student_vocab)
             if flat is not None:
                 arrays["positions"] = flat.astype(np.int64)
             parts.append(arrays)
             bar.update(ids.numel())
         merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        writer.add(index, merged, {"blocks": [start, stop], "positions": int(len(merged["log_norm"]))})
+        writer.add(index, merged, {"blocks": [start, stop], "positions": _rows(merged)})
     bar.close()
     elapsed = time.perf_counter() - started
-    return writer.finish(_summary(writer, elapsed, forward_seconds, out_dir))
+    return writer.finish({**_summary(writer, elapsed, forward_seconds, out_dir), "head_sha256": head_sha})
+
+
+def _rows(arrays: dict[str, np.ndarray]) -> int:
+    key = "hidden" if "hidden" in arrays else "log_norm"
+    return int(len(arrays[key]))
 
 
 def _summary(writer: ShardWriter, elapsed: float, forward_seconds: float, out_dir) -> dict[str, Any]:
@@ -193,6 +235,8 @@ def cache_task(
     extra = {"family": family, "task": meta["name"], "examples": len(examples), "student_vocab_size": student_vocab}
     header = _header("task", teacher_dir, teacher_dir, vocab_map, task_fingerprint(task_dir), settings, extra)
     writer = ShardWriter(out_dir, header, stop_after_shards)
+    capture = _HeadInputs(model) if settings["mode"] == "hidden" else None
+    head_sha = _save_head(model, out_dir) if capture else None
     per_shard, batch = settings["shard_examples"], settings["batch_size"]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     bar = tqdm(total=len(examples), desc="cache task", unit="ex")
@@ -212,10 +256,10 @@ def cache_task(
             for r, row in enumerate(rows):
                 ids[r, : len(row)], mask[r, : len(row)] = torch.tensor(row), 1
             t0 = time.perf_counter()
-            logits = model(input_ids=ids, attention_mask=mask).logits
+            logits = _teacher_outputs(model, ids, mask, capture)
             forward_seconds += time.perf_counter() - t0
             picked = torch.cat([logits[r, torch.as_tensor(p)] for r, p in enumerate(positions[b : b + batch])])
-            parts.append(_targets_arrays(_project(picked, vmap), settings, student_vocab))
+            parts.append(_targets_arrays(picked if capture else _project(picked, vmap), settings, student_vocab))
         scores = score_clozes(model, tokenizer, family, clozes, batch_size=batch, max_length=settings["max_length"],
                               progress=False)  # fmt: skip
         arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
@@ -225,7 +269,8 @@ def cache_task(
         arrays["position_offsets"] = np.cumsum([0] + [len(p) for p in positions]).astype(np.int64)
         arrays["candidate_scores"] = np.concatenate([np.asarray(s, dtype=np.float32) for s in scores])
         arrays["candidate_offsets"] = np.cumsum([0] + [len(s) for s in scores]).astype(np.int64)
-        writer.add(index, arrays, {"examples": [start, start + len(chunk)], "positions": int(len(arrays["log_norm"]))})
+        writer.add(index, arrays, {"examples": [start, start + len(chunk)], "positions": _rows(arrays)})
         bar.update(len(chunk))
     bar.close()
-    return writer.finish(_summary(writer, time.perf_counter() - started, forward_seconds, out_dir))
+    summary = _summary(writer, time.perf_counter() - started, forward_seconds, out_dir)
+    return writer.finish({**summary, "head_sha256": head_sha})

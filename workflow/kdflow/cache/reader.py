@@ -15,12 +15,14 @@ from ..preprocess import open_blocks
 from ..vocab.compress import special_token_ids
 from ..vocab.vmap import VocabMap
 from .build import corpus_fingerprint, task_fingerprint, vocab_fingerprint
-from .format import decode_values
+from .format import decode_values, file_sha256
 from .masking import mask_block
 from .store import ShardReader
 
 
 def _targets(arrays: dict[str, np.ndarray], rows: slice, dtype: str) -> dict[str, torch.Tensor]:
+    if "hidden" in arrays:
+        return {"hidden": decode_values(arrays["hidden"][rows], dtype)}
     out = {"log_norm": torch.from_numpy(np.ascontiguousarray(arrays["log_norm"][rows]))}
     if "dense" in arrays:
         out["dense"] = decode_values(arrays["dense"][rows], dtype)
@@ -37,6 +39,21 @@ class _CacheDataset(Dataset):
         self.manifest = self.reader.manifest
         self.settings = self.manifest["settings"]
         self.vmap = VocabMap.load(vocab_map) if vocab_map else None
+        self._head: dict[str, torch.Tensor] | None = None
+
+    def teacher_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Mode ``hidden``: the teacher's logits from its cached head inputs (projected onto the kept vocabulary)."""
+        if self._head is None:
+            from safetensors.torch import load_file
+
+            path = self.reader.dir / "head.safetensors"
+            if file_sha256(path) != self.manifest.get("head_sha256"):
+                raise DataError(f"{path}: teacher head is missing or does not match the cache manifest")
+            self._head = load_file(str(path))
+        logits = hidden.float() @ self._head["weight"].T
+        if "bias" in self._head:
+            logits = logits + self._head["bias"]
+        return self.vmap.project_logits(logits) if self.vmap is not None else logits
 
     def _student_ids(self, ids: np.ndarray) -> torch.Tensor:
         ids = torch.from_numpy(ids.astype(np.int64))

@@ -98,6 +98,23 @@ def _cache(a: argparse.Namespace) -> None:
     log.info("cache %s: %s positions, %.1f bytes/position", a.out, f"{m['positions']:,}", m["bytes_per_position"] or 0)
 
 
+def _init_student(a: argparse.Namespace) -> None:
+    from .students import init_student
+
+    meta = init_student(a.teacher, a.spec, a.vocab_map or None, a.out, a.seed)
+    log.info("student %s: %s parameters (teacher %s), layers %s", a.out, f"{meta['parameters']['total']:,}",
+             f"{meta['teacher_parameters']['total']:,}", meta["layers_from_teacher"])  # fmt: skip
+
+
+def _distill(a: argparse.Namespace) -> None:
+    from .distill import distill
+
+    data = {"cache": a.cache, "corpus": a.corpus, "task": a.task, "teacher": a.teacher}
+    meta = distill(a.stage, a.student, a.out, a.work, a.run, a.settings, data, a.deepspeed, a.seed,
+                   a.stop_after_steps)  # fmt: skip
+    log.info("%s of %s -> %s (%s steps)", a.stage, a.student, a.out, meta["steps"])
+
+
 def _evaluate(a: argparse.Namespace) -> None:
     from .evaluate import evaluate
 
@@ -218,6 +235,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stop-after-shards", type=int, default=None, help="fault injection: die after N shards")
+
+    p = add("init-student", _init_student, "build a student: teacher layer subset / narrower width / vocabulary")
+    p.add_argument("--teacher", required=True)
+    p.add_argument("--spec", type=_json, required=True, help="the student's config entry, as JSON")
+    p.add_argument("--vocab-map", default="")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+
+    p = add("distill", _distill, "train a student with a run's losses (stage1: corpus, stage2: task)")
+    p.add_argument("--stage", choices=["stage1", "stage2"], required=True)
+    p.add_argument("--student", required=True, help="the student folder to start from")
+    p.add_argument("--run", type=_json, required=True, help="the run's config entry, as JSON")
+    p.add_argument("--settings", type=_json, required=True, help="the config's distill.<stage> section")
+    p.add_argument("--cache", help="logit cache folder")
+    p.add_argument("--corpus", help="preprocessed corpus folder (stage 1)")
+    p.add_argument("--task", help="prepared task folder (stage 2)")
+    p.add_argument("--teacher", help="teacher folder (online teacher, masked-LM cache checks)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--work", required=True, help="checkpoints and logs (kept across failures)")
+    p.add_argument("--deepspeed", type=_json, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stop-after-steps", type=int, default=None, help="fault injection: die after N steps")
 
     p = add("tasks", _tasks, "list the task types")
     p.add_argument("--prompts", action="store_true", help="also show the default pattern and verbalizer")

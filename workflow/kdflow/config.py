@@ -121,6 +121,33 @@ def _check_references(config: dict[str, Any]) -> list[str]:
     for i, vocab in enumerate(config.get("cache", {}).get("vocabularies", [])):
         if vocab != "full" and vocab not in config.get("vocabularies", {}):
             problems.append(f"config key 'cache.vocabularies[{i}]': '{vocab}' is neither 'full' nor a vocabulary")
+    students = config.get("students", {})
+    for name, student in students.items():
+        vocab = student.get("vocabulary", "full")
+        if vocab != "full" and vocab not in config.get("vocabularies", {}):
+            problems.append(f"config key 'students.{name}.vocabulary': '{vocab}' is neither 'full' nor a vocabulary")
+        layers = student.get("layers", {})
+        if layers.get("strategy", "uniform") == "explicit" and not layers.get("list"):
+            problems.append(f"config key 'students.{name}.layers.list': needed with strategy 'explicit'")
+        elif layers.get("strategy", "uniform") != "explicit" and "count" not in layers:
+            problems.append(f"config key 'students.{name}.layers.count': needed with strategy '{layers.get('strategy', 'uniform')}'")
+    from .losses import REGISTRY
+
+    for name, run in config.get("runs", {}).items():
+        if run.get("student") not in students:
+            problems.append(f"config key 'runs.{name}.student': unknown student '{run.get('student')}'")
+        if "stage2" not in run:
+            problems.append(f"config key 'runs.{name}.stage2': every run needs a stage 2 (the task)")
+        for stage in ("stage1", "stage2"):
+            for loss in run.get(stage, {}).get("losses", {}):
+                if loss not in REGISTRY:
+                    problems.append(f"config key 'runs.{name}.{stage}.losses.{loss}': unknown loss "
+                                    f"(registered: {', '.join(sorted(REGISTRY))})")  # fmt: skip
+    if config.get("runs") and not config.get("distill", {}).get("tasks"):
+        problems.append("config key 'distill.tasks': runs are defined but no task to distil on")
+    for i, task in enumerate(config.get("distill", {}).get("tasks", [])):
+        if task not in tasks:
+            problems.append(f"config key 'distill.tasks[{i}]': unknown task '{task}'")
     from .data.tasks import TASKS
 
     for name, task in tasks.items():

@@ -72,4 +72,9 @@ def load_lm(folder: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBas
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    if (folder / "vocab_map.json").exists():  # a compressed-vocabulary student: text -> compressed ids
+        from .vocab.model import CompressedTokenizer
+        from .vocab.vmap import VocabMap
+
+        tokenizer = CompressedTokenizer(tokenizer, VocabMap.load(folder / "vocab_map.json"))
     return model, tokenizer, family

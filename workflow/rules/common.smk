@@ -1,5 +1,6 @@
 # Config validation, paths and input functions shared by every rule file.
 import json
+from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
@@ -23,10 +24,18 @@ EMBEDDED_CORPORA = {"embedded:package-texts"}
 
 
 wildcard_constraints:
-    model="|".join(config["models"]),
+    model="|".join([*config["models"], *[f"runs/{r}" for r in config["runs"]]]),
+    run="|".join(config["runs"]) or "-",
+    student="|".join(config["students"]) or "-",
     task="|".join(config["tasks"]),
     corpus="|".join(config["corpora"]) or "-",
     vocab="|".join([*config["vocabularies"], "full"]),
+
+
+def scoring_settings():
+    """The evaluate settings that change scores (not which models/tasks are listed)."""
+    keys = ("batch_size", "max_length", "bootstrap_samples")
+    return as_json({k: config["evaluate"][k] for k in keys})
 
 
 def as_json(value):
@@ -34,7 +43,10 @@ def as_json(value):
     return json.dumps(value, sort_keys=True)
 
 
-def model_dir(name):
+def model_dir(name, task=None):
+    """An asset model folder, or (name `runs/RUN`) the run's final student for `task`."""
+    if name.startswith("runs/"):
+        return f"{R}/{name}/{task}"
     return f"{R}/assets/models/{name}"
 
 
@@ -84,6 +96,52 @@ def cache_inputs(wildcards):
     return {"teacher": teacher, "vmap": vmap}
 
 
+def vocab_inputs(vocab):
+    return [] if vocab == "full" else [f"{R}/vocab/{vocab}/map.json"]
+
+
+def student_inputs(wildcards):
+    vocab = config["students"][wildcards.student]["vocabulary"]
+    return {"teacher": model_dir(config["teacher"]), "vmap": vocab_inputs(vocab)}
+
+
+def run_vocab(run):
+    return config["students"][config["runs"][run]["student"]]["vocabulary"]
+
+
+def distill_corpus():
+    return config["distill"]["corpus"] or next(iter(config["corpora"]))
+
+
+def stage1_inputs(wildcards):
+    run = config["runs"][wildcards.run]
+    cached = config["distill"]["stage1"]["teacher"] == "cached"
+    cache = (
+        f"{R}/cache/corpus/{distill_corpus()}/{run_vocab(wildcards.run)}/manifest.json"
+    )
+    return {
+        "student": f"{R}/students/{run['student']}",
+        "corpus": f"{R}/corpus/{distill_corpus()}",
+        "teacher": model_dir(config["teacher"]),
+        "cache": [cache] if cached else [],
+    }
+
+
+def stage2_inputs(wildcards):
+    run = config["runs"][wildcards.run]
+    start = (
+        f"{R}/runs/{wildcards.run}/stage1"
+        if "stage1" in run
+        else f"{R}/students/{run['student']}"
+    )
+    return {
+        "student": start,
+        "task": f"{R}/tasks/{wildcards.task}",
+        "teacher": task_teacher(wildcards.task),
+        "cache": f"{R}/cache/task/{wildcards.task}/{run_vocab(wildcards.run)}/manifest.json",
+    }
+
+
 def eval_models():
     return config["evaluate"].get("models") or [config["teacher"]]
 
@@ -113,6 +171,9 @@ def all_targets():
         for v in cache["vocabularies"]
     ]
     pairs = [(m, t) for m in eval_models() for t in eval_tasks()]
+    pairs += [
+        (f"runs/{r}", t) for r in config["runs"] for t in config["distill"]["tasks"]
+    ]
     targets += [f"{R}/metrics/{m}/{t}.json" for m, t in pairs]
     if config["evaluate"]["test_submissions"]:
         targets += [f"{R}/submissions/{m}/{t}" for m, t in pairs]

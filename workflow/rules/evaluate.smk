@@ -3,7 +3,7 @@
 
 rule evaluate:
     input:
-        model=lambda w: model_dir(w.model),
+        model=lambda w: model_dir(w.model, w.task),
         task=f"{R}/tasks/{{task}}",
     output:
         metrics=f"{R}/metrics/{{model}}/{{task}}.json",
@@ -18,7 +18,7 @@ rule evaluate:
     resources:
         mem_mb=MEM_MB,
     params:
-        settings=as_json(config["evaluate"]),
+        settings=scoring_settings(),
         seed=config["seed"],
     shell:
         "kdflow evaluate --model {input.model} --task {input.task} --out {output.metrics} "
@@ -27,7 +27,7 @@ rule evaluate:
 
 rule submit:
     input:
-        model=lambda w: model_dir(w.model),
+        model=lambda w: model_dir(w.model, w.task),
         task=f"{R}/tasks/{{task}}",
     output:
         directory(f"{R}/submissions/{{model}}/{{task}}"),
@@ -41,7 +41,7 @@ rule submit:
     resources:
         mem_mb=MEM_MB,
     params:
-        settings=as_json(config["evaluate"]),
+        settings=scoring_settings(),
     shell:
         "kdflow submit --model {input.model} --task {input.task} --out {output} "
         "--settings {params.settings:q} > {log} 2>&1"

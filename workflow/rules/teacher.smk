@@ -20,7 +20,7 @@ rule finetune_teacher:
     params:
         work=lambda w: f"{R}/work/finetune_teacher/{w.task}",
         settings=as_json(config["teacher_finetune"]),
-        eval_settings=as_json(config["evaluate"]),
+        eval_settings=scoring_settings(),
         deepspeed=as_json(config["deepspeed"]),
         seed=config["seed"],
     shell:

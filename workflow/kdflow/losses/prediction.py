@@ -1,0 +1,97 @@
+"""Losses on word predictions and on candidate/verbalizer scores (GLMD, Hinton KD, CE, MSE)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..cache.kl import dense_kl, sparse_kl
+from .base import Loss
+
+
+def word_kl_per_position(logits: torch.Tensor, targets: dict[str, torch.Tensor], temperature: float,
+                         temperatures: list[float]) -> torch.Tensor:  # fmt: skip
+    """KL(p_T || q_T) at each position from cached top-k (+ normaliser), dense rows, or teacher logits."""
+    if "logits" in targets:
+        return dense_kl(targets["logits"], logits, temperature)
+    if "dense" in targets:
+        return dense_kl(targets["dense"], logits, temperature)
+    if temperature not in temperatures:
+        raise ValueError(f"the cache has log-normalisers for T in {temperatures}, not for T = {temperature}")
+    column = temperatures.index(temperature)
+    return sparse_kl(logits, targets["values"], targets["ids"], targets["log_norm"][..., column], temperature)
+
+
+class WordKL(Loss):
+    """GLMD: KL(softmax(t/T) || softmax(s/T)) * T^2 over every non-padding word prediction."""
+
+    name = "word_kl"
+    needs = frozenset({"word_logits", "word_targets"})
+
+    def __init__(self, weight: float = 1.0, temperature: float = 15.0) -> None:
+        super().__init__(weight)
+        self.temperature = temperature
+
+    def __call__(self, tensors: dict[str, Any]) -> torch.Tensor:
+        kl = word_kl_per_position(tensors["word_logits"], tensors["word_targets"], self.temperature,
+                                  tensors["cache_temperatures"])  # fmt: skip
+        return kl.mean() * self.temperature**2
+
+
+def _soft(scores: list[torch.Tensor], temperature: float) -> list[torch.Tensor]:
+    return [torch.softmax(s.float() / temperature, -1) for s in scores]
+
+
+class CandidateKD(Loss):
+    """GLMD stage 2: soft cross-entropy against the teacher's distribution over candidates/verbalizers."""
+
+    name = "candidate_kd"
+    needs = frozenset({"student_scores", "teacher_scores"})
+
+    def __init__(self, weight: float = 1.0, temperature: float = 1.0) -> None:
+        super().__init__(weight)
+        self.temperature = temperature
+
+    def __call__(self, tensors: dict[str, Any]) -> torch.Tensor:
+        t = _soft(tensors["teacher_scores"], self.temperature)
+        rows = [-(p * torch.log_softmax(s / self.temperature, -1)).sum() for p, s in zip(t, tensors["student_scores"])]
+        return torch.stack(rows).mean()
+
+
+class HintonKD(Loss):
+    """Hinton et al.: KL between temperature-softened teacher and student task logits, times T^2."""
+
+    name = "kd"
+    needs = frozenset({"student_scores", "teacher_scores"})
+
+    def __init__(self, weight: float = 1.0, temperature: float = 2.0) -> None:
+        super().__init__(weight)
+        self.temperature = temperature
+
+    def __call__(self, tensors: dict[str, Any]) -> torch.Tensor:
+        rows = [dense_kl(t, s, self.temperature) for t, s in zip(tensors["teacher_scores"], tensors["student_scores"])]
+        return torch.stack(rows).mean() * self.temperature**2
+
+
+class GoldCE(Loss):
+    """Cross-entropy with the gold labels (a target distribution over the candidates)."""
+
+    name = "ce"
+    needs = frozenset({"student_scores", "labels"})
+    uses_labels = True
+
+    def __call__(self, tensors: dict[str, Any]) -> torch.Tensor:
+        rows = [-(y * torch.log_softmax(s, -1)).sum() for y, s in zip(tensors["labels"], tensors["student_scores"])]
+        return torch.stack(rows).mean()
+
+
+class LogitMSE(Loss):
+    """Mean squared error between student and teacher task logits (STS-B-style regression targets)."""
+
+    name = "mse_logits"
+    needs = frozenset({"student_scores", "teacher_scores"})
+
+    def __call__(self, tensors: dict[str, Any]) -> torch.Tensor:
+        rows = [((s - t) ** 2).mean() for s, t in zip(tensors["student_scores"], tensors["teacher_scores"])]
+        return torch.stack(rows).mean()

@@ -1,0 +1,117 @@
+"""Rule `init_student`: a student built from config: a layer subset of the teacher (initialised from its
+layers), optionally a narrower random width, and a full or compressed vocabulary."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+
+from .errors import ConfigError
+from .fingerprint import tokenizer_fingerprint, weights_fingerprint
+from .jsonio import write_json
+from .modeling import count_parameters, load_lm
+from .vocab.model import compress_model
+from .vocab.vmap import VocabMap
+
+
+def select_layers(total: int, spec: dict[str, Any]) -> list[int]:
+    """Teacher layer indices kept by the student: uniform, first, last, or an explicit list."""
+    strategy = spec.get("strategy", "uniform")
+    if strategy == "explicit":
+        chosen = list(spec["list"])
+        if not chosen or any(not 0 <= i < total for i in chosen) or len(set(chosen)) != len(chosen):
+            raise ConfigError(f"layers.list {chosen} must name distinct layers in 0..{total - 1}")
+        return chosen
+    count = spec["count"]
+    if not 1 <= count <= total:
+        raise ConfigError(f"layers.count {count} must be in 1..{total} (the teacher has {total} layers)")
+    if strategy == "first":
+        return list(range(count))
+    if strategy == "last":
+        return list(range(total - count, total))
+    if count == 1:
+        return [total - 1]
+    return sorted({round(i * (total - 1) / (count - 1)) for i in range(count)})
+
+
+def _layer_list(model: torch.nn.Module) -> tuple[torch.nn.Module, str]:
+    """The module holding the transformer blocks and its attribute name (LLaMA-style or BERT-style)."""
+    for owner_path, attr in (("model", "layers"), ("bert.encoder", "layer"), ("roberta.encoder", "layer")):
+        owner = model
+        for part in owner_path.split("."):
+            owner = getattr(owner, part, None)
+            if owner is None:
+                break
+        if owner is not None and hasattr(owner, attr):
+            return owner, attr
+    raise ConfigError(f"{type(model).__name__}: no known list of transformer layers to cut")
+
+
+def cut_layers(model: torch.nn.Module, keep: list[int]) -> torch.nn.Module:
+    owner, attr = _layer_list(model)
+    layers = getattr(owner, attr)
+    setattr(owner, attr, torch.nn.ModuleList([layers[i] for i in keep]))
+    for new_index, layer in enumerate(getattr(owner, attr)):
+        attention = getattr(layer, "self_attn", None)
+        if attention is not None and hasattr(attention, "layer_idx"):
+            attention.layer_idx = new_index
+    model.config.num_hidden_layers = len(keep)
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = [model.config.layer_types[i] for i in keep]
+    return model
+
+
+def _narrow(teacher_dir: Path, width: dict[str, Any], seed: int) -> torch.nn.Module:
+    config = AutoConfig.from_pretrained(teacher_dir, local_files_only=True)
+    for key, value in width.items():
+        if not hasattr(config, key):
+            raise ConfigError(f"student width: the teacher's config has no '{key}'")
+        setattr(config, key, value)
+    torch.manual_seed(seed)
+    arch = " ".join(config.architectures or [])
+    cls = AutoModelForCausalLM if "CausalLM" in arch else AutoModelForMaskedLM
+    return cls.from_config(config)
+
+
+def init_student(
+    teacher_dir: str | Path, spec: dict[str, Any], vocab_map: str | Path | None, out: str | Path, seed: int
+) -> dict[str, Any]:
+    teacher_dir, out = Path(teacher_dir), Path(out)
+    model, _, family = load_lm(teacher_dir)
+    total = model.config.num_hidden_layers
+    teacher_params = count_parameters(model)
+    if spec.get("width"):
+        model = _narrow(teacher_dir, {**spec["width"], "num_hidden_layers": spec["layers"]["count"]}, seed)
+        keep = None
+    else:
+        keep = select_layers(total, spec["layers"])
+        model = cut_layers(model, keep)
+    vmap = None
+    if vocab_map:
+        vmap = VocabMap.load(vocab_map, tokenizer_fingerprint(teacher_dir))
+        model = compress_model(model, vmap)
+    if out.exists():
+        shutil.rmtree(out)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(teacher_dir, local_files_only=True).save_pretrained(out)
+    if vmap is not None:
+        vmap.save(out / "vocab_map.json")
+    meta = {
+        "kdflow": "model",
+        "role": "student",
+        "family": family,
+        "teacher": str(teacher_dir),
+        "layers_from_teacher": keep,
+        "width": spec.get("width"),
+        "vocab_map": "vocab_map.json" if vmap is not None else None,
+        "vocab_size": model.config.vocab_size,
+        "parameters": count_parameters(model),
+        "teacher_parameters": teacher_params,
+        "weights_sha256": weights_fingerprint(out),
+    }
+    write_json(out / "kdflow.json", meta)
+    return meta

@@ -1,0 +1,77 @@
+# Students and distillation: init_student -> distill_stage1 (corpus) -> distill_stage2 (task).
+
+
+rule init_student:
+    input:
+        unpack(student_inputs),
+    output:
+        directory(f"{R}/students/{{student}}"),
+    log:
+        f"{R}/logs/init_student/{{student}}.log",
+    conda:
+        "../../envs/kdflow.yaml"
+    threads: 1
+    resources:
+        mem_mb=MEM_MB,
+    params:
+        spec=lambda w: as_json(config["students"][w.student]),
+        seed=config["seed"],
+    shell:
+        "kdflow init-student --teacher {input.teacher} --spec {params.spec:q} --vocab-map '{input.vmap}' "
+        "--out {output} --seed {params.seed} > {log} 2>&1"
+
+
+rule distill_stage1:
+    input:
+        unpack(stage1_inputs),
+    output:
+        directory(f"{R}/runs/{{run}}/stage1"),
+    log:
+        f"{R}/logs/distill_stage1/{{run}}.log",
+    benchmark:
+        f"{R}/benchmarks/distill_stage1/{{run}}.tsv"
+    conda:
+        "../../envs/kdflow.yaml"
+    threads: THREADS
+    resources:
+        mem_mb=MEM_MB,
+    params:
+        run=lambda w: as_json(config["runs"][w.run]),
+        settings=as_json(config["distill"]["stage1"]),
+        cache=lambda w, input: str(Path(input.cache[0]).parent) if input.cache else "",
+        work=lambda w: f"{R}/work/distill_stage1/{w.run}",
+        deepspeed=as_json(config["deepspeed"]),
+        seed=config["seed"],
+    shell:
+        "kdflow distill --stage stage1 --student {input.student} --run {params.run:q} "
+        "--settings {params.settings:q} --cache '{params.cache}' --corpus {input.corpus} "
+        "--teacher {input.teacher} --out {output} --work {params.work} --deepspeed {params.deepspeed:q} "
+        "--seed {params.seed} > {log} 2>&1"
+
+
+rule distill_stage2:
+    input:
+        unpack(stage2_inputs),
+    output:
+        directory(f"{R}/runs/{{run}}/{{task}}"),
+    log:
+        f"{R}/logs/distill_stage2/{{run}}/{{task}}.log",
+    benchmark:
+        f"{R}/benchmarks/distill_stage2/{{run}}/{{task}}.tsv"
+    conda:
+        "../../envs/kdflow.yaml"
+    threads: THREADS
+    resources:
+        mem_mb=MEM_MB,
+    params:
+        run=lambda w: as_json(config["runs"][w.run]),
+        settings=as_json(config["distill"]["stage2"]),
+        cache=lambda w, input: str(Path(input.cache).parent),
+        work=lambda w: f"{R}/work/distill_stage2/{w.run}/{w.task}",
+        deepspeed=as_json(config["deepspeed"]),
+        seed=config["seed"],
+    shell:
+        "kdflow distill --stage stage2 --student {input.student} --run {params.run:q} "
+        "--settings {params.settings:q} --cache {params.cache} --task {input.task} "
+        "--teacher {input.teacher} --out {output} --work {params.work} --deepspeed {params.deepspeed:q} "
+        "--seed {params.seed} > {log} 2>&1"

@@ -18,7 +18,7 @@ from ..modeling import load_lm
 from ..prepare import read_prepared
 from ..preprocess import open_blocks
 from ..prompts import resolve_prompt, to_cloze
-from ..scoring import _wrap, score_clozes
+from ..scoring import _wrap, build_items, score_clozes
 from ..vocab.compress import special_token_ids
 from ..vocab.vmap import VocabMap
 from .format import encode_values, file_sha256, id_dtype, sparse_targets
@@ -198,22 +198,29 @@ def _summary(writer: ShardWriter, elapsed: float, forward_seconds: float, out_di
 
 
 def _task_inputs(task, prompt, examples, tokenizer, family: str, max_length: int):
-    """Teacher-token inputs of each example (the prompt up to the slot) and the positions to cache."""
+    """Teacher-token inputs of each example, the positions to cache, and (single-token candidates) where the
+    candidate scores can be read from the same forward pass: ``(position, candidate token ids)`` or None."""
     clozes = [to_cloze(task, prompt, ex) for ex in examples]
-    inputs, positions = [], []
+    inputs, positions, shared = [], [], []
     for cloze in clozes:
-        if family == "causal":
+        items = build_items([cloze], tokenizer, family, max_length)
+        slots = {p for item in items for _, pairs in item.targets for p, _ in pairs}
+        if len(items) == 1 and len(slots) == 1 and all(len(pairs) == 1 for _, pairs in items[0].targets):
+            ids, slot = items[0].input_ids, slots.pop()
+            shared.append((slot, [pairs[0][1] for _, pairs in sorted(items[0].targets)]))
+            pos = np.arange(len(ids)) if family == "causal" else np.asarray([slot])
+        elif family == "causal":
             ids = tokenizer(cloze.prefix.rstrip(), add_special_tokens=True)["input_ids"][-max_length:]
-            pos = np.arange(len(ids))
+            pos, _ = np.arange(len(ids)), shared.append(None)
         else:
             pre = tokenizer(cloze.prefix, add_special_tokens=False)["input_ids"]
             post = tokenizer(cloze.suffix, add_special_tokens=False)["input_ids"]
             pre = pre[-max(1, max_length - len(post) - 3) :]
             ids = _wrap(tokenizer, pre + [tokenizer.mask_token_id] + post)
-            pos = np.asarray([ids.index(tokenizer.mask_token_id)])
+            pos, _ = np.asarray([ids.index(tokenizer.mask_token_id)]), shared.append(None)
         inputs.append(ids)
         positions.append(pos)
-    return clozes, inputs, positions
+    return clozes, inputs, positions, shared
 
 
 @torch.no_grad()
@@ -246,8 +253,8 @@ def cache_task(
         if writer.done(index):
             bar.update(len(chunk))
             continue
-        clozes, inputs, positions = _task_inputs(task, prompt, chunk, tokenizer, family, settings["max_length"])
-        parts = []
+        clozes, inputs, positions, shared = _task_inputs(task, prompt, chunk, tokenizer, family, settings["max_length"])
+        parts, scores = [], [None] * len(chunk)
         for b in range(0, len(chunk), batch):
             rows = inputs[b : b + batch]
             width = max(map(len, rows))
@@ -256,12 +263,20 @@ def cache_task(
             for r, row in enumerate(rows):
                 ids[r, : len(row)], mask[r, : len(row)] = torch.tensor(row), 1
             t0 = time.perf_counter()
-            logits = _teacher_outputs(model, ids, mask, capture)
+            logits = model(input_ids=ids, attention_mask=mask).logits
+            outputs = capture.value if capture is not None else logits
             forward_seconds += time.perf_counter() - t0
-            picked = torch.cat([logits[r, torch.as_tensor(p)] for r, p in enumerate(positions[b : b + batch])])
+            picked = torch.cat([outputs[r, torch.as_tensor(p)] for r, p in enumerate(positions[b : b + batch])])
             parts.append(_targets_arrays(picked if capture else _project(picked, vmap), settings, student_vocab))
-        scores = score_clozes(model, tokenizer, family, clozes, batch_size=batch, max_length=settings["max_length"],
-                              progress=False)  # fmt: skip
+            for r, slot in enumerate(shared[b : b + batch]):
+                if slot is not None:  # single-token candidates: scored from this very forward pass
+                    scores[b + r] = torch.log_softmax(logits[r, slot[0]].float(), -1)[slot[1]].tolist()
+        rest = [i for i, s in enumerate(scores) if s is None]
+        if rest:
+            scored = score_clozes(model, tokenizer, family, [clozes[i] for i in rest], batch_size=batch,
+                                  max_length=settings["max_length"], progress=False)  # fmt: skip
+            for i, row in zip(rest, scored):
+                scores[i] = row
         arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         arrays["input_ids"] = np.concatenate([np.asarray(i, dtype=np.int64) for i in inputs])
         arrays["input_offsets"] = np.cumsum([0] + [len(i) for i in inputs]).astype(np.int64)

@@ -35,7 +35,7 @@ class WordKL(Loss):
 
     def __call__(self, tensors: dict[str, Any]) -> torch.Tensor:
         kl = word_kl_per_position(tensors["word_logits"], tensors["word_targets"], self.temperature,
-                                  tensors["cache_temperatures"])  # fmt: skip
+                                  tensors.get("cache_temperatures", []))  # fmt: skip
         return kl.mean() * self.temperature**2
 
 

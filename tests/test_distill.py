@@ -1,0 +1,173 @@
+"""Distillation engine: students, registered losses, cached vs online teacher, resume, DeepSpeed ZeRO."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from kdflow.assets.sentiment import build_sentiment_task
+from kdflow.cache.build import cache_corpus, cache_task
+from kdflow.cache.format import sparse_targets
+from kdflow.distill import _Stage1Data, distill
+from kdflow.errors import ConfigError
+from kdflow.losses import REGISTRY, build_losses
+from kdflow.modeling import load_lm
+from kdflow.prepare import prepare_task
+from kdflow.preprocess import preprocess_corpus
+from kdflow.students import init_student, select_layers
+
+TEXT = "\n\n".join(f"Paragraph {i}: the quick brown fox jumps over the lazy dog number {i}." * 3 for i in range(40))
+TRAIN = {"epochs": 2, "max_steps": 4, "batch_size": 4, "grad_accum": 1, "lr": 1e-3, "warmup_ratio": 0.0,
+         "weight_decay": 0.0, "max_grad_norm": 1.0, "checkpoint_every": 2, "max_length": 48, "teacher": "cached"}  # fmt: skip
+CACHE = {"k": 16, "value_dtype": "fp32", "temperatures": [1.0, 15.0], "mode": "topk", "shard_blocks": 4,
+         "shard_examples": 8, "batch_size": 4, "max_blocks": 8, "max_length": 48}  # fmt: skip
+GLMD = {"student": "s", "stage1": {"losses": {"word_kl": {"weight": 1.0, "temperature": 15.0}}},
+        "stage2": {"losses": {"word_kl": {"temperature": 15.0}, "candidate_kd": {"temperature": 1.0}}}}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_llama):
+    root = tmp_path_factory.mktemp("distill")
+    (root / "c.txt").write_text(TEXT)
+    preprocess_corpus(str(root / "c.txt"), {}, tiny_llama, root / "corpus",
+                      {"block_size": 32, "valid_fraction": 0.0, "batch_documents": 16}, seed=0)  # fmt: skip
+    build_sentiment_task("embedded:rotten-tomatoes", root / "raw", seed=0)
+    prepare_task("sentiment", {"name": "sst2", "max_examples": {"train": 16, "dev": 8, "test": 4}},
+                 str(root / "raw"), root / "task")  # fmt: skip
+    cache_corpus(tiny_llama, root / "corpus", None, root / "ccache", CACHE, seed=0)
+    hidden = {**CACHE, "mode": "hidden", "max_blocks": None, "shard_blocks": 32}  # all blocks, as online
+    cache_corpus(tiny_llama, root / "corpus", None, root / "hcache", hidden, seed=0)
+    cache_task(tiny_llama, root / "task", None, root / "tcache", CACHE)
+    init_student(tiny_llama, {"layers": {"strategy": "last", "count": 1}}, None, root / "student", seed=0)
+    return root
+
+
+def test_layer_selection():
+    assert select_layers(30, {"strategy": "uniform", "count": 6}) == [0, 6, 12, 17, 23, 29]
+    assert select_layers(12, {"strategy": "first", "count": 3}) == [0, 1, 2]
+    assert select_layers(12, {"strategy": "last", "count": 2}) == [10, 11]
+    assert select_layers(12, {"strategy": "explicit", "list": [1, 5]}) == [1, 5]
+    with pytest.raises(ConfigError, match="count 40"):
+        select_layers(12, {"count": 40})
+    with pytest.raises(ConfigError, match="distinct layers"):
+        select_layers(12, {"strategy": "explicit", "list": [1, 1]})
+
+
+@pytest.mark.parametrize("family", ["tiny_llama", "tiny_bert"])
+def test_student_with_every_layer_equals_its_teacher(family, request, tmp_path):
+    teacher = request.getfixturevalue(family)
+    meta = init_student(teacher, {"layers": {"strategy": "uniform", "count": 2}}, None, tmp_path / "s", seed=0)
+    assert meta["layers_from_teacher"] == [0, 1]
+    t, tok, _ = load_lm(teacher)
+    s, _, _ = load_lm(tmp_path / "s")
+    ids = tok(["a fine film"], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.allclose(t(ids).logits, s(ids).logits, atol=1e-5)
+    cut = init_student(teacher, {"layers": {"strategy": "first", "count": 1}}, None, tmp_path / "s1", seed=0)
+    assert cut["parameters"]["body"] < meta["parameters"]["body"]
+
+
+def test_narrow_random_student(tiny_llama, tmp_path):
+    spec = {"layers": {"count": 1}, "width": {"hidden_size": 16, "intermediate_size": 32}}
+    meta = init_student(tiny_llama, spec, None, tmp_path / "narrow", seed=0)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "narrow")
+    assert model.config.hidden_size == 16 and model.config.num_hidden_layers == 1
+    assert meta["layers_from_teacher"] is None
+
+
+def test_word_kl_from_a_full_cache_equals_the_dense_kl_times_t_squared():
+    torch.manual_seed(0)
+    teacher, student = torch.randn(6, 40), torch.randn(6, 40)
+    full = sparse_targets(teacher, 40, [1.0, 15.0])
+    loss = build_losses({"word_kl": {"temperature": 15.0}})[0]
+    got = loss({"word_logits": student, "word_targets": full, "cache_temperatures": [1.0, 15.0]})
+    dense = loss({"word_logits": student, "word_targets": {"logits": teacher}, "cache_temperatures": []})
+    log_p, log_q = torch.log_softmax(teacher / 15, -1), torch.log_softmax(student / 15, -1)
+    expected = (log_p.exp() * (log_p - log_q)).sum(-1).mean() * 225
+    assert torch.allclose(got, expected, rtol=1e-3) and torch.allclose(dense, expected, rtol=1e-5)
+
+
+def test_registry_and_bad_names():
+    assert {"word_kl", "candidate_kd", "kd", "ce", "mse_logits"} <= set(REGISTRY)
+    assert REGISTRY["ce"].uses_labels and not REGISTRY["word_kl"].uses_labels
+    with pytest.raises(ConfigError, match="unknown loss 'tinybert'"):
+        build_losses({"tinybert": {}})
+    with pytest.raises(ConfigError, match="loss 'kd'"):
+        build_losses({"kd": {"temprature": 2}})
+
+
+def test_gradients_flow_only_into_the_student(setup, tiny_llama):
+    data = _Stage1Data(None, setup / "corpus", None, tiny_llama, online=True, seed=0)
+    student, _, _ = load_lm(setup / "student")
+    student.train()
+    ids, positions, targets = data.batch([0, 1])
+    logits = student(input_ids=ids).logits
+    word = torch.cat([logits[r, p] for r, p in enumerate(positions)])
+    loss = build_losses({"word_kl": {"temperature": 1.0}})[0]({"word_logits": word, "word_targets": targets})
+    loss.backward()
+    assert all(p.grad is None for p in data.teacher.parameters())
+    assert not any(p.requires_grad for p in data.teacher.parameters())
+    assert all(p.grad is not None for p in student.parameters() if p.requires_grad)
+
+
+def test_cached_hidden_and_online_teachers_give_the_same_first_loss(setup, tiny_llama, tmp_path):
+    logs = {}
+    for name, cache, mode in (("online", None, "online"), ("hidden", setup / "hcache", "cached")):
+        distill("stage1", setup / "student", tmp_path / name, tmp_path / f"w{name}", GLMD,
+                {**TRAIN, "max_steps": 1, "teacher": mode}, {"cache": cache, "corpus": setup / "corpus",
+                "teacher": tiny_llama}, None, seed=0)  # fmt: skip
+        with open(tmp_path / name / "train_log.csv") as fh:
+            logs[name] = float(next(csv.DictReader(fh))["word_kl"])
+    assert logs["online"] == pytest.approx(logs["hidden"], rel=1e-4)
+
+
+def test_stage2_runs_every_recipe(setup, tiny_llama, tmp_path):
+    recipes = {
+        "glmd": GLMD,
+        "kd": {"student": "s", "stage2": {"losses": {"kd": {"weight": 0.5}, "ce": {"weight": 0.5}}}},
+        "mse": {"student": "s", "stage2": {"losses": {"mse_logits": {}}}},
+    }
+    for name, run in recipes.items():
+        meta = distill("stage2", setup / "student", tmp_path / name, tmp_path / f"w{name}", run, TRAIN,
+                       {"cache": setup / "tcache", "task": setup / "task", "teacher": tiny_llama}, None, seed=0)  # fmt: skip
+        assert meta["stage"] == "stage2" and meta["steps"] == 4
+        with open(tmp_path / name / "train_log.csv") as fh:
+            header = next(csv.reader(fh))
+        assert set(run["stage2"]["losses"]) <= set(header)
+
+
+def test_killed_distillation_resumes_to_the_same_weights(setup, tiny_llama, tmp_path, tool_env):
+    data = {"cache": setup / "ccache", "corpus": setup / "corpus", "teacher": tiny_llama}
+    distill("stage1", setup / "student", tmp_path / "clean", tmp_path / "wc", GLMD, TRAIN, data, None, seed=0)
+    cmd = [sys.executable, "-m", "kdflow", "distill", "--stage", "stage1", "--student", str(setup / "student"),
+           "--run", json.dumps(GLMD), "--settings", json.dumps(TRAIN), "--cache", str(setup / "ccache"),
+           "--corpus", str(setup / "corpus"), "--teacher", str(tiny_llama), "--out", str(tmp_path / "resumed"),
+           "--work", str(tmp_path / "wr"), "--seed", "0"]  # fmt: skip
+    assert subprocess.run(cmd + ["--stop-after-steps", "3"], env=tool_env, capture_output=True).returncode == 137
+    done = subprocess.run(cmd, env=tool_env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    a, b = load_file(tmp_path / "clean" / "model.safetensors"), load_file(tmp_path / "resumed" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_zero_with_cpu_offload_runs_two_steps(setup, tiny_llama, tmp_path, stage):
+    pytest.importorskip("deepspeed")
+    zero = {"stage": stage, "offload_optimizer": {"device": "cpu"}}
+    if stage == 3:
+        zero["offload_param"] = {"device": "cpu"}
+    ds = {"zero_optimization": zero, "bf16": {"enabled": False}}
+    meta = distill("stage1", setup / "student", tmp_path / "ds", tmp_path / "w", GLMD, {**TRAIN, "max_steps": 2},
+                   {"cache": setup / "ccache", "corpus": setup / "corpus", "teacher": tiny_llama}, ds, seed=0)  # fmt: skip
+    assert meta["steps"] == 2
+    with open(tmp_path / "ds" / "train_log.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == 2
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "ds").config.num_hidden_layers == 1

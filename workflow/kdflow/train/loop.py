@@ -133,6 +133,9 @@ class _Plain:
     def module(self) -> torch.nn.Module:
         return self.model
 
+    def final_module(self) -> torch.nn.Module:
+        return self.model
+
 
 class _DeepSpeed:
     def __init__(self, model: torch.nn.Module, settings: TrainSettings, ds_config: dict[str, Any]) -> None:
@@ -185,6 +188,24 @@ class _DeepSpeed:
 
     def module(self) -> torch.nn.Module:
         return self.engine.module
+
+    def final_module(self) -> torch.nn.Module:
+        """The trained model with full weights (ZeRO-3 partitions them: gather into a plain copy)."""
+        module = self.engine.module
+        if self.engine.zero_optimization_stage() != 3:
+            return module
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+            state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        plain = type(module)(module.config)
+        result = plain.load_state_dict(state, strict=False)
+        plain.tie_weights()
+        missing = [k for k in result.missing_keys if plain.state_dict()[k].data_ptr() not in
+                   {v.data_ptr() for n, v in plain.state_dict().items() if n in state}]  # fmt: skip
+        if missing or result.unexpected_keys:
+            raise TrainingError(f"ZeRO-3 gather lost weights: missing {missing}, unexpected {result.unexpected_keys}")
+        return plain
 
 
 def train(
@@ -245,7 +266,7 @@ def train(
     finally:
         bar.close()
         fh.close()
-    return engine.module()
+    return engine.final_module()
 
 
 def _previous_rows(log_csv: Path, start: int) -> list[dict[str, Any]]:

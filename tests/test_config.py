@@ -68,3 +68,16 @@ def test_snakemake_refuses_a_bad_config_at_start_up(repo, tmp_path, tool_env, de
     )  # fmt: skip
     assert proc.returncode != 0
     assert "evaluate.batch_sise" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("path", sorted((__import__("conftest").REPO / "config" / "experiments").glob("*.yaml")),
+                         ids=lambda p: p.name)  # fmt: skip
+def test_experiment_configs_validate_and_resolve(path, repo, tool_env, tmp_path):
+    load_config(path)
+    proc = subprocess.run(
+        ["snakemake", "-n", "--quiet", "rules", "-d", str(tmp_path), "-s", str(repo / "Snakefile"),
+         "--replace-workflow-config", "--configfile", str(path)],
+        cwd=repo, env=tool_env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "distill_stage2" in proc.stdout

@@ -59,6 +59,15 @@ def test_tiny_dag_end_to_end(repo, tool_env, tmp_path):
         task_cache = json.loads((results / "cache" / "task" / "sentiment" / vocab / "manifest.json").read_text())
         assert task_cache["examples"] == 200 and len(task_cache["shards"]) == 4
     assert (results / "vocab" / "half" / "coverage.png").stat().st_size > 10_000
+    for run in ("glmd", "glmd_full_vocab", "kd", "no_distill"):
+        metrics = json.loads((results / "metrics" / "runs" / run / "sentiment.json").read_text())
+        assert metrics["examples"] == 64 and metrics["ci95"]["accuracy"] is not None
+        student = json.loads((results / "runs" / run / "sentiment" / "kdflow.json").read_text())
+        assert student["role"] == "student" and student["stage"] == "stage2"
+    assert (results / "runs" / "glmd" / "stage1" / "train_log.csv").exists()
+    assert not (results / "runs" / "kd" / "stage1").exists()  # kd has no stage 1
+    half = json.loads((results / "runs" / "glmd" / "sentiment" / "kdflow.json").read_text())
+    assert half["vocab_size"] == 24576 and half["vocab_map"] == "vocab_map.json"
     # A second run has nothing to do: outputs are complete and up to date.
     again = _run(cmd + ["-n"], repo, tool_env)
     assert "Nothing to be done" in again.stdout + again.stderr

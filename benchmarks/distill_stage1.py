@@ -40,12 +40,13 @@ def main() -> None:
     parser.add_argument("--results", default="results")
     parser.add_argument("--student", default="s6")
     parser.add_argument("--vocab", default="half")
+    parser.add_argument("--cache", default=None, help="a corpus cache folder (default: the experiment's)")
     parser.add_argument("--out", default="results/bench/distill_stage1.json")
     args = parser.parse_args()
     r = Path(args.results)
     paths = {
         "teacher": r / "assets/models/smollm2",
-        "cache": r / f"cache/corpus/package_texts/{args.vocab}",
+        "cache": Path(args.cache) if args.cache else r / f"cache/corpus/package_texts/{args.vocab}",
         "corpus": r / "corpus/package_texts",
         "student": r / f"students/{args.student}",
     }

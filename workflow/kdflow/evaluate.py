@@ -43,6 +43,27 @@ def _folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
+def predict_split(model_dir: str | Path, task_dir: str | Path, split: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """Load the model and the prepared split, score every cloze; returns what evaluate/submit need."""
+    task_dir = Path(task_dir)
+    meta = read_json(task_dir / "task.json")
+    task = get_task(meta["task"])
+    if split not in meta["splits"]:
+        raise DataError(f"{task_dir}: task {meta['name']} has no {split} split")
+    prompt = resolve_prompt(task, meta["prompt"])
+    examples = read_prepared(task_dir / f"{split}.jsonl")
+    model, tokenizer, family = load_lm(model_dir)
+    started = time.perf_counter()
+    scores = score_clozes(
+        model, tokenizer, family, [to_cloze(task, prompt, ex) for ex in examples],
+        batch_size=settings["batch_size"], max_length=settings["max_length"],
+    )  # fmt: skip
+    seconds = time.perf_counter() - started
+    preds = predictions(task, label_order(task, prompt), scores, examples)
+    return {"meta": meta, "task": task, "examples": examples, "scores": scores, "preds": preds,
+            "model": model, "family": family, "seconds": seconds}  # fmt: skip
+
+
 def evaluate(
     model_dir: str | Path,
     task_dir: str | Path,
@@ -51,31 +72,19 @@ def evaluate(
     settings: dict[str, Any],
     seed: int = 0,
 ) -> dict[str, Any]:
-    task_dir, model_dir = Path(task_dir), Path(model_dir)
-    meta = read_json(task_dir / "task.json")
-    task = get_task(meta["task"])
-    prompt = resolve_prompt(task, meta["prompt"])
-    labels = label_order(task, prompt)
-    if "dev" not in meta["splits"]:
-        raise DataError(f"{task_dir}: task {meta['name']} has no dev split to evaluate")
-    examples = read_prepared(task_dir / "dev.jsonl")
-    model, tokenizer, family = load_lm(model_dir)
-    clozes = [to_cloze(task, prompt, ex) for ex in examples]
-    started = time.perf_counter()
-    scores = score_clozes(
-        model, tokenizer, family, clozes, batch_size=settings["batch_size"], max_length=settings["max_length"]
-    )
-    elapsed = time.perf_counter() - started
-    preds = predictions(task, labels, scores, examples)
+    """Official dev metrics with a bootstrap CI, per-example predictions, size and speed of the model."""
+    model_dir = Path(model_dir)
+    r = predict_split(model_dir, task_dir, "dev", settings)
+    task, examples, preds, meta = r["task"], r["examples"], r["preds"], r["meta"]
     golds = [ex["label"] for ex in examples]
     if any(g is None for g in golds):
-        raise DataError(f"{task_dir / 'dev.jsonl'}: the dev split has unlabelled examples")
+        raise DataError(f"{Path(task_dir) / 'dev.jsonl'}: the dev split has unlabelled examples")
     values = compute(task.metrics, golds, preds, examples)
     primary = task.metrics[0]
     ci = bootstrap_ci(primary, golds, preds, examples, samples=settings["bootstrap_samples"], seed=seed)
     Path(predictions_out).parent.mkdir(parents=True, exist_ok=True)
     with open(predictions_out, "w", encoding="utf-8") as fh:
-        for ex, pred, row in zip(examples, preds, scores, strict=True):
+        for ex, pred, row in zip(examples, preds, r["scores"], strict=True):
             fh.write(json.dumps({"idx": ex["idx"], "label": ex["label"], "prediction": pred, "scores": row}) + "\n")
     result = {
         "model": str(model_dir),
@@ -84,16 +93,16 @@ def evaluate(
         "benchmark": task.benchmark,
         "split": "dev",
         "examples": len(examples),
-        "scoring": "continuation log-likelihood" if family == "causal" else "mask filling",
+        "scoring": "continuation log-likelihood" if r["family"] == "causal" else "mask filling",
         "prompt": meta["prompt"],
         "metrics": values,
         "primary_metric": primary,
         "ci95": {primary: list(ci) if ci else None},
         "label_counts": meta["label_counts"].get("dev", {}),
-        "parameters": count_parameters(model),
+        "parameters": count_parameters(r["model"]),
         "disk_bytes": _folder_bytes(model_dir),
-        "seconds": elapsed,
-        "examples_per_second": len(examples) / elapsed if elapsed > 0 else None,
+        "seconds": r["seconds"],
+        "examples_per_second": len(examples) / r["seconds"] if r["seconds"] > 0 else None,
     }
     write_json(out, result)
     return result
@@ -101,17 +110,5 @@ def evaluate(
 
 def submit(model_dir: str | Path, task_dir: str | Path, out_dir: str | Path, settings: dict[str, Any]) -> Path:
     """Predict the test split and write it in the benchmark's submission format."""
-    task_dir = Path(task_dir)
-    meta = read_json(task_dir / "task.json")
-    task = get_task(meta["task"])
-    if "test" not in meta["splits"]:
-        raise DataError(f"{task_dir}: task {meta['name']} has no test split to predict")
-    prompt = resolve_prompt(task, meta["prompt"])
-    examples = read_prepared(task_dir / "test.jsonl")
-    model, tokenizer, family = load_lm(model_dir)
-    scores = score_clozes(
-        model, tokenizer, family, [to_cloze(task, prompt, ex) for ex in examples],
-        batch_size=settings["batch_size"], max_length=settings["max_length"],
-    )  # fmt: skip
-    preds = predictions(task, label_order(task, prompt), scores, examples)
-    return write_submission(task, examples, preds, out_dir)
+    r = predict_split(model_dir, task_dir, "test", settings)
+    return write_submission(r["task"], r["examples"], r["preds"], out_dir)

@@ -147,7 +147,7 @@ def test_killed_distillation_resumes_to_the_same_weights(setup, tiny_llama, tmp_
     data = {"cache": setup / "ccache", "corpus": setup / "corpus", "teacher": tiny_llama}
     distill("stage1", setup / "student", tmp_path / "clean", tmp_path / "wc", GLMD, TRAIN, data, None, seed=0)
     cmd = [sys.executable, "-m", "kdflow", "distill", "--stage", "stage1", "--student", str(setup / "student"),
-           "--run", json.dumps(GLMD), "--settings", json.dumps(TRAIN), "--cache", str(setup / "ccache"),
+           "--recipe", json.dumps(GLMD), "--settings", json.dumps(TRAIN), "--cache", str(setup / "ccache"),
            "--corpus", str(setup / "corpus"), "--teacher", str(tiny_llama), "--out", str(tmp_path / "resumed"),
            "--work", str(tmp_path / "wr"), "--seed", "0"]  # fmt: skip
     assert subprocess.run(cmd + ["--stop-after-steps", "3"], env=tool_env, capture_output=True).returncode == 137

@@ -71,3 +71,17 @@ def test_tiny_dag_end_to_end(repo, tool_env, tmp_path):
     # A second run has nothing to do: outputs are complete and up to date.
     again = _run(cmd + ["-n"], repo, tool_env)
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_rules_launch_torchrun_for_several_processes(repo, tool_env, tmp_path):
+    import yaml
+
+    cfg = yaml.safe_load((repo / "tests" / "config" / "tiny.yaml").read_text())
+    cfg["distill"]["processes"] = 2
+    path = tmp_path / "two.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    cmd = ["snakemake", "-n", "-p", "-s", str(repo / "Snakefile"), "-d", str(tmp_path), "--forceall",
+           "--replace-workflow-config", "--configfile", str(path)]  # fmt: skip
+    out = _run(cmd, repo, tool_env).stdout
+    assert out.count("torchrun --standalone --nproc_per_node 2 -m kdflow distill --stage stage1") == 2
+    assert out.count("torchrun --standalone --nproc_per_node 2 -m kdflow distill --stage stage2") == 4

@@ -24,7 +24,7 @@ from .prepare import read_prepared
 from .preprocess import open_blocks
 from .prompts import label_order, resolve_prompt, to_cloze
 from .scoring import build_items, forward_items, pad_id
-from .train.loop import TrainSettings, steps_for, train
+from .train.loop import TrainSettings, World, steps_for, train
 from .vocab.compress import special_token_ids
 
 
@@ -168,6 +168,8 @@ def distill(
     work_dir = Path(work_dir)
     trained = train(model, loss_fn, n_examples, TrainSettings.from_config(settings, steps, seed),
                     work_dir / "checkpoint", work_dir / "train_log.csv", deepspeed, stop_after_steps)  # fmt: skip
+    if not World.from_env().main:  # data-parallel helpers: the main process writes the student
+        return {"stage": stage, "steps": steps}
     return save_student(trained, student_dir, out_dir, work_dir, {"stage": stage, "losses": run[stage]["losses"],
                         "steps": steps, "training_examples": n_examples, "settings": settings})  # fmt: skip
 

@@ -18,7 +18,7 @@ from .modeling import load_lm
 from .prepare import read_prepared
 from .prompts import label_order, resolve_prompt, to_cloze
 from .scoring import build_items, forward_items, pad_id
-from .train.loop import TrainSettings, steps_for, train
+from .train.loop import TrainSettings, World, steps_for, train
 
 
 def gold_target(task: TaskType, labels: list[str], example: Example) -> torch.Tensor:
@@ -88,6 +88,8 @@ def finetune_teacher(
     train_settings = TrainSettings.from_config(settings, steps, seed)
     trained = train(model, loss_fn, len(examples), train_settings, work_dir / "checkpoint",
                     work_dir / "train_log.csv", deepspeed, stop_after_steps)  # fmt: skip
+    if not World.from_env().main:  # data-parallel helpers: the main process writes and evaluates
+        return {"metrics": {}}
     trained.eval()
     if out_dir.exists():
         shutil.rmtree(out_dir)

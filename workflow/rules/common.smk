@@ -96,6 +96,14 @@ def cache_inputs(wildcards):
     return {"teacher": teacher, "vmap": vmap}
 
 
+def launcher():
+    """`kdflow`, or torchrun starting `distill.processes` data-parallel kdflow processes."""
+    n = config["distill"]["processes"]
+    return (
+        "kdflow" if n == 1 else f"torchrun --standalone --nproc_per_node {n} -m kdflow"
+    )
+
+
 def vocab_inputs(vocab):
     return [] if vocab == "full" else [f"{R}/vocab/{vocab}/map.json"]
 

@@ -35,7 +35,9 @@ rule distill_stage1:
     threads: THREADS
     resources:
         mem_mb=MEM_MB,
+        processes=config["distill"]["processes"],
     params:
+        launcher=launcher(),
         run=lambda w: as_json(config["runs"][w.run]),
         settings=as_json(config["distill"]["stage1"]),
         cache=lambda w, input: str(Path(input.cache[0]).parent) if input.cache else "",
@@ -43,7 +45,7 @@ rule distill_stage1:
         deepspeed=as_json(config["deepspeed"]),
         seed=config["seed"],
     shell:
-        "kdflow distill --stage stage1 --student {input.student} --run {params.run:q} "
+        "{params.launcher} distill --stage stage1 --student {input.student} --recipe {params.run:q} "
         "--settings {params.settings:q} --cache '{params.cache}' --corpus {input.corpus} "
         "--teacher {input.teacher} --out {output} --work {params.work} --deepspeed {params.deepspeed:q} "
         "--seed {params.seed} > {log} 2>&1"
@@ -63,7 +65,9 @@ rule distill_stage2:
     threads: THREADS
     resources:
         mem_mb=MEM_MB,
+        processes=config["distill"]["processes"],
     params:
+        launcher=launcher(),
         run=lambda w: as_json(config["runs"][w.run]),
         settings=as_json(config["distill"]["stage2"]),
         cache=lambda w, input: str(Path(input.cache).parent),
@@ -71,7 +75,7 @@ rule distill_stage2:
         deepspeed=as_json(config["deepspeed"]),
         seed=config["seed"],
     shell:
-        "kdflow distill --stage stage2 --student {input.student} --run {params.run:q} "
+        "{params.launcher} distill --stage stage2 --student {input.student} --recipe {params.run:q} "
         "--settings {params.settings:q} --cache {params.cache} --task {input.task} "
         "--teacher {input.teacher} --out {output} --work {params.work} --deepspeed {params.deepspeed:q} "
         "--seed {params.seed} > {log} 2>&1"

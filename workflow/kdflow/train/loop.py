@@ -36,6 +36,35 @@ class TrainingError(KdflowError):
 
 
 @dataclass(frozen=True)
+class World:
+    """This process's place among the data-parallel processes (torchrun / deepspeed launcher env)."""
+
+    rank: int = 0
+    size: int = 1
+
+    @classmethod
+    def from_env(cls) -> World:
+        return cls(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def mean(self, values: dict[str, float], tokens: int) -> tuple[dict[str, float], int]:
+        """Loss parts averaged and token counts summed over all processes."""
+        if self.size == 1:
+            return values, tokens
+        keys = sorted(values)
+        packed = torch.tensor([values[k] for k in keys] + [float(tokens)], dtype=torch.float64)
+        torch.distributed.all_reduce(packed)
+        return {k: float(v) / self.size for k, v in zip(keys, packed[:-1])}, int(packed[-1])
+
+    def barrier(self) -> None:
+        if self.size > 1:
+            torch.distributed.barrier()
+
+
+@dataclass(frozen=True)
 class TrainSettings:
     steps: int
     batch_size: int
@@ -87,8 +116,13 @@ def _schedule(settings: TrainSettings) -> Callable[[int], float]:
 
 
 class _Plain:
-    def __init__(self, model: torch.nn.Module, settings: TrainSettings) -> None:
-        self.model = model
+    def __init__(self, model: torch.nn.Module, settings: TrainSettings, world: World) -> None:
+        self.model, self.world = model, world
+        self.wrapped = model
+        if world.size > 1:
+            if not torch.distributed.is_initialized():
+                torch.distributed.init_process_group("gloo")
+            self.wrapped = torch.nn.parallel.DistributedDataParallel(model)
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _schedule(settings))
@@ -107,6 +141,9 @@ class _Plain:
         return self.scheduler.get_last_lr()[0]
 
     def save(self, folder: Path, step: int) -> None:
+        if not self.world.main:
+            self.world.barrier()
+            return
         folder.mkdir(parents=True, exist_ok=True)
         state = {
             "step": step,
@@ -118,6 +155,7 @@ class _Plain:
         tmp = folder / ".checkpoint.pt.tmp"
         torch.save(state, tmp)
         os.replace(tmp, folder / "checkpoint.pt")
+        self.world.barrier()
 
     def load(self, folder: Path) -> int | None:
         path = folder / "checkpoint.pt"
@@ -131,22 +169,31 @@ class _Plain:
         return int(state["step"])
 
     def module(self) -> torch.nn.Module:
-        return self.model
+        return self.wrapped
 
     def final_module(self) -> torch.nn.Module:
         return self.model
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 class _DeepSpeed:
-    def __init__(self, model: torch.nn.Module, settings: TrainSettings, ds_config: dict[str, Any]) -> None:
+    def __init__(self, model: torch.nn.Module, settings: TrainSettings, ds_config: dict[str, Any], world: World) -> None:
         os.environ.setdefault("DS_ACCELERATOR", "cpu" if not torch.cuda.is_available() else "cuda")
-        for key, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29531"), ("RANK", "0"),
-                           ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):  # fmt: skip
-            os.environ.setdefault(key, value)
+        if world.size == 1:  # a single process: DeepSpeed still wants a (local) rendezvous
+            for key, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(_free_port())), ("RANK", "0"),
+                               ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):  # fmt: skip
+                os.environ.setdefault(key, value)
         import deepspeed
 
         config = {
-            "train_micro_batch_size_per_gpu": settings.batch_size,
+            "train_micro_batch_size_per_gpu": settings.batch_size // world.size,
             "gradient_accumulation_steps": settings.grad_accum,
             "gradient_clipping": settings.max_grad_norm,
             "steps_per_print": 10**9,
@@ -221,21 +268,24 @@ def train(
     """Run ``settings.steps`` optimizer steps of ``loss_fn`` over ``n_examples``; returns the trained module."""
     seed_everything(settings.seed)
     model.train()
-    engine = _DeepSpeed(model, settings, deepspeed) if deepspeed else _Plain(model, settings)
+    world = World.from_env()
+    if settings.batch_size % world.size:
+        raise TrainingError(f"batch size {settings.batch_size} does not split over {world.size} processes")
+    engine = _DeepSpeed(model, settings, deepspeed, world) if deepspeed else _Plain(model, settings, world)
     checkpoint_dir = Path(checkpoint_dir)
     start = engine.load(checkpoint_dir) or 0
     log_csv = Path(log_csv)
     log_csv.parent.mkdir(parents=True, exist_ok=True)
     rows = _previous_rows(log_csv, start)
-    bar = tqdm(total=settings.steps, initial=start, desc="train", unit="step")
-    fh = open(log_csv, "w", newline="", encoding="utf-8")
+    bar = tqdm(total=settings.steps, initial=start, desc="train", unit="step", disable=not world.main)
+    fh = open(log_csv if world.main else os.devnull, "w", newline="", encoding="utf-8")
     writer: csv.DictWriter | None = None
     try:
         for step in range(start, settings.steps):
             t0, tokens, parts_sum = time.perf_counter(), 0, {}
             for micro in range(settings.grad_accum):
-                loss, parts, n_tokens = loss_fn(engine.module() if deepspeed else model,
-                                                batch_indices(n_examples, step, micro, settings))  # fmt: skip
+                indices = batch_indices(n_examples, step, micro, settings)[world.rank :: world.size]
+                loss, parts, n_tokens = loss_fn(engine.module(), indices)
                 if not torch.isfinite(loss):
                     raise TrainingError(
                         f"non-finite loss {loss.item()} at step {step} (parts {parts}); "
@@ -246,6 +296,7 @@ def train(
                 for k, v in parts.items():
                     parts_sum[k] = parts_sum.get(k, 0.0) + v / settings.grad_accum
             engine.step()
+            parts_sum, tokens = world.mean(parts_sum, tokens)
             seconds = time.perf_counter() - t0
             row = {"step": step + 1, **{k: round(v, 6) for k, v in parts_sum.items()},
                    "lr": engine.lr(), "tokens_per_second": round(tokens / seconds, 1)}  # fmt: skip

@@ -1,0 +1,67 @@
+"""Data-parallel training: 2 gloo processes under torchrun give the losses and weights of one process
+with the same global batch (plain DDP and DeepSpeed ZeRO-2/3)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from kdflow.cache.build import cache_corpus
+from kdflow.preprocess import preprocess_corpus
+from kdflow.students import init_student
+
+TEXT = "\n\n".join(f"Paragraph {i}: the quick brown fox jumps over the lazy dog number {i}." * 3 for i in range(40))
+RUN = {"student": "s", "stage1": {"losses": {"word_kl": {"weight": 1.0, "temperature": 2.0}}},
+       "stage2": {"losses": {"ce": {}}}}  # fmt: skip
+TRAIN = {"epochs": 4, "max_steps": 3, "batch_size": 4, "grad_accum": 1, "lr": 1e-3, "warmup_ratio": 0.0,
+         "weight_decay": 0.0, "max_grad_norm": 1.0, "checkpoint_every": 2, "max_length": 48, "teacher": "cached"}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_llama):
+    root = tmp_path_factory.mktemp("mp")
+    (root / "c.txt").write_text(TEXT)
+    preprocess_corpus(str(root / "c.txt"), {}, tiny_llama, root / "corpus",
+                      {"block_size": 32, "valid_fraction": 0.0, "batch_documents": 16}, seed=0)  # fmt: skip
+    settings = {"k": 16, "value_dtype": "fp32", "temperatures": [1.0, 2.0], "mode": "topk", "shard_blocks": 8,
+                "shard_examples": 8, "batch_size": 4, "max_blocks": 16, "max_length": 48}  # fmt: skip
+    cache_corpus(tiny_llama, root / "corpus", None, root / "cache", settings, seed=0)
+    init_student(tiny_llama, {"layers": {"strategy": "last", "count": 1}}, None, root / "student", seed=0)
+    return root
+
+
+def _distill(setup, tiny_llama, out, processes, env, deepspeed=None):
+    base = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+            "-m", "kdflow"] if processes > 1 else [sys.executable, "-m", "kdflow"]  # fmt: skip
+    cmd = base + ["distill", "--stage", "stage1", "--student", str(setup / "student"), "--recipe", json.dumps(RUN),
+                  "--settings", json.dumps(TRAIN), "--cache", str(setup / "cache"), "--corpus", str(setup / "corpus"),
+                  "--teacher", str(tiny_llama), "--out", str(out), "--work", str(out) + "_work", "--seed", "0",
+                  "--deepspeed", json.dumps(deepspeed)]  # fmt: skip
+    proc = subprocess.run(cmd, env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(out / "train_log.csv") as fh:
+        losses = [float(r["word_kl"]) for r in csv.DictReader(fh)]
+    return losses, load_file(out / "model.safetensors")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("zero", [None, 2, 3], ids=["ddp", "zero2", "zero3"])
+def test_two_processes_match_one(setup, tiny_llama, tmp_path, tool_env, zero):
+    if zero is not None:
+        pytest.importorskip("deepspeed")
+    ds = None if zero is None else {"zero_optimization": {"stage": zero}, "bf16": {"enabled": False}}
+    env = {k: v for k, v in tool_env.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    one, w1 = _distill(setup, tiny_llama, tmp_path / "one", 1, env, ds)
+    two, w2 = _distill(setup, tiny_llama, tmp_path / "two", 2, env, ds)
+    assert len(one) == len(two) == 3
+    assert one == pytest.approx(two, rel=1e-4)
+    assert w1.keys() == w2.keys()
+    assert all(torch.allclose(w1[k], w2[k], atol=1e-5) for k in w1)
+    assert os.path.exists(tmp_path / "two" / "kdflow.json")

@@ -63,7 +63,7 @@ def test_tiny_dag_end_to_end(repo, tool_env, tmp_path):
         metrics = json.loads((results / "metrics" / "runs" / run / "sentiment.json").read_text())
         assert metrics["examples"] == 64 and metrics["ci95"]["accuracy"] is not None
         student = json.loads((results / "runs" / run / "sentiment" / "kdflow.json").read_text())
-        assert student["role"] == "student" and student["stage"] == "stage2"
+        assert student["role"] == "student" and student["stage"] == "stage2" and student["run"] == run
     assert (results / "runs" / "glmd" / "stage1" / "train_log.csv").exists()
     assert not (results / "runs" / "kd" / "stage1").exists()  # kd has no stage 1
     half = json.loads((results / "runs" / "glmd" / "sentiment" / "kdflow.json").read_text())

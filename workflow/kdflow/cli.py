@@ -110,7 +110,8 @@ def _distill(a: argparse.Namespace) -> None:
     from .distill import distill
 
     data = {"cache": a.cache, "corpus": a.corpus, "task": a.task, "teacher": a.teacher}
-    meta = distill(a.stage, a.student, a.out, a.work, a.recipe, a.settings, data, a.deepspeed, a.seed,
+    recipe = {**a.recipe, "name": a.name} if a.name else a.recipe
+    meta = distill(a.stage, a.student, a.out, a.work, recipe, a.settings, data, a.deepspeed, a.seed,
                    a.stop_after_steps)  # fmt: skip
     log.info("%s of %s -> %s (%s steps)", a.stage, a.student, a.out, meta["steps"])
 
@@ -247,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", choices=["stage1", "stage2"], required=True)
     p.add_argument("--student", required=True, help="the student folder to start from")
     p.add_argument("--recipe", type=_json, required=True, help="the run's config entry, as JSON")
+    p.add_argument("--name", default="", help="the run's name (recorded in kdflow.json)")
     p.add_argument("--settings", type=_json, required=True, help="the config's distill.<stage> section")
     p.add_argument("--cache", help="logit cache folder")
     p.add_argument("--corpus", help="preprocessed corpus folder (stage 1)")

@@ -170,7 +170,8 @@ def distill(
                     work_dir / "checkpoint", work_dir / "train_log.csv", deepspeed, stop_after_steps)  # fmt: skip
     if not World.from_env().main:  # data-parallel helpers: the main process writes the student
         return {"stage": stage, "steps": steps}
-    return save_student(trained, student_dir, out_dir, work_dir, {"stage": stage, "losses": run[stage]["losses"],
+    return save_student(trained, student_dir, out_dir, work_dir, {"run": run.get("name"), "stage": stage,
+                        "description": run.get("description"), "losses": run[stage]["losses"],
                         "steps": steps, "training_examples": n_examples, "settings": settings})  # fmt: skip
 
 

@@ -45,7 +45,7 @@ rule distill_stage1:
         deepspeed=as_json(config["deepspeed"]),
         seed=config["seed"],
     shell:
-        "{params.launcher} distill --stage stage1 --student {input.student} --recipe {params.run:q} "
+        "{params.launcher} distill --stage stage1 --student {input.student} --recipe {params.run:q} --name {wildcards.run} "
         "--settings {params.settings:q} --cache '{params.cache}' --corpus {input.corpus} "
         "--teacher {input.teacher} --out {output} --work {params.work} --deepspeed {params.deepspeed:q} "
         "--seed {params.seed} > {log} 2>&1"
@@ -75,7 +75,7 @@ rule distill_stage2:
         deepspeed=as_json(config["deepspeed"]),
         seed=config["seed"],
     shell:
-        "{params.launcher} distill --stage stage2 --student {input.student} --recipe {params.run:q} "
+        "{params.launcher} distill --stage stage2 --student {input.student} --recipe {params.run:q} --name {wildcards.run} "
         "--settings {params.settings:q} --cache {params.cache} --task {input.task} "
         "--teacher {input.teacher} --out {output} --work {params.work} --deepspeed {params.deepspeed:q} "
         "--seed {params.seed} > {log} 2>&1"

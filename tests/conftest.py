@@ -60,3 +60,19 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _tiny(tmp_path_factory, "tiny_bert", "bert", "embedded:all-minilm-l6-v2")
 
+
+
+REPEATED_TEXT = "\n\n".join(
+    f"Paragraph {i}: the quick brown fox jumps over the lazy dog number {i}." * 3 for i in range(40)
+)
+
+
+def pack_text(folder: Path, tokenizer_dir: Path, text: str = REPEATED_TEXT, name: str = "packed") -> Path:
+    """``text`` written as a corpus file and packed into 32-token blocks (no validation split) under ``folder``."""
+    from kdflow.preprocess import preprocess_corpus
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.txt").write_text(text)
+    settings = {"block_size": 32, "valid_fraction": 0.0, "batch_documents": 16}
+    preprocess_corpus(str(folder / f"{name}.txt"), {}, tokenizer_dir, folder / name, settings, seed=0)
+    return folder / name

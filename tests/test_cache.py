@@ -9,6 +9,8 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import REPEATED_TEXT as TEXT
+from conftest import pack_text
 
 from kdflow.cache.build import cache_corpus, cache_task
 from kdflow.cache.format import bytes_per_position, sparse_targets
@@ -17,7 +19,7 @@ from kdflow.cache.reader import CorpusCacheDataset, TaskCacheDataset
 from kdflow.errors import DataError
 from kdflow.modeling import load_lm
 from kdflow.prepare import prepare_task, read_prepared
-from kdflow.preprocess import open_blocks, preprocess_corpus
+from kdflow.preprocess import open_blocks
 from kdflow.prompts import resolve_prompt, to_cloze
 from kdflow.scoring import score_clozes
 
@@ -25,16 +27,11 @@ SETTINGS = {
     "k": 16, "value_dtype": "fp32", "temperatures": [1.0, 15.0], "mode": "topk", "shard_blocks": 4,
     "shard_examples": 8, "batch_size": 4, "max_blocks": 12, "max_length": 64,
 }  # fmt: skip
-TEXT = "\n\n".join(f"Paragraph {i}: the quick brown fox jumps over the lazy dog number {i}." * 3 for i in range(40))
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory, tiny_llama):
-    folder = tmp_path_factory.mktemp("corpus")
-    (folder / "c.txt").write_text(TEXT)
-    preprocess_corpus(str(folder / "c.txt"), {}, tiny_llama, folder / "packed",
-                      {"block_size": 32, "valid_fraction": 0.0, "batch_documents": 16}, seed=0)  # fmt: skip
-    return folder / "packed"
+    return pack_text(tmp_path_factory.mktemp("corpus"), tiny_llama)
 
 
 @pytest.mark.parametrize("temperature", [1.0, 15.0])
@@ -89,10 +86,7 @@ def test_corrupted_shard_is_reported_by_name(tmp_path, tiny_llama, corpus):
 
 def test_mismatched_fingerprint_is_refused(tmp_path, tiny_llama, tiny_bert, corpus):
     cache_corpus(tiny_llama, corpus, None, tmp_path / "cache", SETTINGS, seed=0)
-    other = tmp_path / "other"
-    (tmp_path / "o.txt").write_text(TEXT.replace("fox", "cat"))
-    preprocess_corpus(str(tmp_path / "o.txt"), {}, tiny_llama, other,
-                      {"block_size": 32, "valid_fraction": 0.0, "batch_documents": 16}, seed=0)  # fmt: skip
+    other = pack_text(tmp_path, tiny_llama, TEXT.replace("fox", "cat"), name="other")
     with pytest.raises(DataError, match="does not match the student's inputs .*data"):
         CorpusCacheDataset(tmp_path / "cache", other)
     with pytest.raises(DataError, match="tokenizer"):
@@ -118,10 +112,7 @@ def test_killed_job_resumes_to_an_identical_cache(tmp_path, tiny_llama, corpus, 
 
 
 def test_masked_lm_cache_reproduces_the_masking(tmp_path, tiny_bert):
-    (tmp_path / "c.txt").write_text(TEXT)
-    packed = tmp_path / "packed"
-    preprocess_corpus(str(tmp_path / "c.txt"), {}, tiny_bert, packed,
-                      {"block_size": 32, "valid_fraction": 0.0, "batch_documents": 16}, seed=0)  # fmt: skip
+    packed = pack_text(tmp_path, tiny_bert)
     manifest = cache_corpus(tiny_bert, packed, None, tmp_path / "cache", SETTINGS, seed=3)
     assert manifest["family"] == "masked"
     data = CorpusCacheDataset(tmp_path / "cache", packed, tokenizer_dir=tiny_bert)
@@ -195,10 +186,7 @@ def test_dense_mode_and_vocabulary_projection(tmp_path, tiny_llama, corpus):
 @pytest.mark.parametrize("family", ["tiny_llama", "tiny_bert"])
 def test_hidden_mode_reconstructs_the_teacher_logits(tmp_path, family, request):
     teacher = request.getfixturevalue(family)
-    (tmp_path / "c.txt").write_text(TEXT)
-    packed = tmp_path / "packed"
-    preprocess_corpus(str(tmp_path / "c.txt"), {}, teacher, packed,
-                      {"block_size": 32, "valid_fraction": 0.0, "batch_documents": 16}, seed=0)  # fmt: skip
+    packed = pack_text(tmp_path, teacher)
     settings = {**SETTINGS, "mode": "hidden", "max_blocks": 4}
     manifest = cache_corpus(teacher, packed, None, tmp_path / "cache", settings, seed=1)
     assert manifest["head_sha256"] and (tmp_path / "cache" / "head.safetensors").exists()

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from conftest import pack_text
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
@@ -20,10 +21,8 @@ from kdflow.errors import ConfigError
 from kdflow.losses import REGISTRY, build_losses
 from kdflow.modeling import load_lm
 from kdflow.prepare import prepare_task
-from kdflow.preprocess import preprocess_corpus
 from kdflow.students import init_student, select_layers
 
-TEXT = "\n\n".join(f"Paragraph {i}: the quick brown fox jumps over the lazy dog number {i}." * 3 for i in range(40))
 TRAIN = {"epochs": 2, "max_steps": 4, "batch_size": 4, "grad_accum": 1, "lr": 1e-3, "warmup_ratio": 0.0,
          "weight_decay": 0.0, "max_grad_norm": 1.0, "checkpoint_every": 2, "max_length": 48, "teacher": "cached"}  # fmt: skip
 CACHE = {"k": 16, "value_dtype": "fp32", "temperatures": [1.0, 15.0], "mode": "topk", "shard_blocks": 4,
@@ -35,9 +34,7 @@ GLMD = {"student": "s", "stage1": {"losses": {"word_kl": {"weight": 1.0, "temper
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_llama):
     root = tmp_path_factory.mktemp("distill")
-    (root / "c.txt").write_text(TEXT)
-    preprocess_corpus(str(root / "c.txt"), {}, tiny_llama, root / "corpus",
-                      {"block_size": 32, "valid_fraction": 0.0, "batch_documents": 16}, seed=0)  # fmt: skip
+    pack_text(root, tiny_llama, name="corpus")
     build_sentiment_task("embedded:rotten-tomatoes", root / "raw", seed=0)
     prepare_task("sentiment", {"name": "sst2", "max_examples": {"train": 16, "dev": 8, "test": 4}},
                  str(root / "raw"), root / "task")  # fmt: skip

@@ -11,13 +11,12 @@ import sys
 
 import pytest
 import torch
+from conftest import pack_text
 from safetensors.torch import load_file
 
 from kdflow.cache.build import cache_corpus
-from kdflow.preprocess import preprocess_corpus
 from kdflow.students import init_student
 
-TEXT = "\n\n".join(f"Paragraph {i}: the quick brown fox jumps over the lazy dog number {i}." * 3 for i in range(40))
 RUN = {"student": "s", "stage1": {"losses": {"word_kl": {"weight": 1.0, "temperature": 2.0}}},
        "stage2": {"losses": {"ce": {}}}}  # fmt: skip
 TRAIN = {"epochs": 4, "max_steps": 3, "batch_size": 4, "grad_accum": 1, "lr": 1e-3, "warmup_ratio": 0.0,
@@ -27,9 +26,7 @@ TRAIN = {"epochs": 4, "max_steps": 3, "batch_size": 4, "grad_accum": 1, "lr": 1e
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_llama):
     root = tmp_path_factory.mktemp("mp")
-    (root / "c.txt").write_text(TEXT)
-    preprocess_corpus(str(root / "c.txt"), {}, tiny_llama, root / "corpus",
-                      {"block_size": 32, "valid_fraction": 0.0, "batch_documents": 16}, seed=0)  # fmt: skip
+    pack_text(root, tiny_llama, name="corpus")
     settings = {"k": 16, "value_dtype": "fp32", "temperatures": [1.0, 2.0], "mode": "topk", "shard_blocks": 8,
                 "shard_examples": 8, "batch_size": 4, "max_blocks": 16, "max_length": 48}  # fmt: skip
     cache_corpus(tiny_llama, root / "corpus", None, root / "cache", settings, seed=0)

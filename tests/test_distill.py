@@ -168,3 +168,14 @@ def test_deepspeed_zero_with_cpu_offload_runs_two_steps(setup, tiny_llama, tmp_p
     with open(tmp_path / "ds" / "train_log.csv") as fh:
         assert len(list(csv.DictReader(fh))) == 2
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "ds").config.num_hidden_layers == 1
+
+
+@pytest.mark.slow
+def test_online_teacher_under_zero3_inference_with_offload(setup, tiny_llama):
+    pytest.importorskip("deepspeed")
+    ds = {"zero_optimization": {"stage": 3, "offload_param": {"device": "cpu"}}, "bf16": {"enabled": False}}
+    plain = _Stage1Data(None, setup / "corpus", None, tiny_llama, online=True, seed=0)
+    zero3 = _Stage1Data(None, setup / "corpus", None, tiny_llama, online=True, seed=0, teacher_deepspeed=ds)
+    a, b = plain.batch([0, 3]), zero3.batch([0, 3])
+    assert torch.equal(a[0], b[0])
+    assert torch.allclose(a[2]["logits"], b[2]["logits"], atol=1e-5)

@@ -24,7 +24,7 @@ from .prepare import read_prepared
 from .preprocess import open_blocks
 from .prompts import label_order, resolve_prompt, to_cloze
 from .scoring import build_items, forward_items, pad_id
-from .train.loop import TrainSettings, World, steps_for, train
+from .train.loop import TrainSettings, World, deepspeed_environment, steps_for, train
 from .vocab.compress import special_token_ids
 
 
@@ -44,11 +44,14 @@ def _pad(rows: list[torch.Tensor], pad: int) -> tuple[torch.Tensor, torch.Tensor
 class _Stage1Data:
     """Corpus blocks with the teacher's word targets: from the cache, or from an online teacher."""
 
-    def __init__(self, cache_dir, corpus_dir, vocab_map, teacher_dir, online: bool, seed: int) -> None:
+    def __init__(self, cache_dir, corpus_dir, vocab_map, teacher_dir, online: bool, seed: int,
+                 teacher_deepspeed: dict[str, Any] | None = None) -> None:  # fmt: skip
         self.online = online
         if online:
             self.teacher, teacher_tok, self.family = load_lm(teacher_dir)
             self.teacher.requires_grad_(False)
+            if teacher_deepspeed:
+                self.teacher = zero_inference(self.teacher, teacher_deepspeed)
             self.blocks = open_blocks(corpus_dir, "train")
             from .vocab.vmap import VocabMap
 
@@ -83,6 +86,18 @@ class _Stage1Data:
         return torch.stack([it["input_ids"] for it in items]), [it["positions"] for it in items], targets
 
 
+def zero_inference(model: torch.nn.Module, ds_config: dict[str, Any]) -> torch.nn.Module:
+    """The teacher in a DeepSpeed engine for inference only (ZeRO-3 partitions and, with
+    ``offload_param``, keeps its weights in CPU memory between uses): teachers larger than memory."""
+    import deepspeed
+
+    deepspeed_environment(World.from_env())
+    config = {"train_micro_batch_size_per_gpu": 1, **ds_config}
+    engine, _, _, _ = deepspeed.initialize(model=model, config=config)
+    engine.eval()
+    return engine.module
+
+
 def _word_logits(module: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor | None, positions: list[torch.Tensor]):
     logits = module(input_ids=ids, attention_mask=mask).logits
     return torch.cat([logits[r, p] for r, p in enumerate(positions)])
@@ -112,7 +127,8 @@ def distill(
         if needs - {"word_logits", "word_targets"}:
             raise ConfigError(f"stage 1 has no task: losses {sorted(l.name for l in losses)} need {sorted(needs)}")
         source = _Stage1Data(data.get("cache"), data["corpus"], vocab_map, data["teacher"],
-                             settings.get("teacher", "cached") == "online", seed)  # fmt: skip
+                             settings.get("teacher", "cached") == "online", seed,
+                             settings.get("teacher_deepspeed"))  # fmt: skip
         n_examples = len(source)
 
         def prepare(module: torch.nn.Module, indices: list[int]) -> int:

@@ -175,6 +175,15 @@ class _Plain:
         return self.model
 
 
+def deepspeed_environment(world: World) -> None:
+    """Accelerator and, for a single process, a local rendezvous, as DeepSpeed expects them."""
+    os.environ.setdefault("DS_ACCELERATOR", "cpu" if not torch.cuda.is_available() else "cuda")
+    if world.size == 1:
+        for key, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(_free_port())), ("RANK", "0"),
+                           ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):  # fmt: skip
+            os.environ.setdefault(key, value)
+
+
 def _free_port() -> int:
     import socket
 
@@ -185,11 +194,7 @@ def _free_port() -> int:
 
 class _DeepSpeed:
     def __init__(self, model: torch.nn.Module, settings: TrainSettings, ds_config: dict[str, Any], world: World) -> None:
-        os.environ.setdefault("DS_ACCELERATOR", "cpu" if not torch.cuda.is_available() else "cuda")
-        if world.size == 1:  # a single process: DeepSpeed still wants a (local) rendezvous
-            for key, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(_free_port())), ("RANK", "0"),
-                               ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):  # fmt: skip
-                os.environ.setdefault(key, value)
+        deepspeed_environment(world)
         import deepspeed
 
         config = {

@@ -13,17 +13,15 @@ import torch
 
 from .cache.masking import mask_block
 from .cache.reader import CorpusCacheDataset, TaskCacheDataset
-from .data.tasks import get_task
 from .errors import ConfigError
 from .finetune import gold_target
 from .fingerprint import weights_fingerprint
 from .jsonio import read_json, write_json
 from .losses import build_losses
 from .modeling import load_lm
-from .prepare import read_prepared
+from .prepare import load_prepared
 from .preprocess import open_blocks
-from .prompts import label_order, resolve_prompt, to_cloze
-from .scoring import build_items, forward_items, pad_id
+from .scoring import candidate_scores, pad_id
 from .train.loop import TrainSettings, World, deepspeed_environment, steps_for, train
 from .vocab.compress import special_token_ids
 
@@ -139,13 +137,8 @@ def distill(
 
     else:
         task_dir = Path(data["task"])
-        meta = read_json(task_dir / "task.json")
-        task = get_task(meta["task"])
-        prompt = resolve_prompt(task, meta["prompt"])
-        labels = label_order(task, prompt)
-        examples = read_prepared(task_dir / "train.jsonl")
+        prepared = load_prepared(task_dir, "train")
         cache = TaskCacheDataset(data["cache"], task_dir, vocab_map)
-        clozes = [to_cloze(task, prompt, ex) for ex in examples]
         n_examples = len(cache)
 
         def prepare(module: torch.nn.Module, indices: list[int]) -> int:
@@ -160,16 +153,14 @@ def distill(
                                word_targets=targets, cache_temperatures=cache.settings["temperatures"])  # fmt: skip
                 tokens += int(mask.sum())
             if "student_scores" in needs:
-                batch_items = build_items([clozes[i] for i in indices], tokenizer, family, settings["max_length"])
-                rows: list[dict[int, torch.Tensor]] = [{} for _ in indices]
-                for example, j, value in forward_items(module, batch_items, pad):
-                    rows[example][j] = value
-                tensors["student_scores"] = [torch.stack([r[j] for j in range(len(r))]) for r in rows]
-                tokens += sum(len(it.input_ids) for it in batch_items)
+                scores, n_tokens = candidate_scores(module, tokenizer, family, [prepared.clozes[i] for i in indices],
+                                                    settings["max_length"])  # fmt: skip
+                tensors["student_scores"] = scores
+                tokens += n_tokens
             if "teacher_scores" in needs:
                 tensors["teacher_scores"] = [it["candidate_scores"] for it in items]
             if "labels" in needs:
-                tensors["labels"] = [gold_target(task, labels, examples[i]) for i in indices]
+                tensors["labels"] = [gold_target(prepared.task, prepared.labels, prepared.examples[i]) for i in indices]
             return tokens
 
     def loss_fn(module: torch.nn.Module, indices: list[int]) -> tuple[torch.Tensor, dict[str, float], int]:

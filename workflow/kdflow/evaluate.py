@@ -10,13 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from .data.submission import write_submission
-from .data.tasks import Example, TaskType, get_task
+from .data.tasks import Example, TaskType
 from .errors import DataError
-from .jsonio import read_json, write_json
+from .jsonio import write_json
 from .metrics import bootstrap_ci, compute
 from .modeling import count_parameters, load_lm
-from .prepare import read_prepared
-from .prompts import label_order, resolve_prompt, to_cloze
+from .prepare import load_prepared
 from .scoring import score_clozes
 
 
@@ -45,22 +44,14 @@ def _folder_bytes(folder: Path) -> int:
 
 def predict_split(model_dir: str | Path, task_dir: str | Path, split: str, settings: dict[str, Any]) -> dict[str, Any]:
     """Load the model and the prepared split, score every cloze; returns what evaluate/submit need."""
-    task_dir = Path(task_dir)
-    meta = read_json(task_dir / "task.json")
-    task = get_task(meta["task"])
-    if split not in meta["splits"]:
-        raise DataError(f"{task_dir}: task {meta['name']} has no {split} split")
-    prompt = resolve_prompt(task, meta["prompt"])
-    examples = read_prepared(task_dir / f"{split}.jsonl")
+    data = load_prepared(task_dir, split)
     model, tokenizer, family = load_lm(model_dir)
     started = time.perf_counter()
-    scores = score_clozes(
-        model, tokenizer, family, [to_cloze(task, prompt, ex) for ex in examples],
-        batch_size=settings["batch_size"], max_length=settings["max_length"],
-    )  # fmt: skip
+    scores = score_clozes(model, tokenizer, family, data.clozes, batch_size=settings["batch_size"],
+                          max_length=settings["max_length"])  # fmt: skip
     seconds = time.perf_counter() - started
-    preds = predictions(task, label_order(task, prompt), scores, examples)
-    return {"meta": meta, "task": task, "examples": examples, "scores": scores, "preds": preds,
+    preds = predictions(data.task, data.labels, scores, data.examples)
+    return {"meta": data.meta, "task": data.task, "examples": data.examples, "scores": scores, "preds": preds,
             "model": model, "family": family, "seconds": seconds}  # fmt: skip
 
 

@@ -9,15 +9,15 @@ from typing import Any
 
 import torch
 
-from .data.tasks import Example, TaskType, get_task
+from .data.tasks import Example, TaskType
 from .errors import DataError
 from .evaluate import evaluate
 from .fingerprint import weights_fingerprint
 from .jsonio import read_json, write_json
 from .modeling import load_lm
-from .prepare import read_prepared
-from .prompts import label_order, resolve_prompt, to_cloze
-from .scoring import build_items, forward_items, pad_id
+from .losses.prediction import GoldCE
+from .prepare import load_prepared
+from .scoring import candidate_scores
 from .train.loop import TrainSettings, World, steps_for, train
 
 
@@ -58,30 +58,17 @@ def finetune_teacher(
     stop_after_steps: int | None = None,
 ) -> dict[str, Any]:
     task_dir, work_dir, out_dir = Path(task_dir), Path(work_dir), Path(out_dir)
-    meta = read_json(task_dir / "task.json")
-    task = get_task(meta["task"])
-    if "train" not in meta["splits"]:
-        raise DataError(f"{task_dir}: task {meta['name']} has no train split to fine-tune on")
-    prompt = resolve_prompt(task, meta["prompt"])
-    labels = label_order(task, prompt)
-    examples = read_prepared(task_dir / "train.jsonl")[: settings.get("max_examples") or None]
-    clozes = [to_cloze(task, prompt, ex) for ex in examples]
-    targets = [gold_target(task, labels, ex) for ex in examples]
+    data = load_prepared(task_dir, "train", settings.get("max_examples"))
+    meta, task, examples, clozes = data.meta, data.task, data.examples, data.clozes
+    targets = [gold_target(task, data.labels, ex) for ex in examples]
     model, tokenizer, family = load_lm(teacher_dir)
-    max_length, pad = settings["max_length"], pad_id(tokenizer)
+    gold_ce = GoldCE()
 
     def loss_fn(module: torch.nn.Module, indices: list[int]) -> tuple[torch.Tensor, dict[str, float], int]:
-        picked = [clozes[i] for i in indices]
-        items = build_items(picked, tokenizer, family, max_length)
-        scores: list[dict[int, torch.Tensor]] = [{} for _ in indices]
-        for example, j, value in forward_items(module, items, pad):
-            scores[example][j] = value
-        losses = []
-        for k, i in enumerate(indices):
-            row = torch.stack([scores[k][j] for j in range(len(picked[k].candidates))])
-            losses.append(-(targets[i] * torch.log_softmax(row, -1)).sum())
-        loss = torch.stack(losses).mean()
-        return loss, {"cloze_ce": loss.item()}, sum(len(it.input_ids) for it in items)
+        scores, tokens = candidate_scores(module, tokenizer, family, [clozes[i] for i in indices],
+                                          settings["max_length"])  # fmt: skip
+        loss = gold_ce({"student_scores": scores, "labels": [targets[i] for i in indices]})
+        return loss, {"cloze_ce": loss.item()}, tokens
 
     steps = steps_for(len(examples), settings["epochs"], settings["batch_size"], settings["grad_accum"],
                       settings.get("max_steps"))  # fmt: skip

@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from .data.reader import read_split
-from .data.tasks import Example, get_task
+from dataclasses import dataclass
+
+from .data.tasks import Example, Prompt, TaskType, get_task
 from .errors import DataError
-from .jsonio import write_json
-from .prompts import answer_strings, resolve_prompt
+from .jsonio import read_json, write_json
+from .prompts import Cloze, answer_strings, label_order, resolve_prompt, to_cloze
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "dev", "test")
@@ -69,3 +71,28 @@ def prepare_task(name: str, spec: dict[str, Any], source: str, out_dir: str | Pa
     }
     write_json(out_dir / "task.json", meta)
     return meta
+
+
+@dataclass(frozen=True)
+class PreparedTask:
+    """A prepared task split, ready for scoring or training: its type, resolved prompt, examples, clozes."""
+
+    meta: dict[str, Any]
+    task: TaskType
+    prompt: Prompt
+    labels: list[str]
+    examples: list[Example]
+    clozes: list[Cloze]
+
+
+def load_prepared(task_dir: str | Path, split: str, limit: int | None = None) -> PreparedTask:
+    """Open split ``split`` of a `prepare_task` folder (at most ``limit`` examples)."""
+    task_dir = Path(task_dir)
+    meta = read_json(task_dir / "task.json")
+    task = get_task(meta["task"])
+    if split not in meta["splits"]:
+        raise DataError(f"{task_dir}: task {meta['name']} has no {split} split")
+    prompt = resolve_prompt(task, meta["prompt"])
+    examples = read_prepared(task_dir / f"{split}.jsonl")[:limit]
+    clozes = [to_cloze(task, prompt, ex) for ex in examples]
+    return PreparedTask(meta, task, prompt, label_order(task, prompt), examples, clozes)

@@ -114,6 +114,18 @@ def forward_items(model: PreTrainedModel, items: list[_Item], pad: int) -> list[
     return out
 
 
+def candidate_scores(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, family: str, clozes: list[Cloze], max_length: int
+) -> tuple[list[torch.Tensor], int]:
+    """Differentiable candidate scores of a batch of clozes (one tensor per cloze) and the tokens processed."""
+    items = build_items(clozes, tokenizer, family, max_length)
+    rows: list[dict[int, torch.Tensor]] = [{} for _ in clozes]
+    for example, j, value in forward_items(model, items, pad_id(tokenizer)):
+        rows[example][j] = value
+    scores = [torch.stack([row[j] for j in range(len(c.candidates))]) for row, c in zip(rows, clozes, strict=True)]
+    return scores, sum(len(it.input_ids) for it in items)
+
+
 def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 

@@ -11,17 +11,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..data.tasks import get_task
 from ..fingerprint import files_sha256, tokenizer_fingerprint, weights_fingerprint
-from ..jsonio import read_json
 from ..modeling import load_lm
-from ..prepare import read_prepared
+from ..prepare import load_prepared
 from ..preprocess import open_blocks
-from ..prompts import resolve_prompt, to_cloze
-from ..scoring import _wrap, build_items, score_clozes
+from ..prompts import Cloze
+from ..scoring import _wrap, build_items, pad_id, score_clozes
 from ..vocab.compress import special_token_ids
 from ..vocab.vmap import VocabMap
-from .format import encode_values, file_sha256, id_dtype, sparse_targets
+from .format import encode_values, file_sha256, id_dtype, log_normalisers, sparse_targets
 from .masking import mask_block
 from .store import ShardWriter
 
@@ -53,18 +51,15 @@ def _project(logits: torch.Tensor, vmap: VocabMap | None) -> torch.Tensor:
 def _targets_arrays(outputs: torch.Tensor, settings: dict[str, Any], vocab_size: int) -> dict[str, np.ndarray]:
     """Arrays of one batch: ``outputs`` are projected logits, or (mode ``hidden``) the LM head's inputs."""
     temps = settings["temperatures"]
-    logits = outputs
     if settings["mode"] == "hidden":
         return {"hidden": encode_values(outputs, settings["value_dtype"])}
     if settings["mode"] == "dense":
-        logprobs = torch.log_softmax(logits.float(), -1)
-        from .format import log_normalisers
-
+        logprobs = torch.log_softmax(outputs.float(), -1)
         return {
             "dense": encode_values(logprobs, settings["value_dtype"]),
             "log_norm": log_normalisers(logprobs, temps).numpy(),
         }
-    t = sparse_targets(logits, settings["k"], temps)
+    t = sparse_targets(outputs, settings["k"], temps)
     return {
         "topk_values": encode_values(t["values"], settings["value_dtype"]),
         "topk_ids": t["ids"].numpy().astype(id_dtype(vocab_size)),
@@ -84,9 +79,17 @@ class _HeadInputs:
         self.value = inputs[0].detach()
 
 
-def _teacher_outputs(model, ids, mask, capture: _HeadInputs | None) -> torch.Tensor:
+def _teacher_forward(model, ids, mask, capture: _HeadInputs | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, what the cache stores: the logits, or in mode ``hidden`` the LM head's inputs)."""
     logits = model(input_ids=ids, attention_mask=mask).logits
-    return capture.value if capture is not None else logits
+    return logits, capture.value if capture is not None else logits
+
+
+def _hidden_capture(model, out_dir, settings: dict[str, Any]) -> tuple[_HeadInputs | None, str | None]:
+    """Mode ``hidden``: a hook on the head's inputs, and the head saved once beside the cache (its sha256)."""
+    if settings["mode"] != "hidden":
+        return None, None
+    return _HeadInputs(model), _save_head(model, out_dir)
 
 
 def _save_head(model: torch.nn.Module, out_dir: str | Path) -> str:
@@ -139,8 +142,7 @@ def cache_corpus(
         extra["masking"] = {"seed": seed, "prob": 0.15, "mask_id": tokenizer.mask_token_id}
     header = _header("corpus", teacher_dir, teacher_dir, vocab_map, corpus_fingerprint(corpus_dir), settings, extra)
     writer = ShardWriter(out_dir, header, stop_after_shards)
-    capture = _HeadInputs(model) if settings["mode"] == "hidden" else None
-    head_sha = _save_head(model, out_dir) if capture else None
+    capture, head_sha = _hidden_capture(model, out_dir, settings)
     specials = special_token_ids(tokenizer)
     per_shard, batch = settings["shard_blocks"], settings["batch_size"]
     bar = tqdm(total=n_blocks * block_size, desc="cache corpus", unit="tok", unit_scale=True)
@@ -160,7 +162,7 @@ def cache_corpus(
                 ids = torch.from_numpy(np.stack([m[0] for m in masked]))
                 positions = [m[1] for m in masked]
             t0 = time.perf_counter()
-            logits = _teacher_outputs(model, ids, torch.ones_like(ids), capture)
+            _, logits = _teacher_forward(model, ids, torch.ones_like(ids), capture)
             forward_seconds += time.perf_counter() - t0
             if positions is not None:
                 logits = torch.cat([logits[r, p] for r, p in enumerate(positions)])
@@ -197,10 +199,9 @@ def _summary(writer: ShardWriter, elapsed: float, forward_seconds: float, out_di
     }
 
 
-def _task_inputs(task, prompt, examples, tokenizer, family: str, max_length: int):
-    """Teacher-token inputs of each example, the positions to cache, and (single-token candidates) where the
+def _task_inputs(clozes: list[Cloze], tokenizer, family: str, max_length: int):
+    """Teacher-token inputs of each cloze, the positions to cache, and (single-token candidates) where the
     candidate scores can be read from the same forward pass: ``(position, candidate token ids)`` or None."""
-    clozes = [to_cloze(task, prompt, ex) for ex in examples]
     inputs, positions, shared = [], [], []
     for cloze in clozes:
         items = build_items([cloze], tokenizer, family, max_length)
@@ -220,7 +221,7 @@ def _task_inputs(task, prompt, examples, tokenizer, family: str, max_length: int
             pos, _ = np.asarray([ids.index(tokenizer.mask_token_id)]), shared.append(None)
         inputs.append(ids)
         positions.append(pos)
-    return clozes, inputs, positions, shared
+    return inputs, positions, shared
 
 
 @torch.no_grad()
@@ -234,18 +235,15 @@ def cache_task(
 ) -> dict[str, Any]:
     """Stage 2: word-prediction targets on the task inputs + the teacher's candidate scores, per example."""
     model, tokenizer, family, vmap = _load(teacher_dir, vocab_map)
-    meta = read_json(Path(task_dir) / "task.json")
-    task = get_task(meta["task"])
-    prompt = resolve_prompt(task, meta["prompt"])
-    examples = read_prepared(Path(task_dir) / "train.jsonl")
+    prepared = load_prepared(task_dir, "train")
+    meta, examples = prepared.meta, prepared.examples
     student_vocab = vmap.size if vmap else model.config.vocab_size
     extra = {"family": family, "task": meta["name"], "examples": len(examples), "student_vocab_size": student_vocab}
     header = _header("task", teacher_dir, teacher_dir, vocab_map, task_fingerprint(task_dir), settings, extra)
     writer = ShardWriter(out_dir, header, stop_after_shards)
-    capture = _HeadInputs(model) if settings["mode"] == "hidden" else None
-    head_sha = _save_head(model, out_dir) if capture else None
+    capture, head_sha = _hidden_capture(model, out_dir, settings)
     per_shard, batch = settings["shard_examples"], settings["batch_size"]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_id(tokenizer)
     bar = tqdm(total=len(examples), desc="cache task", unit="ex")
     started, forward_seconds = time.perf_counter(), 0.0
     for index, start in enumerate(range(0, len(examples), per_shard)):
@@ -253,7 +251,8 @@ def cache_task(
         if writer.done(index):
             bar.update(len(chunk))
             continue
-        clozes, inputs, positions, shared = _task_inputs(task, prompt, chunk, tokenizer, family, settings["max_length"])
+        clozes = prepared.clozes[start : start + per_shard]
+        inputs, positions, shared = _task_inputs(clozes, tokenizer, family, settings["max_length"])
         parts, scores = [], [None] * len(chunk)
         for b in range(0, len(chunk), batch):
             rows = inputs[b : b + batch]
@@ -263,8 +262,7 @@ def cache_task(
             for r, row in enumerate(rows):
                 ids[r, : len(row)], mask[r, : len(row)] = torch.tensor(row), 1
             t0 = time.perf_counter()
-            logits = model(input_ids=ids, attention_mask=mask).logits
-            outputs = capture.value if capture is not None else logits
+            logits, outputs = _teacher_forward(model, ids, mask, capture)
             forward_seconds += time.perf_counter() - t0
             picked = torch.cat([outputs[r, torch.as_tensor(p)] for r, p in enumerate(positions[b : b + batch])])
             parts.append(_targets_arrays(picked if capture else _project(picked, vmap), settings, student_vocab))

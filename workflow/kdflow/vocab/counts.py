@@ -9,11 +9,9 @@ import numpy as np
 from tqdm import tqdm
 from transformers import AutoTokenizer
 
-from ..data.tasks import get_task
 from ..jsonio import read_json
-from ..prepare import read_prepared
+from ..prepare import load_prepared
 from ..preprocess import open_blocks
-from ..prompts import resolve_prompt, to_cloze
 
 _CHUNK_BLOCKS = 4096
 
@@ -31,15 +29,9 @@ def count_corpus(corpus_dir: str | Path, vocab_size: int) -> np.ndarray:
 
 def count_task_inputs(task_dir: str | Path, tokenizer, vocab_size: int) -> np.ndarray:
     """Counts over a prepared task's training inputs, rendered through its prompt (text around the slot)."""
-    meta = read_json(Path(task_dir) / "task.json")
-    task = get_task(meta["task"])
-    prompt = resolve_prompt(task, meta["prompt"])
+    split = "train" if "train" in read_json(Path(task_dir) / "task.json")["splits"] else "dev"
     counts = np.zeros(vocab_size, dtype=np.int64)
-    split = "train" if "train" in meta["splits"] else "dev"
-    texts = []
-    for ex in read_prepared(Path(task_dir) / f"{split}.jsonl"):
-        cloze = to_cloze(task, prompt, ex)
-        texts.append(cloze.prefix + " " + " ".join(cloze.candidates) + cloze.suffix)
+    texts = [c.prefix + " " + " ".join(c.candidates) + c.suffix for c in load_prepared(task_dir, split).clozes]
     for start in range(0, len(texts), 512):
         for ids in tokenizer(texts[start : start + 512], add_special_tokens=False)["input_ids"]:
             counts += np.bincount(np.asarray(ids, dtype=np.int64), minlength=vocab_size)[:vocab_size]

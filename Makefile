@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test lint venv clean-results
+.PHONY: run test lint venv clean-results chromium
 
 venv: $(STAMP)
 
@@ -26,8 +26,14 @@ $(STAMP): pyproject.toml envs/requirements.txt envs/assets.txt
 run: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES)
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/pytest -q tests
+
+# The report test drives Debian's Chromium headless; install it when this machine can (root + apt).
+chromium:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null && \
+	   apt-get install -y -q chromium >/dev/null)) ; } || echo "chromium not installed: the report test will skip"
 
 lint: $(STAMP)
 	$(BIN)/snakemake --lint

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from kdflow.assets.sentiment import build_sentiment_task
+from kdflow.evaluate import evaluate
 from kdflow.finetune import finetune_teacher
 from kdflow.prepare import prepare_task
 from kdflow.train.loop import TrainingError, TrainSettings, train
@@ -41,10 +42,11 @@ def _losses(path):
 def test_finetuning_lowers_the_cloze_loss(tmp_path, family, request, task_dir):
     teacher = request.getfixturevalue(family)
     settings = {**FT, "epochs": 24, "max_steps": 24, "max_examples": 8, "batch_size": 8, "grad_accum": 1}
-    result = finetune_teacher(teacher, task_dir, tmp_path / "ft", tmp_path / "m.json", tmp_path / "work",
-                              settings, EVAL, None, seed=0)  # fmt: skip
+    info = finetune_teacher(teacher, task_dir, tmp_path / "ft", tmp_path / "work", settings, None, seed=0)
     losses = _losses(tmp_path / "ft" / "train_log.csv")
     assert len(losses) == 24 and losses[-1] < 0.5 * losses[0]
+    assert info["steps"] == 24 and info["training_examples"] == 8
+    result = evaluate(tmp_path / "ft", task_dir, tmp_path / "m.json", tmp_path / "p.jsonl", EVAL, seed=0)
     assert result["examples"] == 16 and 0 <= result["metrics"]["accuracy"] <= 1
     meta = json.loads((tmp_path / "ft" / "kdflow.json").read_text())
     assert meta["role"] == "teacher" and meta["task"] == "sentiment"
@@ -52,10 +54,10 @@ def test_finetuning_lowers_the_cloze_loss(tmp_path, family, request, task_dir):
 
 
 def test_killed_finetuning_resumes_to_the_same_weights(tmp_path, tiny_llama, task_dir, tool_env):
-    finetune_teacher(tiny_llama, task_dir, tmp_path / "clean", tmp_path / "c.json", tmp_path / "wc", FT, EVAL, None, 0)
+    finetune_teacher(tiny_llama, task_dir, tmp_path / "clean", tmp_path / "wc", FT, None, 0)
     cmd = [sys.executable, "-m", "kdflow", "finetune-teacher", "--teacher", str(tiny_llama), "--task", str(task_dir),
-           "--out", str(tmp_path / "resumed"), "--metrics", str(tmp_path / "r.json"), "--work", str(tmp_path / "wr"),
-           "--settings", json.dumps(FT), "--eval-settings", json.dumps(EVAL), "--seed", "0"]  # fmt: skip
+           "--out", str(tmp_path / "resumed"), "--work", str(tmp_path / "wr"),
+           "--settings", json.dumps(FT), "--seed", "0"]  # fmt: skip
     killed = subprocess.run(cmd + ["--stop-after-steps", "3"], env=tool_env, capture_output=True, text=True)
     assert killed.returncode == 137 and (tmp_path / "wr" / "checkpoint" / "checkpoint.pt").exists()
     resumed = subprocess.run(cmd, env=tool_env, capture_output=True, text=True)
@@ -71,11 +73,9 @@ def test_deepspeed_zero2_finetunes_two_steps(tmp_path, tiny_llama, task_dir):
     pytest.importorskip("deepspeed")
     settings = {**FT, "max_steps": 2, "grad_accum": 1}
     ds = {"zero_optimization": {"stage": 2}, "bf16": {"enabled": False}}
-    result = finetune_teacher(tiny_llama, task_dir, tmp_path / "ds", tmp_path / "m.json", tmp_path / "work",
-                              settings, EVAL, ds, seed=0)  # fmt: skip
+    finetune_teacher(tiny_llama, task_dir, tmp_path / "ds", tmp_path / "work", settings, ds, seed=0)
     assert len(_losses(tmp_path / "ds" / "train_log.csv")) == 2
     assert (tmp_path / "work" / "checkpoint" / "latest").exists()
-    assert 0 <= result["metrics"]["accuracy"] <= 1
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):

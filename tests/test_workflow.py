@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 
+import matplotlib.pyplot as plt
+import pandas as pd
 import pytest
 
 
@@ -29,14 +32,25 @@ def test_snakefmt_is_clean(repo, tool_env):
     _run(["snakefmt", "--check", "."], repo, tool_env)
 
 
-@pytest.mark.e2e
-def test_tiny_dag_end_to_end(repo, tool_env, tmp_path):
-    cmd = [
-        "snakemake", "-s", str(repo / "Snakefile"), "-d", str(tmp_path), "--cores", "2",
+def _tiny_cmd(repo, workdir):
+    return [
+        "snakemake", "-s", str(repo / "Snakefile"), "-d", str(workdir), "--cores", "2",
         "--replace-workflow-config", "--configfile", str(repo / "tests" / "config" / "tiny.yaml"),
     ]  # fmt: skip
-    _run(cmd, repo, tool_env)
-    results = tmp_path / "results"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(repo, tool_env, tmp_path_factory):
+    """The tiny experiment run once through snakemake; its working directory."""
+    workdir = tmp_path_factory.mktemp("tiny")
+    _run(_tiny_cmd(repo, workdir), repo, tool_env)
+    return workdir
+
+
+@pytest.mark.e2e
+def test_tiny_dag_end_to_end(repo, tool_env, tiny_run):
+    cmd = _tiny_cmd(repo, tiny_run)
+    results = tiny_run / "results"
     for model in ("tiny_llama", "tiny_bert"):
         metrics = json.loads((results / "metrics" / model / "sentiment.json").read_text())
         assert metrics["examples"] == 64
@@ -71,6 +85,67 @@ def test_tiny_dag_end_to_end(repo, tool_env, tmp_path):
     # A second run has nothing to do: outputs are complete and up to date.
     again = _run(cmd + ["-n"], repo, tool_env)
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+@pytest.mark.e2e
+def test_tiny_dag_summary_and_plots(tiny_run):
+    results = tiny_run / "results"
+    table = pd.read_csv(results / "summary.csv")
+    expected = {"tiny_llama", "tiny_bert", "teacher_finetuned", "glmd", "glmd_full_vocab", "kd", "no_distill"}
+    assert set(table["model"]) == expected
+    assert table["sentiment"].between(0, 100).all() and table["parameters"].gt(0).all()
+    assert table["latency ms"].gt(0).all() and table["examples/s"].gt(0).all()
+    runs = table[table["role"] == "run"].set_index("model")
+    assert runs["retention %"].notna().all()
+    assert runs.loc["glmd", "vocabulary size"] == 24576 and runs.loc["glmd_full_vocab", "vocabulary size"] == 49152
+    md = (results / "summary.md").read_text()
+    for name in expected:
+        assert f"| {name} |" in md
+    for model in ("tiny_llama", "runs/glmd"):
+        eff = json.loads((results / "efficiency" / model / "sentiment.json").read_text())
+        assert eff["latency_batch1"]["samples"] == 16 and eff["parameters"]["total"] > 0
+    for plot in ("scores", "frontier", "loss_curves", "coverage"):
+        image = plt.imread(results / "plots" / f"{plot}.png")
+        assert image.shape[0] > 200 and image.shape[1] > 400 and image.std() > 0.01, plot
+
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]  # fmt: skip
+
+
+@pytest.mark.e2e
+def test_report_renders_in_headless_chromium(repo, tool_env, tiny_run):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Chromium is not installed (`make test` installs Debian's chromium when it can)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    report = tiny_run / "report.html"
+    _run(_tiny_cmd(repo, tiny_run) + ["--report", str(report)], repo, tool_env)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(report.as_uri())
+        assert "kdflow distils" in page.inner_text("body")
+        page.get_by_text("1. Summary").click()
+        item = page.get_by_text("scores, averages, size and speed").locator("xpath=ancestor::tr[1]")
+        item.locator("a[iconname=eye]").click()
+        frame = page.frame_locator("iframe").first
+        table_text = frame.locator("table").inner_text()
+        for name in ("tiny_llama", "glmd", "no_distill", "retention %"):
+            assert name in table_text
+        page.screenshot(path=str(tiny_run / "report-summary.png"))
+        page.get_by_text("Results").first.click()
+        page.get_by_text("3. Plots").click()
+        for label in ("per-task scores", "score vs parameters", "training loss", "vocabulary coverage"):
+            assert page.get_by_text(label).count() == 1
+        row = page.get_by_text("score vs parameters").locator("xpath=ancestor::tr[1]")
+        row.locator("a[iconname=eye]").click()
+        image = page.locator("img").last
+        image.wait_for()
+        assert image.evaluate("img => img.naturalWidth") > 400
+        page.screenshot(path=str(tiny_run / "report-frontier.png"))
+        browser.close()
+    assert (tiny_run / "report-summary.png").stat().st_size > 10_000
 
 
 def test_rules_launch_torchrun_for_several_processes(repo, tool_env, tmp_path):

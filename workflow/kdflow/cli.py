@@ -82,9 +82,8 @@ def _compress_vocab(a: argparse.Namespace) -> None:
 def _finetune(a: argparse.Namespace) -> None:
     from .finetune import finetune_teacher
 
-    result = finetune_teacher(a.teacher, a.task, a.out, a.metrics, a.work, a.settings, a.eval_settings,
-                              a.deepspeed, a.seed, a.stop_after_steps)  # fmt: skip
-    log.info("fine-tuned teacher %s: dev %s", a.out, result["metrics"])
+    info = finetune_teacher(a.teacher, a.task, a.out, a.work, a.settings, a.deepspeed, a.seed, a.stop_after_steps)
+    log.info("fine-tuned teacher %s: %s steps on %s examples", a.out, info.get("steps"), info.get("training_examples"))
 
 
 def _cache(a: argparse.Namespace) -> None:
@@ -119,7 +118,7 @@ def _distill(a: argparse.Namespace) -> None:
 def _evaluate(a: argparse.Namespace) -> None:
     from .evaluate import evaluate
 
-    result = evaluate(a.model, a.task, a.out, a.predictions, a.settings, seed=a.seed)
+    result = evaluate(a.model, a.task, a.out, a.predictions, a.settings, seed=a.seed, efficiency_out=a.efficiency)
     log.info("%s on %s: %s", a.model, result["task"], result["metrics"])
 
 
@@ -128,6 +127,14 @@ def _submit(a: argparse.Namespace) -> None:
 
     path = submit(a.model, a.task, a.out, a.settings)
     log.info("test predictions of %s -> %s", a.model, path)
+
+
+def _summarize(a: argparse.Namespace) -> None:
+    from .summarize import summarize
+
+    table = summarize(a.manifest, a.out, a.plots)
+    log.info("summary of %d models x %d tasks -> %s", len(table), len({e["task"] for e in a.manifest["entries"]}),
+             a.out)  # fmt: skip
 
 
 def _validate(a: argparse.Namespace) -> None:
@@ -181,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--predictions", required=True)
+    p.add_argument("--efficiency", default=None, help="JSON of parameters, disk size, latency and throughput")
     p.add_argument("--settings", type=_json, required=True)
     p.add_argument("--seed", type=int, default=0)
 
@@ -189,6 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", required=True)
     p.add_argument("--out", required=True, help="folder for <TASK>.tsv / <TASK>.jsonl")
     p.add_argument("--settings", type=_json, required=True)
+
+    p = add("summarize", _summarize, "one table, the runs described, and the plots of every evaluated model")
+    p.add_argument("--manifest", type=_json, required=True, help="entries, runs, vocabularies (see rule summarize)")
+    p.add_argument("--out", required=True, help="folder for summary.csv/.md/.html and runs.html")
+    p.add_argument("--plots", required=True, help="folder for the PNG plots")
 
     p = add("validate-config", _validate, "check a config file against the schema")
     p.add_argument("config")
@@ -218,10 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", required=True)
     p.add_argument("--task", required=True, help="prepared task folder")
     p.add_argument("--out", required=True, help="fine-tuned model folder")
-    p.add_argument("--metrics", required=True, help="dev metrics JSON")
     p.add_argument("--work", required=True, help="checkpoints and logs (kept across failures)")
     p.add_argument("--settings", type=_json, required=True, help="the config's teacher_finetune section")
-    p.add_argument("--eval-settings", type=_json, required=True, help="the config's evaluate section")
     p.add_argument("--deepspeed", type=_json, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stop-after-steps", type=int, default=None, help="fault injection: die after N steps")

@@ -83,6 +83,9 @@ def _resolve(ref: str, root: dict[str, Any]) -> dict[str, Any]:
     return node
 
 
+RESERVED_MODEL_NAMES = {"teacher_finetuned": "the teacher fine-tuned on each task", "runs": "the runs' students"}
+
+
 def _check_references(config: dict[str, Any]) -> list[str]:
     """Cross-key checks that a schema cannot express (names that must exist)."""
     problems = []
@@ -92,6 +95,10 @@ def _check_references(config: dict[str, Any]) -> list[str]:
             f"config key 'teacher': '{config.get('teacher')}' is not a key of 'models' "
             f"(defined: {', '.join(models)})"
         )
+    for name in models:
+        if name in RESERVED_MODEL_NAMES:
+            problems.append(f"config key 'models.{name}': '{name}' is reserved (results/metrics/{name} holds "
+                            f"{RESERVED_MODEL_NAMES[name]}); rename the model")  # fmt: skip
     for i, name in enumerate(config.get("evaluate", {}).get("models", [])):
         if name not in models:
             problems.append(f"config key 'evaluate.models[{i}]': unknown model '{name}'")

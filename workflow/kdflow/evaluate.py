@@ -1,30 +1,43 @@
-"""Rule `evaluate`: score a model on a prepared task's dev split (official metrics + bootstrap CI),
-save per-example predictions, and write the test split's submission file when asked."""
+"""Rule `evaluate`: score a model on a prepared task's dev split (official metrics + bootstrap CI) by
+continuation log-likelihood (causal LMs), mask filling (masked LMs) or a classification head; save
+per-example predictions and the model's size and speed; rule `submit`: the test split's submission file."""
 
 from __future__ import annotations
 
 import json
 import math
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from transformers import PreTrainedModel
+
+from .classify import check_head_matches, classify, has_classification_head, load_classifier
 from .data.submission import write_submission
 from .data.tasks import Example, TaskType
-from .errors import DataError
+from .efficiency import efficiency_report
+from .errors import AssetError, DataError
 from .jsonio import write_json
 from .metrics import bootstrap_ci, compute
-from .modeling import count_parameters, load_lm
-from .prepare import load_prepared
+from .modeling import load_lm
+from .prepare import PreparedTask, load_prepared
 from .scoring import score_clozes
 
 
-def predictions(task: TaskType, labels: list[str], scores: list[list[float]], examples: list[Example]) -> list[Any]:
-    """Turn candidate scores into labels in the task's normalised label space."""
+HEAD = "classification head"
+
+
+def predictions(task: TaskType, labels: list[str], scores: list[list[float]], examples: list[Example],
+                mode: str = "cloze") -> list[Any]:  # fmt: skip
+    """Turn candidate scores (or a head's logits, ``mode`` = HEAD) into labels in the task's label space."""
     out: list[Any] = []
     for row, ex in zip(scores, examples, strict=True):
         best = max(range(len(row)), key=row.__getitem__)
-        if task.kind == "regression":
+        if task.kind == "regression" and mode == HEAD:
+            out.append(float(row[0]))
+        elif task.kind == "regression":
             high = labels.index("high")
             z = max(row)
             probs = [math.exp(s - z) for s in row]
@@ -38,21 +51,48 @@ def predictions(task: TaskType, labels: list[str], scores: list[list[float]], ex
     return out
 
 
-def _folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+@dataclass
+class Scorer:
+    """A loaded model and how it scores a prepared task: continuation, mask filling or its head."""
+
+    model: PreTrainedModel
+    tokenizer: Any
+    mode: str
+    family: str
+
+    @classmethod
+    def load(cls, model_dir: str | Path, data: PreparedTask, task_dir: str | Path) -> Scorer:
+        model_dir = Path(model_dir)
+        if not model_dir.is_dir():
+            raise AssetError(f"{model_dir}: model folder does not exist (is the model name right, and did the rule "
+                             f"that makes it run?)")  # fmt: skip
+        if (model_dir / "config.json").exists() and has_classification_head(model_dir):
+            model, tokenizer = load_classifier(model_dir)
+            check_head_matches(model_dir, model, data.task, task_dir)
+            return cls(model, tokenizer, HEAD, "classifier")
+        model, tokenizer, family = load_lm(model_dir)
+        mode = "continuation log-likelihood" if family == "causal" else "mask filling"
+        return cls(model, tokenizer, mode, family)
+
+    def scores(self, data: PreparedTask, indices: Sequence[int], settings: dict[str, Any],
+               progress: bool = True) -> list[list[float]]:  # fmt: skip
+        """Scores of the examples ``indices`` of ``data`` (candidate log-likelihoods, or head logits)."""
+        batch, length = settings["batch_size"], settings["max_length"]
+        if self.mode == HEAD:
+            return classify(self.model, self.tokenizer, [data.examples[i] for i in indices], batch, length, progress)
+        return score_clozes(self.model, self.tokenizer, self.family, [data.clozes[i] for i in indices],
+                            batch_size=batch, max_length=length, progress=progress)  # fmt: skip
 
 
 def predict_split(model_dir: str | Path, task_dir: str | Path, split: str, settings: dict[str, Any]) -> dict[str, Any]:
-    """Load the model and the prepared split, score every cloze; returns what evaluate/submit need."""
+    """Load the model and the prepared split, score every example; returns what evaluate/submit need."""
     data = load_prepared(task_dir, split)
-    model, tokenizer, family = load_lm(model_dir)
+    scorer = Scorer.load(model_dir, data, task_dir)
     started = time.perf_counter()
-    scores = score_clozes(model, tokenizer, family, data.clozes, batch_size=settings["batch_size"],
-                          max_length=settings["max_length"])  # fmt: skip
+    scores = scorer.scores(data, range(len(data.examples)), settings)
     seconds = time.perf_counter() - started
-    preds = predictions(data.task, data.labels, scores, data.examples)
-    return {"meta": data.meta, "task": data.task, "examples": data.examples, "scores": scores, "preds": preds,
-            "model": model, "family": family, "seconds": seconds}  # fmt: skip
+    preds = predictions(data.task, data.labels, scores, data.examples, scorer.mode)
+    return {"data": data, "scores": scores, "preds": preds, "scorer": scorer, "seconds": seconds}
 
 
 def evaluate(
@@ -62,11 +102,14 @@ def evaluate(
     predictions_out: str | Path,
     settings: dict[str, Any],
     seed: int = 0,
+    efficiency_out: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Official dev metrics with a bootstrap CI, per-example predictions, size and speed of the model."""
+    """Official dev metrics with a bootstrap CI and per-example predictions; with ``efficiency_out``, also
+    the model's size, batch-1 latency (median over ``settings['latency_examples']`` examples) and throughput."""
     model_dir = Path(model_dir)
     r = predict_split(model_dir, task_dir, "dev", settings)
-    task, examples, preds, meta = r["task"], r["examples"], r["preds"], r["meta"]
+    data, preds = r["data"], r["preds"]
+    task, examples, meta = data.task, data.examples, data.meta
     golds = [ex["label"] for ex in examples]
     if any(g is None for g in golds):
         raise DataError(f"{Path(task_dir) / 'dev.jsonl'}: the dev split has unlabelled examples")
@@ -84,22 +127,24 @@ def evaluate(
         "benchmark": task.benchmark,
         "split": "dev",
         "examples": len(examples),
-        "scoring": "continuation log-likelihood" if r["family"] == "causal" else "mask filling",
-        "prompt": meta["prompt"],
+        "scoring": r["scorer"].mode,
+        "prompt": meta["prompt"] if r["scorer"].mode != HEAD else None,
         "metrics": values,
         "primary_metric": primary,
         "ci95": {primary: list(ci) if ci else None},
         "label_counts": meta["label_counts"].get("dev", {}),
-        "parameters": count_parameters(r["model"]),
-        "disk_bytes": _folder_bytes(model_dir),
-        "seconds": r["seconds"],
-        "examples_per_second": len(examples) / r["seconds"] if r["seconds"] > 0 else None,
     }
     write_json(out, result)
+    if efficiency_out is not None:
+        scorer = r["scorer"]
+        count = min(settings.get("latency_examples", 16), len(examples))
+        report = efficiency_report(scorer.model, model_dir, lambda i: scorer.scores(data, [i], settings, False), count,
+                                   len(examples), r["seconds"], settings["batch_size"])  # fmt: skip
+        write_json(efficiency_out, {"task": meta["name"], "scoring": scorer.mode, **report})
     return result
 
 
 def submit(model_dir: str | Path, task_dir: str | Path, out_dir: str | Path, settings: dict[str, Any]) -> Path:
     """Predict the test split and write it in the benchmark's submission format."""
     r = predict_split(model_dir, task_dir, "test", settings)
-    return write_submission(r["task"], r["examples"], r["preds"], out_dir)
+    return write_submission(r["data"].task, r["data"].examples, r["preds"], out_dir)

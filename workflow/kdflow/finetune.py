@@ -1,5 +1,5 @@
 """Rule `finetune_teacher`: teach the teacher a task in cloze form (pattern + verbalizer/candidates),
-with the loss on the candidate scores; then evaluate it on the dev split."""
+with the loss on the candidate scores. The `evaluate` rule scores it like every other model."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import torch
 
 from .data.tasks import Example, TaskType
 from .errors import DataError
-from .evaluate import evaluate
 from .fingerprint import weights_fingerprint
 from .jsonio import read_json, write_json
 from .modeling import load_lm
@@ -49,10 +48,8 @@ def finetune_teacher(
     teacher_dir: str | Path,
     task_dir: str | Path,
     out_dir: str | Path,
-    metrics_out: str | Path,
     work_dir: str | Path,
     settings: dict[str, Any],
-    eval_settings: dict[str, Any],
     deepspeed: dict[str, Any] | None,
     seed: int,
     stop_after_steps: int | None = None,
@@ -75,8 +72,8 @@ def finetune_teacher(
     train_settings = TrainSettings.from_config(settings, steps, seed)
     trained = train(model, loss_fn, len(examples), train_settings, work_dir / "checkpoint",
                     work_dir / "train_log.csv", deepspeed, stop_after_steps)  # fmt: skip
-    if not World.from_env().main:  # data-parallel helpers: the main process writes and evaluates
-        return {"metrics": {}}
+    if not World.from_env().main:  # data-parallel helpers: the main process writes the model
+        return {}
     trained.eval()
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -98,5 +95,4 @@ def finetune_teacher(
     }
     info.setdefault("family", family)
     write_json(out_dir / "kdflow.json", info)
-    predictions = Path(metrics_out).with_suffix(".predictions.jsonl")
-    return evaluate(out_dir, task_dir, metrics_out, predictions, eval_settings, seed=seed)
+    return info

@@ -34,7 +34,8 @@ def family_of_config(config: PretrainedConfig) -> str:
 
 
 def count_parameters(model: torch.nn.Module) -> dict[str, int]:
-    """Total, input-embedding and output-head parameters (a tied head is counted once, as embedding)."""
+    """Total, input-embedding and output-head parameters (LM head or classification head; a tied head is
+    counted once, as embedding)."""
     seen: set[int] = set()
     total = 0
     for p in model.parameters():
@@ -44,6 +45,9 @@ def count_parameters(model: torch.nn.Module) -> dict[str, int]:
     emb_module = model.get_input_embeddings()
     embedding = sum(p.numel() for p in emb_module.parameters())
     head_module = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    for name in ("classifier", "score"):  # sequence-classification heads
+        if head_module is None and isinstance(getattr(model, name, None), torch.nn.Module):
+            head_module = getattr(model, name)
     head = 0
     if head_module is not None:
         emb_params = {id(p) for p in emb_module.parameters()}

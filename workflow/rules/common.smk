@@ -21,10 +21,13 @@ THREADS = config["resources"]["threads"]
 MEM_MB = config["resources"]["mem_mb"]
 EMBEDDED_TASKS = {"embedded:rotten-tomatoes"}
 EMBEDDED_CORPORA = {"embedded:package-texts"}
+FINETUNED = "teacher_finetuned"  # model name of the teacher fine-tuned on each task
 
 
 wildcard_constraints:
-    model="|".join([*config["models"], *[f"runs/{r}" for r in config["runs"]]]),
+    model="|".join(
+        [*config["models"], FINETUNED, *[f"runs/{r}" for r in config["runs"]]]
+    ),
     run="|".join(config["runs"]) or "-",
     student="|".join(config["students"]) or "-",
     task="|".join(config["tasks"]),
@@ -34,7 +37,7 @@ wildcard_constraints:
 
 def scoring_settings():
     """The evaluate settings that change scores (not which models/tasks are listed)."""
-    keys = ("batch_size", "max_length", "bootstrap_samples")
+    keys = ("batch_size", "max_length", "bootstrap_samples", "latency_examples")
     return as_json({k: config["evaluate"][k] for k in keys})
 
 
@@ -44,7 +47,9 @@ def as_json(value):
 
 
 def model_dir(name, task=None):
-    """An asset model folder, or (name `runs/RUN`) the run's final student for `task`."""
+    """An asset model folder, the teacher fine-tuned on `task`, or (`runs/RUN`) the run's student for it."""
+    if name == FINETUNED:
+        return f"{R}/teachers/{task}"
     if name.startswith("runs/"):
         return f"{R}/{name}/{task}"
     return f"{R}/assets/models/{name}"
@@ -82,7 +87,7 @@ def vocab_corpus(name):
 def task_teacher(task):
     """The teacher of a task: fine-tuned on it when teacher_finetune lists it, else the base teacher."""
     if task in config["teacher_finetune"]["tasks"]:
-        return f"{R}/teachers/{task}"
+        return model_dir(FINETUNED, task)
     return model_dir(config["teacher"])
 
 
@@ -163,10 +168,6 @@ def all_targets():
     targets += [f"{R}/corpus/{c}" for c in config["corpora"]]
     targets += [f"{R}/tasks/{t}" for t in config["tasks"]]
     targets += [f"{R}/vocab/{v}/map.json" for v in config["vocabularies"]]
-    targets += [
-        f"{R}/metrics/teacher_finetuned/{t}.json"
-        for t in config["teacher_finetune"]["tasks"]
-    ]
     cache = config["cache"]
     targets += [
         f"{R}/cache/corpus/{c}/{v}/manifest.json"
@@ -178,11 +179,97 @@ def all_targets():
         for t in cache["tasks"]
         for v in cache["vocabularies"]
     ]
-    pairs = [(m, t) for m in eval_models() for t in eval_tasks()]
-    pairs += [
-        (f"runs/{r}", t) for r in config["runs"] for t in config["distill"]["tasks"]
-    ]
+    pairs = eval_pairs()
     targets += [f"{R}/metrics/{m}/{t}.json" for m, t in pairs]
     if config["evaluate"]["test_submissions"]:
         targets += [f"{R}/submissions/{m}/{t}" for m, t in pairs]
+    targets += [f"{R}/summary.csv", f"{R}/summary.md"]
     return targets
+
+
+def eval_pairs():
+    """Every evaluated (model, task): listed models, the fine-tuned teachers, every run's students."""
+    pairs = [(m, t) for m in eval_models() for t in eval_tasks()]
+    pairs += [(FINETUNED, t) for t in config["teacher_finetune"]["tasks"]]
+    pairs += [
+        (f"runs/{r}", t) for r in config["runs"] for t in config["distill"]["tasks"]
+    ]
+    return list(dict.fromkeys(pairs))
+
+
+def model_role(name):
+    if name == config["teacher"]:
+        return (
+            "teacher (zero-shot)" if config["teacher_finetune"]["tasks"] else "teacher"
+        )
+    if name == FINETUNED:
+        return "teacher (fine-tuned)"
+    return "run" if name.startswith("runs/") else "model"
+
+
+def run_description(name):
+    """A run as the summary shows it: student, vocabulary, losses, training logs."""
+    run = config["runs"][name]
+    student = config["students"][run["student"]]
+    logs = {t: f"{R}/runs/{name}/{t}/train_log.csv" for t in config["distill"]["tasks"]}
+    if "stage1" in run:
+        logs = {"stage1": f"{R}/runs/{name}/stage1/train_log.csv", **logs}
+    return {
+        "description": run.get("description") or "",
+        "student": run["student"],
+        "layers": layer_description(student["layers"]),
+        "vocabulary": student["vocabulary"],
+        "stage1": run.get("stage1"),
+        "stage2": run["stage2"],
+        "logs": logs,
+    }
+
+
+def layer_description(layers):
+    """`uniform 6` / `last 2` / `layers 0, 5, 11`: which teacher layers a student keeps."""
+    if layers.get("strategy") == "explicit":
+        return "layers " + ", ".join(str(i) for i in layers["list"])
+    return f"{layers.get('strategy', 'uniform')} {layers.get('count', '')}".strip()
+
+
+def summary_manifest():
+    """What `summarize` reads: every metrics/efficiency JSON, the runs, the vocabularies' coverage."""
+    finetuned = config["teacher_finetune"]["tasks"]
+    return {
+        "teacher": config["teacher"],
+        "entries": [
+            {
+                "model": m,
+                "task": t,
+                "role": model_role(m),
+                "metrics": f"{R}/metrics/{m}/{t}.json",
+                "efficiency": f"{R}/efficiency/{m}/{t}.json",
+            }
+            for m, t in eval_pairs()
+        ],
+        "reference": {
+            t: FINETUNED if t in finetuned else config["teacher"]
+            for t in config["tasks"]
+        },
+        "runs": {r: run_description(r) for r in config["runs"]},
+        "vocabularies": {
+            v: {
+                "coverage": f"{R}/vocab/{v}/coverage.csv",
+                "params": f"{R}/vocab/{v}/params.json",
+            }
+            for v in config["vocabularies"]
+        },
+    }
+
+
+def summary_inputs(wildcards):
+    manifest = summary_manifest()
+    files = [e["metrics"] for e in manifest["entries"]]
+    files += [e["efficiency"] for e in manifest["entries"]]
+    files += [v["params"] for v in manifest["vocabularies"].values()]
+    files += [v["coverage"] for v in manifest["vocabularies"].values()]
+    files += [model_dir(m, t) for m, t in eval_pairs() if m.startswith("runs/")]
+    files += [
+        f"{R}/runs/{r}/stage1" for r, run in config["runs"].items() if "stage1" in run
+    ]
+    return sorted(set(files))

@@ -1,4 +1,4 @@
-# Evaluation: a model x a prepared task -> official dev metrics (+ bootstrap CI) and predictions.
+# Evaluation: a model x a prepared task -> official dev metrics (+ bootstrap CI), predictions, size and speed.
 
 
 rule evaluate:
@@ -8,6 +8,7 @@ rule evaluate:
     output:
         metrics=f"{R}/metrics/{{model}}/{{task}}.json",
         predictions=f"{R}/predictions/{{model}}/{{task}}.jsonl",
+        efficiency=f"{R}/efficiency/{{model}}/{{task}}.json",
     log:
         f"{R}/logs/evaluate/{{model}}/{{task}}.log",
     benchmark:
@@ -22,7 +23,7 @@ rule evaluate:
         seed=config["seed"],
     shell:
         "kdflow evaluate --model {input.model} --task {input.task} --out {output.metrics} "
-        "--predictions {output.predictions} --settings {params.settings:q} --seed {params.seed} > {log} 2>&1"
+        "--predictions {output.predictions} --efficiency {output.efficiency} --settings {params.settings:q} --seed {params.seed} > {log} 2>&1"
 
 
 rule submit:

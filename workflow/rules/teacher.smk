@@ -6,8 +6,7 @@ rule finetune_teacher:
         teacher=lambda w: model_dir(config["teacher"]),
         task=f"{R}/tasks/{{task}}",
     output:
-        model=directory(f"{R}/teachers/{{task}}"),
-        metrics=f"{R}/metrics/teacher_finetuned/{{task}}.json",
+        directory(f"{R}/teachers/{{task}}"),
     log:
         f"{R}/logs/finetune_teacher/{{task}}.log",
     benchmark:
@@ -20,13 +19,11 @@ rule finetune_teacher:
     params:
         work=lambda w: f"{R}/work/finetune_teacher/{w.task}",
         settings=as_json(config["teacher_finetune"]),
-        eval_settings=scoring_settings(),
         deepspeed=as_json(config["deepspeed"]),
         seed=config["seed"],
     shell:
-        "kdflow finetune-teacher --teacher {input.teacher} --task {input.task} --out {output.model} "
-        "--metrics {output.metrics} --work {params.work} --settings {params.settings:q} "
-        "--eval-settings {params.eval_settings:q} --deepspeed {params.deepspeed:q} "
+        "kdflow finetune-teacher --teacher {input.teacher} --task {input.task} --out {output} "
+        "--work {params.work} --settings {params.settings:q} --deepspeed {params.deepspeed:q} "
         "--seed {params.seed} > {log} 2>&1"
 
 

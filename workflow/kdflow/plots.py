@@ -1,0 +1,128 @@
+"""The summary's PNG plots: per-task scores by model, score vs parameters, loss curves, vocabulary coverage."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+DPI = 120
+
+
+def _save(fig: Any, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
+def _empty(path: Path, title: str, message: str) -> None:
+    fig, ax = plt.subplots(figsize=(6, 2.5))
+    ax.axis("off")
+    ax.set_title(title)
+    ax.text(0.5, 0.5, message, ha="center", va="center")
+    _save(fig, path)
+
+
+def scores_plot(table: pd.DataFrame, path: Path) -> None:
+    """Grouped bars: each task's primary metric (x100) per model, with its 95 % bootstrap CI."""
+    from .summarize import task_columns
+
+    tasks = task_columns(table)
+    n = len(table)
+    width = 0.8 / max(n, 1)
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(tasks) + 0.3 * n), 4.5))
+    for i, (_, row) in enumerate(table.iterrows()):
+        xs, ys, err = [], [], [[], []]
+        for j, task in enumerate(tasks):
+            value = row[f"{task} primary"]
+            if math.isnan(value):
+                continue
+            xs.append(j + (i - (n - 1) / 2) * width)
+            ys.append(value)
+            low, high = row[f"{task} ci_low"], row[f"{task} ci_high"]
+            err[0].append(0 if math.isnan(low) else value - low)
+            err[1].append(0 if math.isnan(high) else high - value)
+        ax.bar(xs, ys, width, yerr=err, capsize=2, label=row["model"])
+    ax.set_xticks(range(len(tasks)), tasks)
+    ax.set_ylabel("primary metric (x100), 95 % CI")
+    ax.set_title("Dev scores by model")
+    ax.legend(fontsize="small", ncol=2)
+    _save(fig, path)
+
+
+def frontier_plot(table: pd.DataFrame, path: Path) -> None:
+    """Mean task score against parameter count: the compression frontier."""
+    from .summarize import task_columns
+
+    tasks = task_columns(table)
+    points = [(row["parameters"] / 1e6, row[tasks].mean(skipna=True), row["model"]) for _, row in table.iterrows()
+              if not math.isnan(row["parameters"])]  # fmt: skip
+    points = [p for p in points if not math.isnan(p[1])]
+    if not points:
+        _empty(path, "Score vs parameters", "no model has both a score and a parameter count")
+        return
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    ax.scatter([p[0] for p in points], [p[1] for p in points])
+    for x, y, name in points:
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize="small")
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters (millions, log scale)")
+    ax.set_ylabel(f"mean task score over {', '.join(tasks)}")
+    ax.set_title("Score vs parameters")
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def _read_log(path: str | Path) -> tuple[list[int], list[float]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    key = "loss" if rows and "loss" in rows[0] else (list(rows[0])[1] if rows else "loss")
+    return [int(r["step"]) for r in rows], [float(r[key]) for r in rows]
+
+
+def loss_curves_plot(runs: dict[str, Any], path: Path) -> None:
+    """Total training loss per step of every run, one panel per stage (stage 1, then each task)."""
+    stages = list(dict.fromkeys(stage for run in runs.values() for stage in run.get("logs", {})))
+    if not stages:
+        _empty(path, "Training loss", "no run has a training log")
+        return
+    fig, axes = plt.subplots(1, len(stages), figsize=(5 * len(stages), 3.8), squeeze=False)
+    for ax, stage in zip(axes[0], stages, strict=True):
+        for name, run in runs.items():
+            log_path = run.get("logs", {}).get(stage)
+            if log_path and Path(log_path).exists():
+                steps, losses = _read_log(log_path)
+                ax.plot(steps, losses, label=name)
+        ax.set_title("stage 1 (corpus)" if stage == "stage1" else f"stage 2 ({stage})")
+        ax.set_xlabel("step")
+        ax.set_ylabel("weighted loss")
+        ax.set_yscale("log")
+        ax.legend(fontsize="small")
+    _save(fig, path)
+
+
+def coverage_plot(vocabularies: dict[str, str], path: Path) -> None:
+    """Share of corpus tokens covered by the N most frequent tokens, with each vocabulary's chosen size."""
+    if not vocabularies:
+        _empty(path, "Vocabulary coverage", "no compressed vocabulary in this experiment")
+        return
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for name, info in vocabularies.items():
+        curve = pd.read_csv(info["coverage"])
+        ax.plot(curve["kept_size"], curve["coverage"], label=f"{name} (corpus ranking)")
+        if info.get("size"):
+            ax.axvline(info["size"], linestyle="--", linewidth=0.8, color=ax.lines[-1].get_color())
+    ax.set_xscale("log")
+    ax.set_xlabel("vocabulary rows kept (log scale)")
+    ax.set_ylabel("token coverage")
+    ax.set_title("Vocabulary coverage (dashed: chosen size)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    _save(fig, path)

@@ -1,0 +1,59 @@
+# Summary: every evaluated model in one table (CSV/Markdown/HTML), the runs described, and the plots;
+# the HTML-wrapped outputs and plots make up the Snakemake report (`snakemake --report report.html`).
+
+
+rule summarize:
+    input:
+        summary_inputs,
+    output:
+        csv=f"{R}/summary.csv",
+        md=f"{R}/summary.md",
+        html=report(
+            f"{R}/summary.html",
+            category="1. Summary",
+            labels={"table": "scores, averages, size and speed"},
+            caption="../report/summary.rst",
+        ),
+        runs=report(
+            f"{R}/runs.html",
+            category="2. Runs",
+            labels={"table": "what each run is"},
+            caption="../report/runs.rst",
+        ),
+        scores=report(
+            f"{R}/plots/scores.png",
+            category="3. Plots",
+            labels={"plot": "per-task scores"},
+            caption="../report/scores.rst",
+        ),
+        frontier=report(
+            f"{R}/plots/frontier.png",
+            category="3. Plots",
+            labels={"plot": "score vs parameters"},
+            caption="../report/frontier.rst",
+        ),
+        losses=report(
+            f"{R}/plots/loss_curves.png",
+            category="3. Plots",
+            labels={"plot": "training loss"},
+            caption="../report/loss_curves.rst",
+        ),
+        coverage=report(
+            f"{R}/plots/coverage.png",
+            category="3. Plots",
+            labels={"plot": "vocabulary coverage"},
+            caption="../report/coverage.rst",
+        ),
+    log:
+        f"{R}/logs/summarize.log",
+    conda:
+        "../../envs/kdflow.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+    params:
+        manifest=as_json(summary_manifest()),
+        out=R,
+        plots=f"{R}/plots",
+    shell:
+        "kdflow summarize --manifest {params.manifest:q} --out {params.out} --plots {params.plots} > {log} 2>&1"

@@ -64,8 +64,9 @@ def _fill_defaults(schema: dict[str, Any], instance: Any, root: dict[str, Any]) 
         return
     for key, sub in schema.get("properties", {}).items():
         sub_resolved = _resolve(sub["$ref"], root) if "$ref" in sub else sub
-        if key not in instance and "default" in sub_resolved:
-            instance[key] = copy.deepcopy(sub_resolved["default"])
+        default = sub.get("default", sub_resolved.get("default"))  # a default beside a $ref wins
+        if key not in instance and (default is not None or "default" in sub):
+            instance[key] = copy.deepcopy(default)
         if key in instance:
             _fill_defaults(sub_resolved, instance[key], root)
     extra = schema.get("additionalProperties")

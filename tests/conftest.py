@@ -57,6 +57,19 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def sentiment_task(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded sentiment task, prepared with 16 train, 16 dev and 4 test reviews."""
+    from kdflow.assets.sentiment import build_sentiment_task
+    from kdflow.prepare import prepare_task
+
+    root = tmp_path_factory.mktemp("sentiment")
+    build_sentiment_task("embedded:rotten-tomatoes", root / "raw", seed=0)
+    prepare_task("sentiment", {"name": "sst2", "max_examples": {"train": 16, "dev": 16, "test": 4}},
+                 str(root / "raw"), root / "prepared")  # fmt: skip
+    return root / "prepared"
+
+
+@pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _tiny(tmp_path_factory, "tiny_bert", "bert", "embedded:all-minilm-l6-v2")
 

@@ -11,10 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from kdflow.assets.sentiment import build_sentiment_task
 from kdflow.evaluate import evaluate
 from kdflow.finetune import finetune_teacher
-from kdflow.prepare import prepare_task
 from kdflow.train.loop import TrainingError, TrainSettings, train
 
 FT = {
@@ -24,13 +22,9 @@ FT = {
 EVAL = {"batch_size": 16, "max_length": 48, "bootstrap_samples": 20}
 
 
-@pytest.fixture(scope="module")
-def task_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("task")
-    build_sentiment_task("embedded:rotten-tomatoes", root / "raw", seed=0)
-    prepare_task("sentiment", {"name": "sst2", "max_examples": {"train": 16, "dev": 16, "test": 4}},
-                 str(root / "raw"), root / "prepared")  # fmt: skip
-    return root / "prepared"
+@pytest.fixture
+def task_dir(sentiment_task):
+    return sentiment_task
 
 
 def _losses(path):

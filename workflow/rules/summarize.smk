@@ -53,7 +53,7 @@ rule summarize:
         mem_mb=2000,
     params:
         manifest=as_json(summary_manifest()),
-        out=R,
-        plots=f"{R}/plots",
+        out=lambda w, output: str(Path(output.csv).parent),
+        plots=lambda w, output: str(Path(output.scores).parent),
     shell:
         "kdflow summarize --manifest {params.manifest:q} --out {params.out} --plots {params.plots} > {log} 2>&1"

@@ -64,6 +64,7 @@ def summary_table(manifest: dict[str, Any], entries: list[dict[str, Any]]) -> pd
             row[task] = score
             ci = result["ci95"].get(result["primary_metric"])
             row[f"{task} primary"] = 100 * result["metrics"][result["primary_metric"]]
+            row[f"{task} metric"] = result["primary_metric"]
             row[f"{task} ci_low"], row[f"{task} ci_high"] = (100 * ci[0], 100 * ci[1]) if ci else (math.nan, math.nan)
             if result["task_type"] not in DIAGNOSTICS:
                 type_scores[result["task_type"]] = score
@@ -107,17 +108,25 @@ def _fmt(value: Any, digits: int = 1) -> str:
     return str(value)
 
 
+def _task_cell(row: pd.Series, task: str) -> str:
+    """`score (low–high)`; when the task averages several metrics, the CI is the primary metric's, named."""
+    score, primary = row[task], row[f"{task} primary"]
+    low, high = row[f"{task} ci_low"], row[f"{task} ci_high"]
+    if math.isnan(score):
+        return "–"
+    if math.isnan(low):
+        return f"{score:.1f}"
+    if abs(score - primary) < 1e-9:
+        return f"{score:.1f} ({low:.1f}–{high:.1f})"
+    return f"{score:.1f} [{row[f'{task} metric']} {primary:.1f} ({low:.1f}–{high:.1f})]"
+
+
 def display_table(table: pd.DataFrame) -> pd.DataFrame:
     """The table as people read it: task scores with the primary metric's 95 % CI, averages, costs."""
     tasks = task_columns(table)
     out = pd.DataFrame({"model": table["model"], "role": table["role"]})
     for task in tasks:
-        out[task] = [
-            "–" if math.isnan(r[task]) else
-            f"{r[task]:.1f} ({r[f'{task} ci_low']:.1f}–{r[f'{task} ci_high']:.1f})" if not math.isnan(r[f"{task} ci_low"])
-            else f"{r[task]:.1f}"
-            for _, r in table.iterrows()
-        ]  # fmt: skip
+        out[task] = [_task_cell(r, task) for _, r in table.iterrows()]
     for label in BENCHMARK_LABELS.values():
         if (table[f"{label} tasks"] != f"0/{len(BENCHMARK_TASKS[label.lower()])}").any():
             out[f"{label} avg"] = [f"{_fmt(a)} ({n})" if not math.isnan(a) else "–"
@@ -172,7 +181,8 @@ def html_page(title: str, sections: list[tuple[str, pd.DataFrame]], note: str) -
 
 
 NOTE = ("Task scores are the leaderboard score of each task (mean of its official metrics, x100) on the dev "
-        "split; brackets: 95 % bootstrap CI of the primary metric. Benchmark averages as the GLUE/SuperGLUE "
+        "split; brackets: 95 % bootstrap CI of the primary metric (named, with its value, when the task averages "
+        "several metrics). Benchmark averages as the GLUE/SuperGLUE "
         "leaderboards compute them (MNLI-m/-mm one task; diagnostics not averaged), with the number of the "
         "benchmark's tasks present. Retention (runs): the task score as a % of the teacher it was distilled "
         "from (fine-tuned teacher where there is one), averaged over tasks. Latency: median wall time of one "

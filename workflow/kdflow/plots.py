@@ -70,8 +70,11 @@ def frontier_plot(table: pd.DataFrame, path: Path) -> None:
         return
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     ax.scatter([p[0] for p in points], [p[1] for p in points])
-    for x, y, name in points:
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize="small")
+    seen: dict[float, int] = {}
+    for x, y, name in points:  # runs of one student share x: stack their labels instead of overprinting
+        k = seen.get(x, 0)
+        seen[x] = k + 1
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 4 - 11 * k), fontsize="small")
     ax.set_xscale("log")
     ax.set_xlabel("parameters (millions, log scale)")
     ax.set_ylabel(f"mean task score over {', '.join(tasks)}")

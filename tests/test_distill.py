@@ -94,8 +94,12 @@ def test_word_kl_from_a_full_cache_equals_the_dense_kl_times_t_squared():
 def test_registry_and_bad_names():
     assert {"word_kl", "candidate_kd", "kd", "ce", "mse_logits"} <= set(REGISTRY)
     assert REGISTRY["ce"].uses_labels and not REGISTRY["word_kl"].uses_labels
-    with pytest.raises(ConfigError, match="unknown loss 'tinybert'"):
-        build_losses({"tinybert": {}})
+    with pytest.raises(ConfigError, match="unknown loss 'bert_of_nothing'"):
+        build_losses({"bert_of_nothing": {}})
+    with pytest.raises(ConfigError, match="loss 'ce'"):
+        build_losses({"ce": {"temperature": 2}})  # a setting the loss does not have
+    with pytest.raises(ConfigError, match="stage2 only"):
+        build_losses({"theseus": {}}, "stage1")
     with pytest.raises(ConfigError, match="loss 'kd'"):
         build_losses({"kd": {"temprature": 2}})
 

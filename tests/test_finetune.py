@@ -76,7 +76,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     model = torch.nn.Linear(4, 1)
     calls = {"n": 0}
 
-    def loss_fn(module, indices):
+    def loss_fn(module, indices, step):
         calls["n"] += 1
         out = module(torch.ones(len(indices), 4)).sum()
         if calls["n"] > 2:

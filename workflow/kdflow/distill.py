@@ -1,29 +1,67 @@
 """Rules `distill_stage1` / `distill_stage2`: one engine for every run. It builds the run's losses from
-config and computes only the tensors they need (no student candidate scores without a loss on them, no
-word-prediction logits without `word_kl`, no hidden states at all)."""
+config and computes only the tensors the losses active at a step need: no candidate scores without a
+loss on them, no word-prediction logits without a word loss, hidden states / attentions / query-key-value
+projections only for representation losses, and the teacher online only when a loss needs its internals
+(or, in stage 1, when `teacher: online`).
+
+Two tracks share the engine. Word-prediction students (the GLMD track) score tasks by candidates and take
+the teacher's outputs from the logit cache. Classification students (the encoder track): when the stage-2
+teacher folder is a ``*ForSequenceClassification`` model, the student gets a classification head (started
+from the teacher's), and the teacher runs online: its logits and representations cost one small forward
+pass per batch, which is why the encoder track has no cache."""
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from transformers import AutoModelForSequenceClassification
 
 from .cache.masking import mask_block
 from .cache.reader import CorpusCacheDataset, TaskCacheDataset
+from .classify import encode_pairs, has_classification_head
 from .errors import ConfigError
+from .features import Features, forward_features, require_attentions
 from .finetune import gold_target
 from .fingerprint import weights_fingerprint
+from .hybrid import theseus_layers
 from .jsonio import read_json, write_json
-from .losses import build_losses
+from .losses import Loss, LossContext, build_losses
 from .modeling import load_lm
 from .prepare import load_prepared
 from .preprocess import open_blocks
 from .scoring import candidate_scores, pad_id
 from .train.loop import TrainSettings, World, deepspeed_environment, steps_for, train
 from .vocab.compress import special_token_ids
+from .vocab.vmap import VocabMap
+
+Produce = Callable[[torch.nn.Module, list[int], dict[str, Any], frozenset[str]], int]
+
+
+class DistillModule(torch.nn.Module):
+    """The student and the run's losses (their projections and memory banks train and checkpoint with it).
+    ``forward(step_fn)`` runs ``step_fn(self)``, so data-parallel wrappers see one forward per step."""
+
+    def __init__(self, student: torch.nn.Module, losses: list[Loss]) -> None:
+        super().__init__()
+        self.student = student
+        self.losses = torch.nn.ModuleList(losses)
+
+    def forward(self, step_fn: Callable[[DistillModule], Any]) -> Any:
+        return step_fn(self)
+
+
+def _flags(needs: frozenset[str], side: str) -> dict[str, bool]:
+    return {kind: f"{side}_{kind}" in needs for kind in ("hidden", "attentions", "qkv")}
+
+
+def _body(model: torch.nn.Module) -> torch.nn.Module:
+    """The model without its LM head (representations only: no vocabulary-wide logits)."""
+    return getattr(model, "base_model", model)
 
 
 def _stack_targets(items: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
@@ -39,49 +77,104 @@ def _pad(rows: list[torch.Tensor], pad: int) -> tuple[torch.Tensor, torch.Tensor
     return ids, mask
 
 
+def _teacher(teacher_dir: str | Path, ds_config: dict[str, Any] | None) -> torch.nn.Module:
+    model, _, _ = load_lm(teacher_dir, keep_architecture=True)
+    model.requires_grad_(False)
+    return zero_inference(model, ds_config) if ds_config else model
+
+
 class _Stage1Data:
-    """Corpus blocks with the teacher's word targets: from the cache, or from an online teacher."""
+    """Corpus blocks: student and teacher inputs, positions with word targets, and the teacher's targets
+    from the cache or from an online teacher (one batched forward pass)."""
 
     def __init__(self, cache_dir, corpus_dir, vocab_map, teacher_dir, online: bool, seed: int,
-                 teacher_deepspeed: dict[str, Any] | None = None) -> None:  # fmt: skip
-        self.online = online
-        if online:
-            self.teacher, teacher_tok, self.family = load_lm(teacher_dir)
-            self.teacher.requires_grad_(False)
-            if teacher_deepspeed:
-                self.teacher = zero_inference(self.teacher, teacher_deepspeed)
-            self.blocks = open_blocks(corpus_dir, "train")
-            from .vocab.vmap import VocabMap
+                 teacher_deepspeed: dict[str, Any] | None = None, words: bool = True,
+                 teacher: torch.nn.Module | None = None) -> None:  # fmt: skip
+        self.online = online or not words
+        self.words = words
+        self.vmap = VocabMap.load(vocab_map) if vocab_map else None
+        if self.online:
+            from transformers import AutoTokenizer
 
-            self.vmap = VocabMap.load(vocab_map) if vocab_map else None
-            self.mask = (seed, teacher_tok.mask_token_id, len(teacher_tok), special_token_ids(teacher_tok))
+            self.blocks = open_blocks(corpus_dir, "train")
+            self.teacher = teacher if teacher is not None else _teacher(teacher_dir, teacher_deepspeed)
+            tok = AutoTokenizer.from_pretrained(teacher_dir, local_files_only=True)
+            masked = words and "CausalLM" not in type(self.teacher).__name__
+            self.mask = (seed, tok.mask_token_id, len(tok), special_token_ids(tok)) if masked else None
+            self.family = "masked" if masked else "causal"
             self.temperatures: list[float] = []
         else:
             self.data = CorpusCacheDataset(cache_dir, corpus_dir, vocab_map, tokenizer_dir=teacher_dir)
+            self.blocks = self.data.blocks
             self.temperatures = self.data.settings["temperatures"]
+            self.family = "causal" if self.data.masking is None else "masked"
+            self.teacher = teacher
 
     def __len__(self) -> int:
         return len(self.blocks) if self.online else len(self.data)
 
-    @torch.no_grad()
-    def _online_item(self, i: int) -> dict[str, Any]:
+    def _item(self, i: int) -> dict[str, Any]:
+        if not self.online:
+            return self.data[i]
         ids = np.asarray(self.blocks[i]).astype(np.int64)
         positions = np.arange(len(ids))
-        if self.family == "masked":
+        if self.mask is not None:
             seed, mask_id, vocab, specials = self.mask
             ids, positions = mask_block(ids, seed, i, mask_id, vocab, specials)
         teacher_ids = torch.from_numpy(ids)
-        logits = self.teacher(teacher_ids[None]).logits[0, positions]
         student_ids = self.vmap.remap(teacher_ids) if self.vmap is not None else teacher_ids
-        logits = self.vmap.project_logits(logits) if self.vmap is not None else logits
-        return {"input_ids": student_ids, "positions": torch.from_numpy(positions), "logits": logits}
+        return {"input_ids": student_ids, "teacher_ids": teacher_ids, "positions": torch.from_numpy(positions)}
 
-    def batch(self, indices: list[int]) -> tuple[torch.Tensor, list[torch.Tensor], dict[str, torch.Tensor]]:
-        items = [self._online_item(i) if self.online else self.data[i] for i in indices]
-        targets = _stack_targets(items, ("values", "ids", "log_norm", "dense", "logits", "hidden"))
+    def word_labels(self, indices: list[int], positions: list[torch.Tensor]) -> torch.Tensor:
+        """The true token at each word-prediction position (the next one for causal models), student ids."""
+        rows = []
+        for i, p in zip(indices, positions, strict=True):
+            block = torch.from_numpy(np.asarray(self.blocks[i]).astype(np.int64))
+            if self.family == "causal":
+                shifted = torch.cat([block[1:], torch.tensor([-100])])
+                labels = shifted[p]
+            else:
+                labels = block[p]
+            keep = labels >= 0
+            if self.vmap is not None:
+                labels[keep] = torch.as_tensor(self.vmap.remap(labels[keep]))
+            rows.append(labels)
+        return torch.cat(rows)
+
+    @torch.no_grad()
+    def teacher_forward(self, ids: torch.Tensor, logits: bool, flags: dict[str, bool]) -> Features:
+        model = self.teacher if logits else _body(self.teacher)
+        return forward_features(model, {"input_ids": ids}, **flags)
+
+    def batch(self, indices: list[int], teacher_flags: dict[str, bool] | None = None
+              ) -> tuple[torch.Tensor, list[torch.Tensor], dict[str, torch.Tensor]]:  # fmt: skip
+        """(student ids, positions, word targets); the teacher's Features in ``self.last_teacher`` when asked."""
+        items = [self._item(i) for i in indices]
+        ids = torch.stack([it["input_ids"] for it in items])
+        positions = [it["positions"] for it in items]
+        self.last_teacher = None
+        flags = teacher_flags or {}
+        if self.online:
+            teacher_ids = torch.stack([it["teacher_ids"] for it in items])
+            feats = self.teacher_forward(teacher_ids, logits=self.words, flags=flags)
+            self.last_teacher = feats if any(flags.values()) else None
+            if not self.words:
+                return ids, positions, {}
+            logits = getattr(feats.output, "logits", None)
+            if logits is None:
+                raise ConfigError(f"word losses need the teacher's word predictions; {type(self.teacher).__name__} "
+                                  "has no LM head")  # fmt: skip
+            rows = torch.cat([logits[r, p] for r, p in enumerate(positions)])
+            targets = {"logits": self.vmap.project_logits(rows) if self.vmap is not None else rows}
+            return ids, positions, targets
+        targets = _stack_targets(items, ("values", "ids", "log_norm", "dense", "hidden"))
         if "hidden" in targets:
             targets = {"logits": self.data.teacher_logits(targets.pop("hidden"))}
-        return torch.stack([it["input_ids"] for it in items]), [it["positions"] for it in items], targets
+        if any(flags.values()):
+            if self.teacher is None:
+                raise ConfigError("representation losses need the teacher online")
+            self.last_teacher = self.teacher_forward(torch.stack([it["teacher_ids"] for it in items]), False, flags)
+        return ids, positions, targets
 
 
 def zero_inference(model: torch.nn.Module, ds_config: dict[str, Any]) -> torch.nn.Module:
@@ -96,9 +189,137 @@ def zero_inference(model: torch.nn.Module, ds_config: dict[str, Any]) -> torch.n
     return engine.module
 
 
-def _word_logits(module: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor | None, positions: list[torch.Tensor]):
-    logits = module(input_ids=ids, attention_mask=mask).logits
-    return torch.cat([logits[r, p] for r, p in enumerate(positions)])
+def _stage1(all_needs: frozenset[str], data: dict[str, Any], vocab_map: Path | None, settings: dict[str, Any],
+            seed: int) -> tuple[int, Produce, torch.nn.Module | None, None]:  # fmt: skip
+    if all_needs & {"student_scores", "teacher_scores", "labels", "hybrid_scores"}:
+        raise ConfigError(f"stage 1 has no task: its losses need {sorted(all_needs)}")
+    words = "word_targets" in all_needs
+    online = settings.get("teacher", "cached") == "online"
+    wants_teacher = any(_flags(all_needs, "teacher").values())
+    teacher = _teacher(data["teacher"], settings.get("teacher_deepspeed")) if wants_teacher or online or not words else None
+    source = _Stage1Data(data.get("cache"), data["corpus"], vocab_map, data["teacher"], online, seed,
+                         settings.get("teacher_deepspeed"), words=words, teacher=teacher)  # fmt: skip
+
+    def produce(module: torch.nn.Module, indices: list[int], tensors: dict[str, Any], needs: frozenset[str]) -> int:
+        ids, positions, targets = source.batch(indices, _flags(needs, "teacher"))
+        if source.last_teacher is not None:
+            tensors["teacher_features"] = source.last_teacher
+        flags = _flags(needs, "student")
+        if "word_logits" in needs or any(flags.values()):
+            model = module if "word_logits" in needs else _body(module)
+            feats = forward_features(model, {"input_ids": ids}, **flags)
+            tensors["student_features"] = feats
+            if "word_logits" in needs:
+                tensors["word_logits"] = torch.cat([feats.output.logits[r, p] for r, p in enumerate(positions)])
+        tensors.update(word_targets=targets, cache_temperatures=source.temperatures)
+        if "word_labels" in needs:
+            tensors["word_labels"] = source.word_labels(indices, positions)
+        return int(ids.numel())
+
+    return len(source), produce, teacher, None
+
+
+def classifier_student(student_dir: str | Path, teacher: torch.nn.Module) -> torch.nn.Module:
+    """The student with the teacher's classification head type and labels; the head starts as the
+    teacher's when the widths match (random otherwise)."""
+    cfg = teacher.config
+    model = AutoModelForSequenceClassification.from_pretrained(
+        student_dir, num_labels=cfg.num_labels, id2label=cfg.id2label, label2id=cfg.label2id,
+        problem_type=cfg.problem_type, local_files_only=True, dtype=torch.float32)  # fmt: skip
+    for name in ("classifier", "score"):
+        mine, theirs = getattr(model, name, None), getattr(teacher, name, None)
+        if mine is not None and theirs is not None:
+            state = theirs.state_dict()
+            if all(state[k].shape == v.shape for k, v in mine.state_dict().items() if k in state):
+                mine.load_state_dict(state)
+    return model
+
+
+def _stage2(student: torch.nn.Module, tokenizer: Any, family: str, classifier: bool,
+            teacher: torch.nn.Module | None, all_needs: frozenset[str], data: dict[str, Any],
+            vocab_map: Path | None, settings: dict[str, Any], theseus: Loss | None, seed: int
+            ) -> tuple[int, Produce, tuple[int, ...] | None]:  # fmt: skip
+    task_dir = Path(data["task"])
+    prepared = load_prepared(task_dir, "train")
+    n_examples = len(prepared.examples)
+    cache = None
+    if not classifier and all_needs & {"word_logits", "teacher_scores"}:
+        if not data.get("cache"):
+            raise ConfigError("a word-prediction student's stage 2 reads the teacher's outputs from a task cache")
+        cache = TaskCacheDataset(data["cache"], task_dir, vocab_map)
+        n_examples = len(cache)
+    teacher_tok = None
+    if teacher is not None:
+        from transformers import AutoTokenizer
+
+        teacher_tok = AutoTokenizer.from_pretrained(data["teacher"], local_files_only=True)
+    if classifier and student.config.num_labels == 1 and all_needs & {"labels"}:
+        raise ConfigError("a regression head has no label distribution: use mse_logits, not ce/theseus")
+    label_ids = None
+    if prepared.task.kind == "classification":
+        label_ids = tuple(prepared.labels.index(ex["label"]) for ex in prepared.examples)
+    max_length = settings["max_length"]
+
+    def produce(module: torch.nn.Module, indices: list[int], tensors: dict[str, Any], needs: frozenset[str]) -> int:
+        examples = [prepared.examples[i] for i in indices]
+        clozes = [prepared.clozes[i] for i in indices]
+        items = [cache[i] for i in indices] if cache is not None else []
+        tokens = 0
+        if "word_logits" in needs:
+            ids, mask = _pad([it["input_ids"] for it in items], pad_id(tokenizer))
+            targets = _stack_targets(items, ("values", "ids", "log_norm", "dense", "hidden"))
+            if "hidden" in targets:
+                targets = {"logits": cache.teacher_logits(targets.pop("hidden"))}
+            logits = module(input_ids=ids, attention_mask=mask).logits
+            tensors.update(word_logits=torch.cat([logits[r, it["positions"]] for r, it in enumerate(items)]),
+                           word_targets=targets, cache_temperatures=cache.settings["temperatures"])  # fmt: skip
+            tokens += int(mask.sum())
+        flags = _flags(needs, "student")
+        encoded = None
+        if classifier or any(flags.values()):
+            encoded = encode_pairs(tokenizer, examples, max_length)
+            feats = forward_features(module if classifier else _body(module), dict(encoded), **flags)
+            tensors["student_features"] = feats
+            if classifier:
+                tensors["student_scores"] = list(feats.output.logits.float())
+            tokens += int(feats.mask.sum())
+        if not classifier and "student_scores" in needs:
+            tensors["student_scores"], n_tokens = candidate_scores(module, tokenizer, family, clozes, max_length)
+            tokens += n_tokens
+        t_flags = _flags(needs, "teacher")
+        if teacher is not None and (any(t_flags.values()) or (classifier and "teacher_scores" in needs)):
+            with torch.no_grad():
+                t_enc = encode_pairs(teacher_tok, examples, max_length)
+                feats = forward_features(teacher if classifier else _body(teacher), dict(t_enc), **t_flags)
+            tensors["teacher_features"] = feats
+            if classifier:
+                tensors["teacher_scores"] = list(feats.output.logits.float())
+        if "teacher_scores" in needs and not classifier:
+            tensors["teacher_scores"] = [it["candidate_scores"] for it in items]
+        if "labels" in needs:
+            tensors["labels"] = [gold_target(prepared.task, prepared.labels, ex) for ex in examples]
+        if "hybrid_scores" in needs:
+            generator = torch.Generator().manual_seed(seed * 7_919 + int(tensors["step"]))
+            p_student = theseus.replace_probability(tensors["progress"])
+            with theseus_layers(module, teacher, p_student, generator):
+                if classifier:
+                    tensors["hybrid_scores"] = list(module(**dict(encoded)).logits.float())
+                else:
+                    tensors["hybrid_scores"], _ = candidate_scores(module, tokenizer, family, clozes, max_length)
+        return tokens
+
+    return n_examples, produce, label_ids
+
+
+def _check_windows(losses: list[Loss], stage: str) -> None:
+    """Some loss must be active at every step."""
+    edge = 0.0
+    for start, stop in sorted((loss.start, loss.stop) for loss in losses):
+        if start > edge:
+            break
+        edge = max(edge, stop)
+    if edge < 1.0:
+        raise ConfigError(f"{stage}: no loss is active from {edge:.2f} of the steps on (check start/stop)")
 
 
 def distill(
@@ -114,72 +335,71 @@ def distill(
     stop_after_steps: int | None = None,
 ) -> dict[str, Any]:
     """Train ``student_dir`` with the run's losses for ``stage`` (stage1: corpus, stage2: task)."""
-    losses = build_losses(run[stage]["losses"])
-    needs = frozenset().union(*(loss.needs for loss in losses))
-    model, tokenizer, family = load_lm(student_dir)
+    losses = build_losses(run[stage]["losses"], stage)
+    _check_windows(losses, stage)
+    all_needs = frozenset().union(*(loss.needs for loss in losses))
     vocab_map = Path(student_dir) / "vocab_map.json" if (Path(student_dir) / "vocab_map.json").exists() else None
-    pad = pad_id(tokenizer)
-    tensors: dict[str, Any] = {}
+    classifier = stage == "stage2" and has_classification_head(data["teacher"])
+    theseus = next((loss for loss in losses if hasattr(loss, "replace_probability")), None)
+    wants_teacher = classifier or theseus is not None or any(_flags(all_needs, "teacher").values())
 
+    model, tokenizer, family = load_lm(student_dir, keep_architecture=True)
     if stage == "stage1":
-        if needs - {"word_logits", "word_targets"}:
-            raise ConfigError(f"stage 1 has no task: losses {sorted(l.name for l in losses)} need {sorted(needs)}")
-        source = _Stage1Data(data.get("cache"), data["corpus"], vocab_map, data["teacher"],
-                             settings.get("teacher", "cached") == "online", seed,
-                             settings.get("teacher_deepspeed"))  # fmt: skip
-        n_examples = len(source)
-
-        def prepare(module: torch.nn.Module, indices: list[int]) -> int:
-            ids, positions, targets = source.batch(indices)
-            tensors.update(word_logits=_word_logits(module, ids, None, positions), word_targets=targets,
-                           cache_temperatures=source.temperatures)  # fmt: skip
-            return int(ids.numel())
-
+        n_examples, produce, teacher, label_ids = _stage1(all_needs, data, vocab_map, settings, seed)
     else:
-        task_dir = Path(data["task"])
-        prepared = load_prepared(task_dir, "train")
-        cache = TaskCacheDataset(data["cache"], task_dir, vocab_map)
-        n_examples = len(cache)
-
-        def prepare(module: torch.nn.Module, indices: list[int]) -> int:
-            items = [cache[i] for i in indices]
-            tokens = 0
-            if "word_logits" in needs:
-                ids, mask = _pad([it["input_ids"] for it in items], pad)
-                targets = _stack_targets(items, ("values", "ids", "log_norm", "dense", "hidden"))
-                if "hidden" in targets:
-                    targets = {"logits": cache.teacher_logits(targets.pop("hidden"))}
-                tensors.update(word_logits=_word_logits(module, ids, mask, [it["positions"] for it in items]),
-                               word_targets=targets, cache_temperatures=cache.settings["temperatures"])  # fmt: skip
-                tokens += int(mask.sum())
-            if "student_scores" in needs:
-                scores, n_tokens = candidate_scores(module, tokenizer, family, [prepared.clozes[i] for i in indices],
-                                                    settings["max_length"])  # fmt: skip
-                tensors["student_scores"] = scores
-                tokens += n_tokens
-            if "teacher_scores" in needs:
-                tensors["teacher_scores"] = [it["candidate_scores"] for it in items]
-            if "labels" in needs:
-                tensors["labels"] = [gold_target(prepared.task, prepared.labels, prepared.examples[i]) for i in indices]
-            return tokens
-
-    def loss_fn(module: torch.nn.Module, indices: list[int]) -> tuple[torch.Tensor, dict[str, float], int]:
-        tensors.clear()
-        tokens = prepare(module, indices)
-        parts = {loss.name: loss(tensors) for loss in losses}
-        total = sum(loss.weight * parts[loss.name] for loss in losses)
-        return total, {"loss": float(total), **{k: float(v) for k, v in parts.items()}}, tokens
-
+        teacher = _teacher(data["teacher"], settings.get("teacher_deepspeed")) if wants_teacher else None
+        if classifier:
+            model = classifier_student(student_dir, teacher)
+        n_examples, produce, label_ids = _stage2(model, tokenizer, family, classifier, teacher, all_needs, data,
+                                                 vocab_map, settings, theseus, seed)  # fmt: skip
+    if all_needs & {"student_attentions", "teacher_attentions"}:
+        require_attentions(model)
+        if teacher is not None:
+            require_attentions(teacher)
     steps = steps_for(n_examples, settings["epochs"], settings["batch_size"], settings["grad_accum"],
                       settings.get("max_steps"))  # fmt: skip
+    context = LossContext(stage=stage, n_examples=n_examples, steps=steps, seed=seed, student_config=model.config,
+                          teacher_config=teacher.config if teacher is not None else None, label_ids=label_ids)  # fmt: skip
+    for loss in losses:
+        if loss.needs & {"student_hidden", "teacher_hidden", "student_qkv", "teacher_qkv"} and teacher is None:
+            raise ConfigError(f"loss '{loss.name}' needs the teacher's internals, and no teacher is loaded")
+        loss.bind(context)
+    wrapper = DistillModule(model, losses)
+
+    def step_fn(indices: list[int], step: int) -> Callable[[DistillModule], Any]:
+        def run_step(module: DistillModule) -> tuple[torch.Tensor, dict[str, float], int]:
+            progress = step / steps
+            active = [loss for loss in module.losses if loss.active(progress)]
+            needs = frozenset().union(*(loss.needs for loss in active))
+            tensors: dict[str, Any] = {"step": step, "progress": progress, "example_ids": torch.tensor(indices)}
+            tokens = produce(module.student, indices, tensors, needs)
+            s, t = tensors.get("student_features"), tensors.get("teacher_features")
+            if s is not None and t is not None and s.mask.shape != t.mask.shape and any(
+                    getattr(loss, "token_aligned", False) for loss in active):  # fmt: skip
+                raise ConfigError("per-token representation losses need the student to share the teacher's "
+                                  f"tokenisation (masks {tuple(s.mask.shape)} vs {tuple(t.mask.shape)})")  # fmt: skip
+            parts = {loss.name: loss(tensors) for loss in active}
+            total = sum(loss.weight * parts[loss.name] for loss in active)
+            report = {loss.name: float(parts[loss.name]) if loss in active else 0.0 for loss in module.losses}
+            return total, {"loss": float(total), **report}, tokens
+
+        return run_step
+
+    def loss_fn(module: torch.nn.Module, indices: list[int], step: int) -> tuple[torch.Tensor, dict[str, float], int]:
+        return module(step_fn(indices, step))
+
     work_dir = Path(work_dir)
-    trained = train(model, loss_fn, n_examples, TrainSettings.from_config(settings, steps, seed),
+    trained = train(wrapper, loss_fn, n_examples, TrainSettings.from_config(settings, steps, seed),
                     work_dir / "checkpoint", work_dir / "train_log.csv", deepspeed, stop_after_steps)  # fmt: skip
+    trained = getattr(trained, "student", trained)
     if not World.from_env().main:  # data-parallel helpers: the main process writes the student
         return {"stage": stage, "steps": steps}
-    return save_student(trained, student_dir, out_dir, work_dir, {"run": run.get("name"), "stage": stage,
-                        "description": run.get("description"), "losses": run[stage]["losses"],
-                        "steps": steps, "training_examples": n_examples, "settings": settings})  # fmt: skip
+    info = {"run": run.get("name"), "stage": stage, "description": run.get("description"),
+            "losses": run[stage]["losses"], "steps": steps, "training_examples": n_examples, "settings": settings}  # fmt: skip
+    if classifier:
+        info.update(task_type=load_prepared(data["task"], "dev").task.name, head="classification",
+                    teacher=str(data["teacher"]))  # fmt: skip
+    return save_student(trained, student_dir, out_dir, work_dir, info)
 
 
 def save_student(model: torch.nn.Module, parent: str | Path, out_dir: str | Path, work_dir: Path,

@@ -61,7 +61,7 @@ def finetune_teacher(
     model, tokenizer, family = load_lm(teacher_dir)
     gold_ce = GoldCE()
 
-    def loss_fn(module: torch.nn.Module, indices: list[int]) -> tuple[torch.Tensor, dict[str, float], int]:
+    def loss_fn(module: torch.nn.Module, indices: list[int], step: int) -> tuple[torch.Tensor, dict[str, float], int]:
         scores, tokens = candidate_scores(module, tokenizer, family, [clozes[i] for i in indices],
                                           settings["max_length"])  # fmt: skip
         loss = gold_ce({"student_scores": scores, "labels": [targets[i] for i in indices]})

@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from transformers import (
     AutoConfig,
+    AutoModel,
+    AutoModelForSequenceClassification,
     AutoModelForCausalLM,
     AutoModelForMaskedLM,
     AutoTokenizer,
@@ -60,8 +62,11 @@ def read_metadata(folder: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def load_lm(folder: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
-    """Load a word-prediction model folder for scoring; returns (model, tokenizer, family)."""
+def load_lm(folder: str | Path, keep_architecture: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
+    """Load a word-prediction model folder for scoring; returns (model, tokenizer, family).
+
+    With ``keep_architecture``, a folder is loaded as what it is: a classification model with its head,
+    an encoder without an LM head as the bare encoder (representation-only distillation)."""
     folder = Path(folder)
     if not (folder / "config.json").exists():
         raise AssetError(f"{folder}: not a model folder (config.json is missing)")
@@ -69,7 +74,12 @@ def load_lm(folder: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBas
     family = read_metadata(folder).get("family") or family_of_config(config)
     cls = AutoModelForCausalLM if family == "causal" else AutoModelForMaskedLM
     archs = config.architectures or []
-    if family == "masked" and not any("MaskedLM" in a or "ForPreTraining" in a for a in archs):
+    has_lm_head = any("CausalLM" in a or "MaskedLM" in a or "ForPreTraining" in a for a in archs)
+    if keep_architecture and any(a.endswith("ForSequenceClassification") for a in archs):
+        cls = AutoModelForSequenceClassification
+    elif keep_architecture and not has_lm_head and family == "masked":
+        cls = AutoModel
+    elif family == "masked" and not has_lm_head:
         log.warning("%s has no masked-LM head (%s): its head is randomly initialised", folder, archs)
     model = cls.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
     model.eval()

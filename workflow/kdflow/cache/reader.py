@@ -101,6 +101,7 @@ class CorpusCacheDataset(_CacheDataset):
                 raise DataError(f"{self.reader.dir}: masked positions of block {i} differ from the cache's")
             item["positions"] = torch.from_numpy(positions)
         item["input_ids"] = self._student_ids(ids)
+        item["teacher_ids"] = torch.from_numpy(ids.astype(np.int64))
         item.update(_targets(arrays, rows, self.settings["value_dtype"]))
         return item
 

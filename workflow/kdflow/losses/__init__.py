@@ -1,6 +1,6 @@
-"""Distillation losses, registered by name and composed from a run's config."""
+"""Distillation losses and presets, registered by name and composed from a run's config."""
 
-from .base import REGISTRY, Loss, build_losses
-from . import prediction  # noqa: F401  (registers the losses)
+from .base import PRESETS, REGISTRY, Loss, LossContext, build_losses, expand_presets
+from . import codir, prediction, representation  # noqa: F401  (registers the losses)
 
-__all__ = ["REGISTRY", "Loss", "build_losses"]
+__all__ = ["PRESETS", "REGISTRY", "Loss", "LossContext", "build_losses", "expand_presets"]

@@ -1,4 +1,4 @@
-"""Losses on word predictions and on candidate/verbalizer scores (GLMD, Hinton KD, CE, MSE)."""
+"""Losses on word predictions and on task scores (GLMD, Hinton KD, CE, MSE, the MLM term of DistilBERT)."""
 
 from __future__ import annotations
 
@@ -29,11 +29,11 @@ class WordKL(Loss):
     name = "word_kl"
     needs = frozenset({"word_logits", "word_targets"})
 
-    def __init__(self, weight: float = 1.0, temperature: float = 15.0) -> None:
-        super().__init__(weight)
+    def __init__(self, weight: float = 1.0, temperature: float = 15.0, **window: float) -> None:
+        super().__init__(weight, **window)
         self.temperature = temperature
 
-    def __call__(self, tensors: dict[str, Any]) -> torch.Tensor:
+    def forward(self, tensors: dict[str, Any]) -> torch.Tensor:
         kl = word_kl_per_position(tensors["word_logits"], tensors["word_targets"], self.temperature,
                                   tensors.get("cache_temperatures", []))  # fmt: skip
         return kl.mean() * self.temperature**2
@@ -49,11 +49,11 @@ class CandidateKD(Loss):
     name = "candidate_kd"
     needs = frozenset({"student_scores", "teacher_scores"})
 
-    def __init__(self, weight: float = 1.0, temperature: float = 1.0) -> None:
-        super().__init__(weight)
+    def __init__(self, weight: float = 1.0, temperature: float = 1.0, **window: float) -> None:
+        super().__init__(weight, **window)
         self.temperature = temperature
 
-    def __call__(self, tensors: dict[str, Any]) -> torch.Tensor:
+    def forward(self, tensors: dict[str, Any]) -> torch.Tensor:
         t = _soft(tensors["teacher_scores"], self.temperature)
         rows = [-(p * torch.log_softmax(s / self.temperature, -1)).sum() for p, s in zip(t, tensors["student_scores"])]
         return torch.stack(rows).mean()
@@ -65,11 +65,11 @@ class HintonKD(Loss):
     name = "kd"
     needs = frozenset({"student_scores", "teacher_scores"})
 
-    def __init__(self, weight: float = 1.0, temperature: float = 2.0) -> None:
-        super().__init__(weight)
+    def __init__(self, weight: float = 1.0, temperature: float = 2.0, **window: float) -> None:
+        super().__init__(weight, **window)
         self.temperature = temperature
 
-    def __call__(self, tensors: dict[str, Any]) -> torch.Tensor:
+    def forward(self, tensors: dict[str, Any]) -> torch.Tensor:
         rows = [dense_kl(t, s, self.temperature) for t, s in zip(tensors["teacher_scores"], tensors["student_scores"])]
         return torch.stack(rows).mean() * self.temperature**2
 
@@ -81,7 +81,7 @@ class GoldCE(Loss):
     needs = frozenset({"student_scores", "labels"})
     uses_labels = True
 
-    def __call__(self, tensors: dict[str, Any]) -> torch.Tensor:
+    def forward(self, tensors: dict[str, Any]) -> torch.Tensor:
         rows = [-(y * torch.log_softmax(s, -1)).sum() for y, s in zip(tensors["labels"], tensors["student_scores"])]
         return torch.stack(rows).mean()
 
@@ -92,6 +92,17 @@ class LogitMSE(Loss):
     name = "mse_logits"
     needs = frozenset({"student_scores", "teacher_scores"})
 
-    def __call__(self, tensors: dict[str, Any]) -> torch.Tensor:
+    def forward(self, tensors: dict[str, Any]) -> torch.Tensor:
         rows = [((s - t) ** 2).mean() for s, t in zip(tensors["student_scores"], tensors["teacher_scores"])]
         return torch.stack(rows).mean()
+
+
+class LanguageModelling(Loss):
+    """DistilBERT's MLM term: the student's cross-entropy with the true tokens (next token for decoders)."""
+
+    name = "lm"
+    needs = frozenset({"word_logits", "word_labels"})
+    stages = ("stage1",)
+
+    def forward(self, tensors: dict[str, Any]) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(tensors["word_logits"].float(), tensors["word_labels"], ignore_index=-100)

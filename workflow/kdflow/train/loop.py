@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from ..errors import KdflowError
 
-LossFn = Callable[[torch.nn.Module, Sequence[int]], tuple[torch.Tensor, dict[str, float], int]]
+LossFn = Callable[[torch.nn.Module, Sequence[int], int], tuple[torch.Tensor, dict[str, float], int]]  # (module, batch, step)
 
 
 class TrainingError(KdflowError):
@@ -122,7 +122,7 @@ class _Plain:
         if world.size > 1:
             if not torch.distributed.is_initialized():
                 torch.distributed.init_process_group("gloo")
-            self.wrapped = torch.nn.parallel.DistributedDataParallel(model)
+            self.wrapped = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _schedule(settings))
@@ -242,14 +242,18 @@ class _DeepSpeed:
         return self.engine.module
 
     def final_module(self) -> torch.nn.Module:
-        """The trained model with full weights (ZeRO-3 partitions them: gather into a plain copy)."""
+        """The trained model with full weights (ZeRO-3 partitions them: gather into a plain copy; of a
+        wrapper with a ``student``, the student only)."""
         module = self.engine.module
         if self.engine.zero_optimization_stage() != 3:
             return module
         import deepspeed
 
+        target = getattr(module, "student", module)
+        prefix = "student." if target is not module else ""
         with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-            state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+            state = {k[len(prefix) :]: v.detach().clone() for k, v in module.state_dict().items() if k.startswith(prefix)}
+        module = target
         plain = type(module)(module.config)
         result = plain.load_state_dict(state, strict=False)
         plain.tie_weights()
@@ -290,7 +294,7 @@ def train(
             t0, tokens, parts_sum = time.perf_counter(), 0, {}
             for micro in range(settings.grad_accum):
                 indices = batch_indices(n_examples, step, micro, settings)[world.rank :: world.size]
-                loss, parts, n_tokens = loss_fn(engine.module(), indices)
+                loss, parts, n_tokens = loss_fn(engine.module(), indices, step)
                 if not torch.isfinite(loss):
                     raise TrainingError(
                         f"non-finite loss {loss.item()} at step {step} (parts {parts}); "

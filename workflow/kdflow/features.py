@@ -1,0 +1,131 @@
+"""Intermediate representations for representation losses: per-layer hidden states, attention
+probabilities and query/key/value projections of one forward pass, plus pooling and layer mapping."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .errors import ConfigError
+
+QKV_NAMES = (("query", "key", "value"), ("q_proj", "k_proj", "v_proj"))
+
+
+@dataclass
+class Features:
+    """What one forward pass exposes. ``hidden[0]`` is the embedding output, ``hidden[i]`` layer i's output."""
+
+    mask: torch.Tensor  # [batch, length], 1 at real tokens
+    output: Any = None  # the model's own output (logits, ...)
+    hidden: tuple[torch.Tensor, ...] = ()
+    attentions: tuple[torch.Tensor, ...] = ()  # per layer [batch, heads, length, length]
+    qkv: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=list)  # per layer [b, l, w]
+
+
+def transformer_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The list of transformer blocks (LLaMA-, BERT- or RoBERTa-style, with or without a task head)."""
+    for path in ("model.layers", "bert.encoder.layer", "roberta.encoder.layer", "encoder.layer", "layers"):
+        owner: Any = model
+        for part in path.split("."):
+            owner = getattr(owner, part, None)
+            if owner is None:
+                break
+        if isinstance(owner, torch.nn.ModuleList):
+            return owner
+    raise ConfigError(f"{type(model).__name__}: no known list of transformer layers")
+
+
+def _projections(layer: torch.nn.Module) -> tuple[torch.nn.Module, ...]:
+    modules = dict(layer.named_modules())
+    for names in QKV_NAMES:
+        found = [next((m for n, m in modules.items() if n.split(".")[-1] == name), None) for name in names]
+        if all(m is not None for m in found):
+            return tuple(found)
+    raise ConfigError(f"{type(layer).__name__}: no query/key/value projections found (looked for {QKV_NAMES})")
+
+
+@contextmanager
+def capture_qkv(model: torch.nn.Module):
+    """Record every layer's query/key/value projection outputs during the forward passes inside the block."""
+    records: list[dict[int, torch.Tensor]] = []
+    handles = []
+    for layer in transformer_layers(model):
+        slot: dict[int, torch.Tensor] = {}
+        records.append(slot)
+        for role, proj in enumerate(_projections(layer)):
+            handles.append(proj.register_forward_hook(lambda _m, _i, out, slot=slot, role=role: slot.update({role: out})))
+    try:
+        yield records
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def require_attentions(model: torch.nn.Module) -> None:
+    """Switch ``model`` to the eager attention implementation, the one that returns attention probabilities."""
+    current = getattr(model.config, "_attn_implementation", None)
+    if current == "eager":
+        return
+    try:
+        model.set_attn_implementation("eager")
+    except Exception as exc:  # noqa: BLE001 - the library's reason is passed on
+        raise ConfigError(f"{type(model).__name__} cannot return attentions: its attention implementation "
+                          f"'{current}' does not, and switching to 'eager' failed ({exc})") from None  # fmt: skip
+
+
+def forward_features(model: torch.nn.Module, inputs: dict[str, torch.Tensor], *, hidden: bool = False,
+                     attentions: bool = False, qkv: bool = False) -> Features:  # fmt: skip
+    """One forward pass of ``model`` on ``inputs`` (input_ids, attention_mask, ...) keeping what is asked."""
+    mask = inputs.get("attention_mask")
+    if mask is None:
+        mask = torch.ones_like(inputs["input_ids"])
+    if qkv:
+        with capture_qkv(model) as records:
+            out = model(**inputs, output_hidden_states=hidden, output_attentions=attentions)
+        captured = [(r[0], r[1], r[2]) for r in records]
+    else:
+        out = model(**inputs, output_hidden_states=hidden, output_attentions=attentions)
+        captured = []
+    n_layers = len(transformer_layers(model))
+    got_attentions = tuple(getattr(out, "attentions", None) or ())
+    if attentions and (len(got_attentions) != n_layers or any(a is None for a in got_attentions)):
+        raise ConfigError(f"{type(model).__name__} returned no attentions under the "
+                          f"'{model.config._attn_implementation}' attention implementation; use 'eager'")  # fmt: skip
+    return Features(mask=mask, output=out, hidden=tuple(getattr(out, "hidden_states", None) or ()),
+                    attentions=got_attentions, qkv=captured)  # fmt: skip
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    """[batch, length, width] -> [batch, width]: the first token, the mean over real tokens, or the last real one."""
+    if how == "first":
+        return hidden[:, 0]
+    if how == "mean":
+        weights = mask.to(hidden.dtype).unsqueeze(-1)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+    if how == "last":
+        last = mask.long().cumsum(1).argmax(1)
+        return hidden[torch.arange(hidden.shape[0]), last]
+    raise ConfigError(f"pooling '{how}': expected first, mean or last")
+
+
+def default_pooling(model: torch.nn.Module) -> str:
+    """The first token ([CLS]) for encoders; for decoders, whose first token sees nothing else, the mean."""
+    return "mean" if getattr(model.config, "is_decoder", False) or "CausalLM" in type(model).__name__ else "first"
+
+
+def map_layers(n_student: int, n_teacher: int, spec: str | list[int] = "uniform") -> list[int]:
+    """Teacher layer (1-based, an index into ``hidden``) matched to each student layer 1..n_student."""
+    if isinstance(spec, list):
+        if len(spec) != n_student or any(not 1 <= i <= n_teacher for i in spec):
+            raise ConfigError(f"layer map {spec}: expected {n_student} teacher layers in 1..{n_teacher}")
+        return list(spec)
+    if spec == "uniform":
+        return [round(i * n_teacher / n_student) for i in range(1, n_student + 1)]
+    if spec == "last":
+        if n_student > n_teacher:
+            raise ConfigError(f"layer map 'last': the student has more layers ({n_student}) than the teacher")
+        return list(range(n_teacher - n_student + 1, n_teacher + 1))
+    raise ConfigError(f"layer map '{spec}': expected uniform, last or an explicit list of teacher layers")

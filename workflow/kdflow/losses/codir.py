@@ -1,0 +1,141 @@
+"""CoDIR (Sun et al., EMNLP 2020): contrastive distillation on intermediate representations.
+
+Per example, the pooled hidden states of every student layer (concatenated) and of the matched teacher
+layers are projected to ``dim`` and L2-normalised. Two memory banks hold the student and teacher features
+of every training example (updated with momentum after each step). The objective is the memory-based NCE
+of CRD/CoDIR, symmetric: the student feature must pick the teacher's bank entry of its own example out of
+K negatives, and the teacher feature the student's. Negatives are examples with a different gold label
+(fine-tuning) or any other example, i.e. other corpus blocks (pre-training).
+
+The functions below are the objective on explicit tensors (what the numeric tests check); ``CoDIR`` is
+the registered loss that owns the projections, the banks and the negative sampling."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+from ..features import map_layers, pool
+from .base import Loss, LossContext
+
+EPS = 1e-7
+
+
+def nce_scores(anchor: torch.Tensor, memory: torch.Tensor, indices: torch.Tensor, temperature: float) -> torch.Tensor:
+    """exp(<memory[indices], anchor> / T): [batch, dim] x [n, dim] x [batch, 1 + K] -> [batch, 1 + K]."""
+    return torch.exp(torch.einsum("bkd,bd->bk", memory[indices], anchor) / temperature)
+
+
+def nce_loss(scores: torch.Tensor, n_data: int) -> torch.Tensor:
+    """NCE with noise distribution 1/n: column 0 holds the positive, the rest K negatives (normalised
+    scores). -[log P(D=1|pos) + sum log P(D=0|neg)], averaged over the batch."""
+    k = scores.shape[1] - 1
+    noise = k / n_data
+    positive = torch.log(scores[:, 0] / (scores[:, 0] + noise + EPS))
+    negative = torch.log(noise / (scores[:, 1:] + noise + EPS))
+    return -(positive.sum() + negative.sum()) / scores.shape[0]
+
+
+def momentum_update(memory: torch.Tensor, indices: torch.Tensor, features: torch.Tensor, momentum: float) -> None:
+    """memory[i] <- normalise(momentum * memory[i] + (1 - momentum) * feature), in place."""
+    mixed = memory[indices] * momentum + features.detach().to(memory.dtype) * (1.0 - momentum)
+    memory[indices] = F.normalize(mixed, dim=-1)
+
+
+def sample_negatives(own: torch.Tensor, label_ids: torch.Tensor | None, n_data: int, k: int,
+                     generator: torch.Generator) -> torch.Tensor:  # fmt: skip
+    """[batch, K] indices: examples with another label (when labels are given), else any other example."""
+    rows = []
+    for i in own.tolist():
+        if label_ids is not None:
+            pool_ = torch.nonzero(label_ids != label_ids[i]).flatten()
+            if len(pool_) == 0:
+                raise ConfigError("codir: every training example has the same label, so there are no negatives")
+            rows.append(pool_[torch.randint(len(pool_), (k,), generator=generator)])
+        else:
+            draw = torch.randint(n_data - 1, (k,), generator=generator)
+            rows.append(draw + (draw >= i).long())  # skip the example itself
+    return torch.stack(rows)
+
+
+class CoDIR(Loss):
+    """Contrastive distillation on intermediate representations with two memory banks (see module doc)."""
+
+    name = "codir"
+    needs = frozenset({"student_hidden", "teacher_hidden", "example_ids"})
+
+    def __init__(self, weight: float = 1.0, dim: int = 128, negatives: int = 100, temperature: float = 0.07,
+                 momentum: float = 0.5, layers: str | list[int] = "uniform", pooling: str = "auto",
+                 negatives_from: str = "auto", **window: float) -> None:  # fmt: skip
+        super().__init__(weight, **window)
+        if negatives_from not in ("auto", "other_label", "any"):
+            raise TypeError(f"negatives_from '{negatives_from}': expected auto, other_label or any")
+        if not 0.0 <= momentum < 1.0:
+            raise TypeError(f"momentum {momentum}: expected a value in [0, 1)")
+        self.dim, self.k, self.temperature, self.momentum = dim, negatives, temperature, momentum
+        self.layer_spec, self.pooling, self.negatives_from = layers, pooling, negatives_from
+        self.seed = 0
+
+    def bind(self, context: LossContext) -> None:
+        s, t = context.student_config, context.teacher_config
+        self.layer_map = map_layers(s.num_hidden_layers, t.num_hidden_layers, self.layer_spec)
+        if self.pooling == "auto":
+            causal = getattr(s, "is_decoder", False) or "CausalLM" in " ".join(s.architectures or [])
+            self.pooling = "mean" if causal else "first"
+        n = context.n_examples
+        if n < 2:
+            raise ConfigError("codir needs at least two training examples (one positive, one negative)")
+        self.student_proj = torch.nn.Linear(s.num_hidden_layers * s.hidden_size, self.dim)
+        self.teacher_proj = torch.nn.Linear(len(self.layer_map) * t.hidden_size, self.dim)
+        generator = torch.Generator().manual_seed(context.seed)
+        self.register_buffer("memory_student", F.normalize(torch.randn(n, self.dim, generator=generator), dim=-1))
+        self.register_buffer("memory_teacher", F.normalize(torch.randn(n, self.dim, generator=generator), dim=-1))
+        self.register_buffer("z", torch.full((2,), -1.0))  # NCE normalisers, fixed on the first batch
+        use_labels = self.negatives_from == "other_label" or (
+            self.negatives_from == "auto" and context.stage == "stage2" and context.label_ids is not None
+        )
+        if use_labels and context.label_ids is None:
+            raise ConfigError("codir negatives_from: other_label needs a classification task's gold labels")
+        self.label_ids = torch.tensor(context.label_ids) if use_labels else None
+        self.seed = context.seed
+
+    def features(self, tensors: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Projected, normalised student and teacher representations of the batch."""
+        s, t = tensors["student_features"], tensors["teacher_features"]
+        student = torch.cat([pool(h, s.mask, self.pooling) for h in s.hidden[1:]], -1)
+        teacher = torch.cat([pool(t.hidden[j], t.mask, self.pooling) for j in self.layer_map], -1)
+        return (F.normalize(self.student_proj(student.float()), dim=-1),
+                F.normalize(self.teacher_proj(teacher.float()), dim=-1))  # fmt: skip
+
+    def forward(self, tensors: dict[str, Any]) -> torch.Tensor:
+        own = tensors["example_ids"]
+        f_s, f_t = self.features(tensors)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + int(tensors["step"]))
+        indices = torch.cat([own[:, None], sample_negatives(own, self.label_ids, len(self.memory_student), self.k,
+                                                            generator)], 1)  # fmt: skip
+        n = len(self.memory_student)
+        # student-anchored (against the teacher bank) and teacher-anchored (against the student bank)
+        raw = [nce_scores(f_s, self.memory_teacher, indices, self.temperature),
+               nce_scores(f_t, self.memory_student, indices, self.temperature)]  # fmt: skip
+        with torch.no_grad():
+            for side, scores in enumerate(raw):
+                if self.z[side] < 0:
+                    self.z[side] = scores.mean() * n
+        loss = nce_loss(raw[0] / self.z[0], n) + nce_loss(raw[1] / self.z[1], n)
+        with torch.no_grad():
+            all_own, all_s, all_t = _gather(own), _gather(f_s), _gather(f_t)
+            momentum_update(self.memory_student, all_own, all_s, self.momentum)
+            momentum_update(self.memory_teacher, all_own, all_t, self.momentum)
+        return loss
+
+
+def _gather(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` over data-parallel processes, so every process's memory banks see every update."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return x
+    parts = [torch.empty_like(x) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(parts, x.contiguous())
+    return torch.cat(parts)

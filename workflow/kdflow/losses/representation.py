@@ -1,0 +1,310 @@
+"""Losses on intermediate representations: PKD, DistilBERT's hidden-state cosine, TinyBERT, MiniLM,
+MiniLMv2, an LRC-BERT-style in-batch contrastive loss, and BERT-of-Theseus's hybrid-model loss.
+
+Student layer i (1-based) is matched to a teacher layer by ``layers`` (uniform, last or an explicit list,
+see ``features.map_layers``); a learned linear projection maps student widths onto teacher widths where
+they differ."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+from ..features import map_layers, pool
+from .base import Loss, LossContext, preset
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` [batch, length, ...] over the real tokens of ``mask`` [batch, length]."""
+    weights = mask.to(values.dtype)
+    while weights.dim() < values.dim():
+        weights = weights.unsqueeze(-1)
+    per_token = values * weights
+    return per_token.sum() / (weights.sum() * (values[0, 0].numel() if values.dim() > 2 else 1)).clamp_min(1.0)
+
+
+class _Layered(Loss):
+    """A loss over matched student/teacher layers, with projections where the widths differ."""
+
+    def __init__(self, weight: float = 1.0, layers: str | list[int] = "uniform", pooling: str = "auto",
+                 **window: float) -> None:  # fmt: skip
+        super().__init__(weight, **window)
+        self.layer_spec, self.pooling = layers, pooling
+        self.layer_map: list[int] = []
+        self.projections = torch.nn.ModuleList()
+
+    def bind(self, context: LossContext) -> None:
+        s, t = context.student_config, context.teacher_config
+        self.layer_map = map_layers(s.num_hidden_layers, t.num_hidden_layers, self.layer_spec)
+        if self.pooling == "auto":
+            self.pooling = "mean" if getattr(s, "is_decoder", False) or "CausalLM" in " ".join(
+                s.architectures or []) else "first"  # fmt: skip
+        if s.hidden_size != t.hidden_size:
+            self.projections = torch.nn.ModuleList(
+                [torch.nn.Linear(s.hidden_size, t.hidden_size, bias=False) for _ in range(self.n_projections())]
+            )
+
+    def n_projections(self) -> int:
+        return len(self.layer_map)
+
+    def project(self, k: int, x: torch.Tensor) -> torch.Tensor:
+        return self.projections[k](x) if len(self.projections) else x
+
+    def pairs(self, tensors: dict[str, Any]) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+        """(student layer - 1, student hidden, teacher hidden) for every matched layer."""
+        s, t = tensors["student_features"], tensors["teacher_features"]
+        return [(i, s.hidden[i + 1], t.hidden[j]) for i, j in enumerate(self.layer_map)]
+
+
+class PKD(_Layered):
+    """Patient KD (Sun et al. 2019): squared distance of L2-normalised first-token states of matched layers."""
+
+    name = "pkd"
+    needs = frozenset({"student_hidden", "teacher_hidden"})
+
+    def __init__(self, weight: float = 1.0, layers: str | list[int] = "uniform", pooling: str = "first",
+                 exclude_last: bool = True, **window: float) -> None:  # fmt: skip
+        super().__init__(weight, layers, pooling, **window)
+        self.exclude_last = exclude_last
+
+    def forward(self, tensors: dict[str, Any]) -> torch.Tensor:
+        mask = tensors["student_features"].mask
+        pairs = self.pairs(tensors)
+        if self.exclude_last and len(pairs) > 1:  # the last layer is the prediction KD's job
+            pairs = pairs[:-1]
+        terms = []
+        for k, s, t in pairs:
+            s = F.normalize(self.project(k, pool(s, mask, self.pooling)), dim=-1)
+            t = F.normalize(pool(t, tensors["teacher_features"].mask, self.pooling), dim=-1)
+            terms.append(((s - t) ** 2).sum(-1).mean())
+        return torch.stack(terms).mean()
+
+
+class HiddenCosine(_Layered):
+    """DistilBERT's cosine embedding loss: 1 - cos(student, teacher) of the last hidden states at every token."""
+
+    name = "hidden_cosine"
+    needs = frozenset({"student_hidden", "teacher_hidden"})
+    token_aligned = True
+
+    def n_projections(self) -> int:
+        return 1
+
+    def forward(self, tensors: dict[str, Any]) -> torch.Tensor:
+        s, t = tensors["student_features"], tensors["teacher_features"]
+        cos = F.cosine_similarity(self.project(0, s.hidden[-1]), t.hidden[-1], dim=-1)
+        return _masked_mean(1.0 - cos, s.mask)
+
+
+class TinyBERTEmbedding(_Layered):
+    """TinyBERT: MSE between the projected student embedding output and the teacher's."""
+
+    name = "tinybert_embedding"
+    needs = frozenset({"student_hidden", "teacher_hidden"})
+    token_aligned = True
+
+    def n_projections(self) -> int:
+        return 1
+
+    def forward(self, tensors: dict[str, Any]) -> torch.Tensor:
+        s, t = tensors["student_features"], tensors["teacher_features"]
+        return _masked_mean((self.project(0, s.hidden[0]) - t.hidden[0]) ** 2, s.mask)
+
+
+class TinyBERTHidden(_Layered):
+    """TinyBERT: MSE between projected student layer outputs and the matched teacher layers."""
+
+    name = "tinybert_hidden"
+    needs = frozenset({"student_hidden", "teacher_hidden"})
+    token_aligned = True
+
+    def forward(self, tensors: dict[str, Any]) -> torch.Tensor:
+        mask = tensors["student_features"].mask
+        return torch.stack([_masked_mean((self.project(k, s) - t) ** 2, mask) for k, s, t in self.pairs(tensors)]).sum()
+
+
+def _heads_alike(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention maps [batch, heads, q, k] with different head counts are compared head-averaged."""
+    if a.shape[1] != b.shape[1]:
+        return a.mean(1, keepdim=True), b.mean(1, keepdim=True)
+    return a, b
+
+
+class TinyBERTAttention(_Layered):
+    """TinyBERT: MSE between student attention maps and the matched teacher layers' (probabilities; maps
+    with different head counts are head-averaged). Needs the eager attention implementation."""
+
+    name = "tinybert_attention"
+    needs = frozenset({"student_attentions", "teacher_attentions"})
+    token_aligned = True
+
+    def n_projections(self) -> int:
+        return 0
+
+    def forward(self, tensors: dict[str, Any]) -> torch.Tensor:
+        s, t = tensors["student_features"], tensors["teacher_features"]
+        pair_mask = (s.mask[:, None, :, None] * s.mask[:, None, None, :]).float()
+        terms = []
+        for i, j in enumerate(self.layer_map):
+            a, b = _heads_alike(s.attentions[i], t.attentions[j - 1])
+            terms.append((((a - b) ** 2) * pair_mask).sum() / (pair_mask.sum() * a.shape[1]))
+        return torch.stack(terms).sum()
+
+
+@preset("tinybert")
+def tinybert_preset(weight: float, stage: str, switch: float = 0.5, temperature: float = 1.0,
+                    layers: str | list[int] = "uniform") -> dict[str, dict[str, Any]]:  # fmt: skip
+    """TinyBERT's two phases in one stage: intermediate layers (embeddings, hidden states, attentions)
+    for the first ``switch`` of the steps, then the prediction layer (word KL in stage 1, KD in stage 2).
+    ``switch: 1.0`` keeps only the intermediate phase (then add a prediction loss yourself)."""
+    window = {"stop": switch} if switch < 1.0 else {}
+    parts: dict[str, dict[str, Any]] = {
+        name: {"weight": weight, "layers": layers, **window}
+        for name in ("tinybert_embedding", "tinybert_hidden", "tinybert_attention")
+    }
+    if switch < 1.0:
+        prediction = "word_kl" if stage == "stage1" else "kd"
+        parts[prediction] = {"weight": weight, "temperature": temperature, "start": switch}
+    return parts
+
+
+@preset("distilbert")
+def distilbert_preset(weight: float, stage: str, temperature: float = 2.0) -> dict[str, dict[str, Any]]:
+    """DistilBERT (Sanh et al. 2019): 5 x soft-target KL (T) + 2 x MLM + 1 x hidden-state cosine."""
+    if stage != "stage1":
+        raise ConfigError("preset 'distilbert' distils during pre-training: use it in stage1")
+    return {"word_kl": {"weight": 5.0 * weight, "temperature": temperature}, "lm": {"weight": 2.0 * weight},
+            "hidden_cosine": {"weight": weight}}  # fmt: skip
+
+
+def relation_logprobs(x: torch.Tensor, heads: int, mask: torch.Tensor) -> torch.Tensor:
+    """MiniLM relations: log softmax(x_h x_h^T / sqrt(d_h)) per head h; [b, l, w] -> [b, heads, l, l]."""
+    b, length, width = x.shape
+    if width % heads:
+        raise ConfigError(f"relation heads {heads} do not divide the width {width}")
+    xh = x.float().view(b, length, heads, width // heads).transpose(1, 2)
+    scores = xh @ xh.transpose(-1, -2) / math.sqrt(width // heads)
+    scores = scores.masked_fill(mask[:, None, None, :] == 0, float("-inf"))
+    return torch.log_softmax(scores, -1)
+
+
+def relation_kl(teacher_logp: torch.Tensor, student_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || student) per query row, averaged over heads and real query tokens."""
+    p = teacher_logp.exp()
+    kl = (p * (teacher_logp - student_logp)).nan_to_num(0.0).sum(-1)  # [b, heads, l]
+    rows = mask[:, None, :].float().expand_as(kl)
+    return (kl * rows).sum() / rows.sum().clamp_min(1.0)
+
+
+class MiniLM(Loss):
+    """MiniLM (Wang et al. 2020): last-layer self-attention distributions (KL) + value relations (KL)."""
+
+    name = "minilm"
+    needs = frozenset({"student_attentions", "teacher_attentions", "student_qkv", "teacher_qkv"})
+    token_aligned = True
+
+    def __init__(self, weight: float = 1.0, relation_heads: int | None = None, **window: float) -> None:
+        super().__init__(weight, **window)
+        self.relation_heads = relation_heads
+
+    def bind(self, context: LossContext) -> None:
+        self.relation_heads = self.relation_heads or context.teacher_config.num_attention_heads
+
+    def forward(self, tensors: dict[str, Any]) -> torch.Tensor:
+        s, t = tensors["student_features"], tensors["teacher_features"]
+        a_s, a_t = _heads_alike(s.attentions[-1], t.attentions[-1])
+        attention = relation_kl(a_t.float().clamp_min(1e-12).log(), a_s.float().clamp_min(1e-12).log(), s.mask)
+        values = relation_kl(relation_logprobs(t.qkv[-1][2], self.relation_heads, t.mask),
+                             relation_logprobs(s.qkv[-1][2], self.relation_heads, s.mask), s.mask)  # fmt: skip
+        return attention + values
+
+
+class MiniLMv2(Loss):
+    """MiniLMv2 (Wang et al. 2021): query-query, key-key and value-value relations of the student's last
+    layer and a teacher layer (``teacher_layer``, 1-based, default the last), split into relation heads."""
+
+    name = "minilmv2"
+    needs = frozenset({"student_qkv", "teacher_qkv"})
+    token_aligned = True
+
+    def __init__(self, weight: float = 1.0, relation_heads: int | None = None, teacher_layer: int | None = None,
+                 **window: float) -> None:  # fmt: skip
+        super().__init__(weight, **window)
+        self.relation_heads, self.teacher_layer = relation_heads, teacher_layer
+
+    def bind(self, context: LossContext) -> None:
+        self.relation_heads = self.relation_heads or context.student_config.num_attention_heads
+        n = context.teacher_config.num_hidden_layers
+        self.teacher_layer = self.teacher_layer or n
+        if not 1 <= self.teacher_layer <= n:
+            raise ConfigError(f"minilmv2.teacher_layer {self.teacher_layer}: the teacher has layers 1..{n}")
+
+    def forward(self, tensors: dict[str, Any]) -> torch.Tensor:
+        s, t = tensors["student_features"], tensors["teacher_features"]
+        terms = [
+            relation_kl(relation_logprobs(t.qkv[self.teacher_layer - 1][r], self.relation_heads, t.mask),
+                        relation_logprobs(s.qkv[-1][r], self.relation_heads, s.mask), s.mask)  # fmt: skip
+            for r in range(3)
+        ]
+        return torch.stack(terms).sum()
+
+
+class InBatchContrastive(_Layered):
+    """LRC-BERT-style contrastive distillation on intermediate layers: for each matched layer, the
+    student's pooled state of example i must be closer (cosine / temperature) to the teacher's state of
+    example i than to those of the other examples in the batch (InfoNCE with in-batch negatives)."""
+
+    name = "lrc"
+    needs = frozenset({"student_hidden", "teacher_hidden"})
+
+    def __init__(self, weight: float = 1.0, layers: str | list[int] = "uniform", pooling: str = "auto",
+                 temperature: float = 0.1, **window: float) -> None:  # fmt: skip
+        super().__init__(weight, layers, pooling, **window)
+        self.temperature = temperature
+
+    def forward(self, tensors: dict[str, Any]) -> torch.Tensor:
+        s_mask, t_mask = tensors["student_features"].mask, tensors["teacher_features"].mask
+        terms = []
+        for k, s, t in self.pairs(tensors):
+            s = F.normalize(self.project(k, pool(s, s_mask, self.pooling)).float(), dim=-1)
+            t = F.normalize(pool(t, t_mask, self.pooling).float(), dim=-1)
+            logits = s @ t.T / self.temperature
+            terms.append(F.cross_entropy(logits, torch.arange(len(s))))
+        return torch.stack(terms).mean()
+
+
+class Theseus(Loss):
+    """BERT-of-Theseus (Xu et al. 2020): the task loss of a hybrid model in which each student layer is
+    replaced, with probability 1 - p, by the teacher layers it stands for. p grows linearly from
+    ``replace_start`` to 1 at ``replace_full_at`` (fractions of the steps); the plain student's own
+    losses (``ce``, ``kd``) then carry on. Stage 2 only; the student and teacher widths must match."""
+
+    name = "theseus"
+    needs = frozenset({"hybrid_scores", "labels"})
+    uses_labels = True
+    stages = ("stage2",)
+
+    def __init__(self, weight: float = 1.0, replace_start: float = 0.5, replace_full_at: float = 0.8,
+                 **window: float) -> None:  # fmt: skip
+        super().__init__(weight, **window)
+        if not 0.0 <= replace_start <= 1.0 or not 0.0 < replace_full_at <= 1.0:
+            raise TypeError("replace_start must be in [0, 1] and replace_full_at in (0, 1]")
+        self.replace_start, self.replace_full_at = replace_start, replace_full_at
+
+    def bind(self, context: LossContext) -> None:
+        if context.student_config.hidden_size != context.teacher_config.hidden_size:
+            raise ConfigError(f"theseus swaps teacher layers into the student: widths must match (student "
+                              f"{context.student_config.hidden_size}, teacher {context.teacher_config.hidden_size})")  # fmt: skip
+
+    def replace_probability(self, progress: float) -> float:
+        """Probability that a student layer is used (not its teacher layers) at ``progress`` in [0, 1)."""
+        return min(1.0, self.replace_start + (1.0 - self.replace_start) * progress / self.replace_full_at)
+
+    def forward(self, tensors: dict[str, Any]) -> torch.Tensor:
+        rows = [-(y * torch.log_softmax(s, -1)).sum() for y, s in zip(tensors["labels"], tensors["hybrid_scores"])]
+        return torch.stack(rows).mean()
+

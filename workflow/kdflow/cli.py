@@ -80,9 +80,10 @@ def _compress_vocab(a: argparse.Namespace) -> None:
 
 
 def _finetune(a: argparse.Namespace) -> None:
-    from .finetune import finetune_teacher
+    from .finetune import finetune_classifier, finetune_teacher
 
-    info = finetune_teacher(a.teacher, a.task, a.out, a.work, a.settings, a.deepspeed, a.seed, a.stop_after_steps)
+    run = finetune_classifier if a.head == "classification" else finetune_teacher
+    info = run(a.teacher, a.task, a.out, a.work, a.settings, a.deepspeed, a.seed, a.stop_after_steps)
     log.info("fine-tuned teacher %s: %s steps on %s examples", a.out, info.get("steps"), info.get("training_examples"))
 
 
@@ -227,12 +228,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", type=_json, required=True, help="the vocabulary's config entry, as JSON")
     p.add_argument("--out", required=True)
 
-    p = add("finetune-teacher", _finetune, "prompt fine-tuning of the teacher on a task, then dev evaluation")
+    p = add("finetune-teacher", _finetune, "fine-tune a teacher on a task (cloze prompts, or a classification head)")
     p.add_argument("--teacher", required=True)
     p.add_argument("--task", required=True, help="prepared task folder")
     p.add_argument("--out", required=True, help="fine-tuned model folder")
     p.add_argument("--work", required=True, help="checkpoints and logs (kept across failures)")
     p.add_argument("--settings", type=_json, required=True, help="the config's teacher_finetune section")
+    p.add_argument("--head", choices=["cloze", "classification"], default="cloze",
+                   help="cloze: word prediction on the prompt's candidates; classification: a new task head")
     p.add_argument("--deepspeed", type=_json, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stop-after-steps", type=int, default=None, help="fault injection: die after N steps")

@@ -84,7 +84,8 @@ def _resolve(ref: str, root: dict[str, Any]) -> dict[str, Any]:
     return node
 
 
-RESERVED_MODEL_NAMES = {"teacher_finetuned": "the teacher fine-tuned on each task", "runs": "the runs' students"}
+RESERVED_MODEL_NAMES = {"teacher_finetuned": "the teacher fine-tuned on each task", "runs": "the runs' students",
+                        "classifiers": "the encoders fine-tuned with a classification head"}  # fmt: skip
 
 
 def _check_references(config: dict[str, Any]) -> list[str]:
@@ -119,7 +120,15 @@ def _check_references(config: dict[str, Any]) -> list[str]:
         for i, task in enumerate(vocab.get("count_tasks", [])):
             if task not in tasks:
                 problems.append(f"config key 'vocabularies.{name}.count_tasks[{i}]': unknown task '{task}'")
-    for section in ("teacher_finetune", "cache"):
+    if config.get("teacher_finetune", {}).get("models"):
+        problems.append("config key 'teacher_finetune.models': only classifier_finetune lists models")
+    for i, name in enumerate(config.get("classifier_finetune", {}).get("models", [])):
+        if name not in models:
+            problems.append(f"config key 'classifier_finetune.models[{i}]': unknown model '{name}'")
+    for name, corpus in corpora.items():
+        if corpus.get("tokenizer_model") is not None and corpus["tokenizer_model"] not in models:
+            problems.append(f"config key 'corpora.{name}.tokenizer_model': unknown model '{corpus['tokenizer_model']}'")
+    for section in ("teacher_finetune", "classifier_finetune", "cache"):
         for i, task in enumerate(config.get(section, {}).get("tasks", [])):
             if task not in tasks:
                 problems.append(f"config key '{section}.tasks[{i}]': unknown task '{task}'")
@@ -134,12 +143,18 @@ def _check_references(config: dict[str, Any]) -> list[str]:
         vocab = student.get("vocabulary", "full")
         if vocab != "full" and vocab not in config.get("vocabularies", {}):
             problems.append(f"config key 'students.{name}.vocabulary': '{vocab}' is neither 'full' nor a vocabulary")
+        teacher = student.get("teacher")
+        if teacher is not None and teacher not in models:
+            problems.append(f"config key 'students.{name}.teacher': unknown model '{teacher}'")
+        if teacher not in (None, config.get("teacher")) and vocab != "full":
+            problems.append(f"config key 'students.{name}.vocabulary': vocabularies are built for the teacher's "
+                            f"tokenizer; a student of '{teacher}' needs 'full'")  # fmt: skip
         layers = student.get("layers", {})
         if layers.get("strategy", "uniform") == "explicit" and not layers.get("list"):
             problems.append(f"config key 'students.{name}.layers.list': needed with strategy 'explicit'")
         elif layers.get("strategy", "uniform") != "explicit" and "count" not in layers:
             problems.append(f"config key 'students.{name}.layers.count': needed with strategy '{layers.get('strategy', 'uniform')}'")
-    from .losses import REGISTRY
+    from .losses import PRESETS, REGISTRY, expand_presets
 
     for name, run in config.get("runs", {}).items():
         if run.get("student") not in students:
@@ -148,9 +163,25 @@ def _check_references(config: dict[str, Any]) -> list[str]:
             problems.append(f"config key 'runs.{name}.stage2': every run needs a stage 2 (the task)")
         for stage in ("stage1", "stage2"):
             for loss in run.get(stage, {}).get("losses", {}):
-                if loss not in REGISTRY:
+                if loss not in REGISTRY and loss not in PRESETS:
                     problems.append(f"config key 'runs.{name}.{stage}.losses.{loss}': unknown loss "
-                                    f"(registered: {', '.join(sorted(REGISTRY))})")  # fmt: skip
+                                    f"(registered: {', '.join(sorted([*REGISTRY, *PRESETS]))})")  # fmt: skip
+            try:
+                expand_presets(run.get(stage, {}).get("losses", {}), stage)
+            except ConfigError as exc:
+                problems.append(f"config key 'runs.{name}.{stage}.losses': {exc}")
+        corpus = run.get("stage1", {}).get("corpus")
+        if corpus is not None and corpus not in corpora:
+            problems.append(f"config key 'runs.{name}.stage1.corpus': unknown corpus '{corpus}'")
+        elif "stage1" in run and run.get("student") in students:
+            teacher = student_teacher(config, run["student"])
+            corpus = stage1_corpus(config, name)
+            if corpus is not None and corpus_tokenizer(config, corpus) != teacher:
+                problems.append(f"config key 'runs.{name}.stage1': corpus '{corpus}' is tokenised by "
+                                f"'{corpus_tokenizer(config, corpus)}', the student's teacher is '{teacher}' (add a "
+                                f"corpus with tokenizer_model: {teacher}, or set runs.{name}.stage1.corpus)")  # fmt: skip
+        if run.get("stage2", {}).get("corpus") is not None:
+            problems.append(f"config key 'runs.{name}.stage2.corpus': stage 2 trains on the task, not a corpus")
     if config.get("runs") and not config.get("distill", {}).get("tasks"):
         problems.append("config key 'distill.tasks': runs are defined but no task to distil on")
     for i, task in enumerate(config.get("distill", {}).get("tasks", [])):
@@ -165,6 +196,28 @@ def _check_references(config: dict[str, Any]) -> list[str]:
                 f"(known: {', '.join(sorted(TASKS))})"
             )
     return problems
+
+
+def student_teacher(config: dict[str, Any], student: str) -> str:
+    """The model a student is cut from and taught by."""
+    return config["students"][student].get("teacher") or config["teacher"]
+
+
+def corpus_tokenizer(config: dict[str, Any], corpus: str) -> str:
+    """The model whose tokenizer tokenises ``corpus``."""
+    return (config["corpora"][corpus].get("tokenizer_model") or config.get("preprocess", {}).get("tokenizer_model")
+            or config["teacher"])  # fmt: skip
+
+
+def stage1_corpus(config: dict[str, Any], run: str) -> str | None:
+    """A run's stage-1 corpus: its own, distill.corpus, else the first corpus tokenised for its teacher."""
+    spec = config["runs"][run]
+    explicit = spec.get("stage1", {}).get("corpus") or config.get("distill", {}).get("corpus")
+    if explicit:
+        return explicit
+    teacher = student_teacher(config, spec["student"])
+    corpora = list(config.get("corpora", {}))
+    return next((c for c in corpora if corpus_tokenizer(config, c) == teacher), corpora[0] if corpora else None)
 
 
 def validate_config(config: dict[str, Any], source: str = "config") -> dict[str, Any]:

@@ -31,7 +31,7 @@ from .fingerprint import weights_fingerprint
 from .hybrid import theseus_layers
 from .jsonio import read_json, write_json
 from .losses import Loss, LossContext, build_losses
-from .modeling import load_lm
+from .modeling import count_parameters, load_lm
 from .prepare import load_prepared
 from .preprocess import open_blocks
 from .scoring import candidate_scores, pad_id
@@ -255,9 +255,10 @@ def _stage2(student: torch.nn.Module, tokenizer: Any, family: str, classifier: b
         teacher_tok = AutoTokenizer.from_pretrained(data["teacher"], local_files_only=True)
     if classifier and student.config.num_labels == 1 and all_needs & {"labels"}:
         raise ConfigError("a regression head has no label distribution: use mse_logits, not ce/theseus")
+    label_names = list(prepared.task.labels) if classifier else prepared.labels  # head order / candidate order
     label_ids = None
     if prepared.task.kind == "classification":
-        label_ids = tuple(prepared.labels.index(ex["label"]) for ex in prepared.examples)
+        label_ids = tuple(label_names.index(ex["label"]) for ex in prepared.examples)
     max_length = settings["max_length"]
 
     def produce(module: torch.nn.Module, indices: list[int], tensors: dict[str, Any], needs: frozenset[str]) -> int:
@@ -297,7 +298,7 @@ def _stage2(student: torch.nn.Module, tokenizer: Any, family: str, classifier: b
         if "teacher_scores" in needs and not classifier:
             tensors["teacher_scores"] = [it["candidate_scores"] for it in items]
         if "labels" in needs:
-            tensors["labels"] = [gold_target(prepared.task, prepared.labels, ex) for ex in examples]
+            tensors["labels"] = [gold_target(prepared.task, label_names, ex) for ex in examples]
         if "hybrid_scores" in needs:
             generator = torch.Generator().manual_seed(seed * 7_919 + int(tensors["step"]))
             p_student = theseus.replace_probability(tensors["progress"])
@@ -415,6 +416,7 @@ def save_student(model: torch.nn.Module, parent: str | Path, out_dir: str | Path
             shutil.copy(parent / name, out_dir / name)
     shutil.copy(work_dir / "train_log.csv", out_dir / "train_log.csv")
     meta = read_json(parent / "kdflow.json") if (parent / "kdflow.json").exists() else {}
-    meta.update({**info, "parent": str(parent), "weights_sha256": weights_fingerprint(out_dir)})
+    meta.update({**info, "parent": str(parent), "parameters": count_parameters(model),
+                 "weights_sha256": weights_fingerprint(out_dir)})  # fmt: skip
     write_json(out_dir / "kdflow.json", meta)
     return meta

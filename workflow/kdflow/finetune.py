@@ -1,5 +1,6 @@
-"""Rule `finetune_teacher`: teach the teacher a task in cloze form (pattern + verbalizer/candidates),
-with the loss on the candidate scores. The `evaluate` rule scores it like every other model."""
+"""Rules `finetune_teacher` (the teacher learns a task in cloze form: pattern + verbalizer/candidates, loss
+on the candidate scores) and `finetune_classifier` (an encoder learns it with a classification head).
+The `evaluate` rule scores both like every other model."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from .classify import HEAD_KINDS, encode_pairs
 from .data.tasks import Example, TaskType
 from .errors import DataError
 from .fingerprint import weights_fingerprint
 from .jsonio import read_json, write_json
-from .modeling import load_lm
+from .modeling import count_parameters, load_lm
 from .losses.prediction import GoldCE
 from .prepare import load_prepared
 from .scoring import candidate_scores
@@ -74,25 +77,81 @@ def finetune_teacher(
                     work_dir / "train_log.csv", deepspeed, stop_after_steps)  # fmt: skip
     if not World.from_env().main:  # data-parallel helpers: the main process writes the model
         return {}
-    trained.eval()
+    info = {"task": meta["name"], "steps": steps, "training_examples": len(examples), "settings": settings,
+            "deepspeed": deepspeed}  # fmt: skip
+    return _save_teacher(trained, tokenizer, teacher_dir, out_dir, work_dir, {**info, "family": family})
+
+
+def finetune_classifier(
+    model_dir: str | Path,
+    task_dir: str | Path,
+    out_dir: str | Path,
+    work_dir: str | Path,
+    settings: dict[str, Any],
+    deepspeed: dict[str, Any] | None,
+    seed: int,
+    stop_after_steps: int | None = None,
+) -> dict[str, Any]:
+    """Fine-tune ``model_dir`` with a classification (or regression) head on a task: the encoder track's
+    teacher, scored by `evaluate` through its head."""
+    task_dir, work_dir, out_dir = Path(task_dir), Path(work_dir), Path(out_dir)
+    data = load_prepared(task_dir, "train", settings.get("max_examples"))
+    task, examples = data.task, data.examples
+    if task.kind not in HEAD_KINDS:
+        raise DataError(f"{task_dir}: {task.name} is a {task.kind} task; a classification head cannot learn it "
+                        "(use the word-prediction teacher, teacher_finetune)")  # fmt: skip
+    regression = task.kind == "regression"
+    labels = [] if regression else list(task.labels)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_dir, num_labels=1 if regression else len(labels), id2label=dict(enumerate(labels)) or None,
+        label2id={lab: i for i, lab in enumerate(labels)} or None,
+        problem_type="regression" if regression else "single_label_classification",
+        local_files_only=True, dtype=torch.float32)  # fmt: skip
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    if regression:
+        targets = torch.tensor([float(ex["label"]) for ex in examples])
+    else:
+        targets = torch.tensor([labels.index(str(ex["label"])) for ex in examples])
+
+    def loss_fn(module: torch.nn.Module, indices: list[int], step: int) -> tuple[torch.Tensor, dict[str, float], int]:
+        enc = encode_pairs(tokenizer, [examples[i] for i in indices], settings["max_length"])
+        logits = module(**enc).logits.float()
+        if regression:
+            loss = torch.nn.functional.mse_loss(logits[:, 0], targets[indices])
+        else:
+            loss = torch.nn.functional.cross_entropy(logits, targets[indices])
+        return loss, {"head_loss": loss.item()}, int(enc["attention_mask"].sum())
+
+    steps = steps_for(len(examples), settings["epochs"], settings["batch_size"], settings["grad_accum"],
+                      settings.get("max_steps"))  # fmt: skip
+    trained = train(model, loss_fn, len(examples), TrainSettings.from_config(settings, steps, seed),
+                    work_dir / "checkpoint", work_dir / "train_log.csv", deepspeed, stop_after_steps)  # fmt: skip
+    if not World.from_env().main:
+        return {}
+    info = {"task": data.meta["name"], "task_type": task.name, "head": "classification", "steps": steps,
+            "training_examples": len(examples), "settings": settings, "deepspeed": deepspeed, "family": "masked"}  # fmt: skip
+    return _save_teacher(trained, tokenizer, model_dir, out_dir, work_dir, info)
+
+
+def _save_teacher(model: torch.nn.Module, tokenizer: Any, parent_dir: str | Path, out_dir: Path, work_dir: Path,
+                  info: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """The fine-tuned model folder, its training log and kdflow.json (provenance + training facts)."""
+    model.eval()
     if out_dir.exists():
         shutil.rmtree(out_dir)
-    trained.save_pretrained(out_dir)
+    model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     shutil.copy(work_dir / "train_log.csv", out_dir / "train_log.csv")
-    parent = read_json(Path(teacher_dir) / "kdflow.json") if (Path(teacher_dir) / "kdflow.json").exists() else {}
-    info = {
-        **{k: v for k, v in parent.items() if k in ("family", "architecture", "parameters", "vocab_size")},
+    parent = read_json(Path(parent_dir) / "kdflow.json") if (Path(parent_dir) / "kdflow.json").exists() else {}
+    meta = {
+        **{k: v for k, v in parent.items() if k in ("family", "architecture", "vocab_size")},
         "kdflow": "model",
         "role": "teacher",
-        "parent": str(teacher_dir),
-        "task": meta["name"],
-        "steps": steps,
-        "training_examples": len(examples),
-        "settings": settings,
-        "deepspeed": deepspeed,
+        "parent": str(parent_dir),
+        **info,
+        "parameters": count_parameters(model),
         "weights_sha256": weights_fingerprint(out_dir),
     }
-    info.setdefault("family", family)
-    write_json(out_dir / "kdflow.json", info)
-    return info
+    meta["architecture"] = type(model).__name__
+    write_json(out_dir / "kdflow.json", meta)
+    return meta

@@ -40,7 +40,7 @@ def select_layers(total: int, spec: dict[str, Any]) -> list[int]:
 
 def _layer_list(model: torch.nn.Module) -> tuple[torch.nn.Module, str]:
     """The module holding the transformer blocks and its attribute name (LLaMA-style or BERT-style)."""
-    for owner_path, attr in (("model", "layers"), ("bert.encoder", "layer"), ("roberta.encoder", "layer")):
+    for owner_path, attr in (("model", "layers"), ("bert.encoder", "layer"), ("roberta.encoder", "layer"), ("encoder", "layer")):
         owner = model
         for part in owner_path.split("."):
             owner = getattr(owner, part, None)
@@ -81,7 +81,7 @@ def init_student(
     teacher_dir: str | Path, spec: dict[str, Any], vocab_map: str | Path | None, out: str | Path, seed: int
 ) -> dict[str, Any]:
     teacher_dir, out = Path(teacher_dir), Path(out)
-    model, _, family = load_lm(teacher_dir)
+    model, _, family = load_lm(teacher_dir, keep_architecture=True)  # an encoder without LM head stays one
     total = model.config.num_hidden_layers
     teacher_params = count_parameters(model)
     if spec.get("width"):

@@ -67,7 +67,8 @@ def summary_table(manifest: dict[str, Any], entries: list[dict[str, Any]]) -> pd
             row[f"{task} ci_low"], row[f"{task} ci_high"] = (100 * ci[0], 100 * ci[1]) if ci else (math.nan, math.nan)
             if result["task_type"] not in DIAGNOSTICS:
                 type_scores[result["task_type"]] = score
-            ref = by_key.get((reference.get(task), task))
+            ref_model = (run or {}).get("reference", {}).get(task) or reference.get(task)
+            ref = by_key.get((ref_model, task))
             if ref is not None and row["role"] == "run":
                 ref_score = task_score(ref["result"]["metrics"])
                 if ref_score and not math.isnan(ref_score):

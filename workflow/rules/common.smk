@@ -4,8 +4,14 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from kdflow.config import validate_config
+from kdflow.config import (
+    corpus_tokenizer,
+    stage1_corpus,
+    student_teacher,
+    validate_config,
+)
 from kdflow.errors import ConfigError
+from kdflow.losses import REGISTRY, expand_presets
 
 try:
     config.update(
@@ -22,12 +28,19 @@ MEM_MB = config["resources"]["mem_mb"]
 EMBEDDED_TASKS = {"embedded:rotten-tomatoes"}
 EMBEDDED_CORPORA = {"embedded:package-texts"}
 FINETUNED = "teacher_finetuned"  # model name of the teacher fine-tuned on each task
+CLASSIFIERS = config["classifier_finetune"]["models"]  # encoders fine-tuned with a head
 
 
 wildcard_constraints:
     model="|".join(
-        [*config["models"], FINETUNED, *[f"runs/{r}" for r in config["runs"]]]
+        [
+            *config["models"],
+            FINETUNED,
+            *[f"runs/{r}" for r in config["runs"]],
+            *[f"classifiers/{m}" for m in CLASSIFIERS],
+        ]
     ),
+    classifier="|".join(CLASSIFIERS) or "-",
     run="|".join(config["runs"]) or "-",
     student="|".join(config["students"]) or "-",
     task="|".join(config["tasks"]),
@@ -47,10 +60,11 @@ def as_json(value):
 
 
 def model_dir(name, task=None):
-    """An asset model folder, the teacher fine-tuned on `task`, or (`runs/RUN`) the run's student for it."""
+    """An asset model folder, the teacher fine-tuned on `task`, an encoder fine-tuned on it with a head
+    (`classifiers/MODEL`), or (`runs/RUN`) the run's student for it."""
     if name == FINETUNED:
         return f"{R}/teachers/{task}"
-    if name.startswith("runs/"):
+    if name.startswith(("runs/", "classifiers/")):
         return f"{R}/{name}/{task}"
     return f"{R}/assets/models/{name}"
 
@@ -76,12 +90,18 @@ def corpus_source(wildcards):
     return source
 
 
-def tokenizer_model():
-    return config["preprocess"]["tokenizer_model"] or config["teacher"]
+def corpus_tokenizer_dir(wildcards):
+    return model_dir(corpus_tokenizer(config, wildcards.corpus))
 
 
 def vocab_corpus(name):
-    return config["vocabularies"][name]["corpus"] or next(iter(config["corpora"]))
+    """The corpus whose counts rank a vocabulary: its own, else the first one tokenised by the teacher."""
+    teacher_corpora = [
+        c for c in config["corpora"] if corpus_tokenizer(config, c) == config["teacher"]
+    ]
+    return config["vocabularies"][name]["corpus"] or next(
+        iter(teacher_corpora or config["corpora"])
+    )
 
 
 def task_teacher(task):
@@ -115,28 +135,45 @@ def vocab_inputs(vocab):
 
 def student_inputs(wildcards):
     vocab = config["students"][wildcards.student]["vocabulary"]
-    return {"teacher": model_dir(config["teacher"]), "vmap": vocab_inputs(vocab)}
+    teacher = student_teacher(config, wildcards.student)
+    return {"teacher": model_dir(teacher), "vmap": vocab_inputs(vocab)}
 
 
 def run_vocab(run):
     return config["students"][config["runs"][run]["student"]]["vocabulary"]
 
 
-def distill_corpus():
-    return config["distill"]["corpus"] or next(iter(config["corpora"]))
+def run_needs(run, stage):
+    """The tensors a run's losses need in a stage (presets expanded)."""
+    losses = expand_presets(config["runs"][run][stage]["losses"], stage)
+    return set().union(*(REGISTRY[name].needs for name in losses))
+
+
+def run_teacher(run):
+    return student_teacher(config, config["runs"][run]["student"])
+
+
+def stage2_teacher(run, task):
+    """A classification-head teacher (encoder track), the fine-tuned teacher, or the student's base teacher."""
+    teacher = run_teacher(run)
+    if teacher in CLASSIFIERS:
+        return model_dir(f"classifiers/{teacher}", task)
+    if teacher == config["teacher"]:
+        return task_teacher(task)
+    return model_dir(teacher)
 
 
 def stage1_inputs(wildcards):
     run = config["runs"][wildcards.run]
+    corpus = stage1_corpus(config, wildcards.run)
     cached = config["distill"]["stage1"]["teacher"] == "cached"
-    cache = (
-        f"{R}/cache/corpus/{distill_corpus()}/{run_vocab(wildcards.run)}/manifest.json"
-    )
+    words = "word_targets" in run_needs(wildcards.run, "stage1")
+    cache = f"{R}/cache/corpus/{corpus}/{run_vocab(wildcards.run)}/manifest.json"
     return {
         "student": f"{R}/students/{run['student']}",
-        "corpus": f"{R}/corpus/{distill_corpus()}",
-        "teacher": model_dir(config["teacher"]),
-        "cache": [cache] if cached else [],
+        "corpus": f"{R}/corpus/{corpus}",
+        "teacher": model_dir(run_teacher(wildcards.run)),
+        "cache": [cache] if cached and words else [],
     }
 
 
@@ -147,11 +184,13 @@ def stage2_inputs(wildcards):
         if "stage1" in run
         else f"{R}/students/{run['student']}"
     )
+    classifier = run_teacher(wildcards.run) in CLASSIFIERS
+    cache = f"{R}/cache/task/{wildcards.task}/{run_vocab(wildcards.run)}/manifest.json"
     return {
         "student": start,
         "task": f"{R}/tasks/{wildcards.task}",
-        "teacher": task_teacher(wildcards.task),
-        "cache": f"{R}/cache/task/{wildcards.task}/{run_vocab(wildcards.run)}/manifest.json",
+        "teacher": stage2_teacher(wildcards.run, wildcards.task),
+        "cache": [] if classifier else [cache],
     }
 
 
@@ -192,6 +231,11 @@ def eval_pairs():
     pairs = [(m, t) for m in eval_models() for t in eval_tasks()]
     pairs += [(FINETUNED, t) for t in config["teacher_finetune"]["tasks"]]
     pairs += [
+        (f"classifiers/{m}", t)
+        for m in CLASSIFIERS
+        for t in config["classifier_finetune"]["tasks"]
+    ]
+    pairs += [
         (f"runs/{r}", t) for r in config["runs"] for t in config["distill"]["tasks"]
     ]
     return list(dict.fromkeys(pairs))
@@ -204,6 +248,8 @@ def model_role(name):
         )
     if name == FINETUNED:
         return "teacher (fine-tuned)"
+    if name.startswith("classifiers/"):
+        return "teacher (fine-tuned classifier)"
     return "run" if name.startswith("runs/") else "model"
 
 
@@ -214,8 +260,12 @@ def run_description(name):
     logs = {t: f"{R}/runs/{name}/{t}/train_log.csv" for t in config["distill"]["tasks"]}
     if "stage1" in run:
         logs = {"stage1": f"{R}/runs/{name}/stage1/train_log.csv", **logs}
+    reference = {
+        t: model_name(stage2_teacher(name, t)) for t in config["distill"]["tasks"]
+    }
     return {
         "description": run.get("description") or "",
+        "reference": reference,
         "student": run["student"],
         "layers": layer_description(student["layers"]),
         "vocabulary": student["vocabulary"],
@@ -223,6 +273,16 @@ def run_description(name):
         "stage2": run["stage2"],
         "logs": logs,
     }
+
+
+def model_name(folder):
+    """The evaluated model name of a teacher folder (inverse of model_dir for teachers)."""
+    for name in [*config["models"]]:
+        if folder == model_dir(name):
+            return name
+    if folder.startswith(f"{R}/teachers/"):
+        return FINETUNED
+    return "classifiers/" + Path(folder).parent.name
 
 
 def layer_description(layers):

@@ -4,7 +4,7 @@
 rule preprocess_corpus:
     input:
         corpus=corpus_source,
-        tokenizer=lambda w: model_dir(tokenizer_model()),
+        tokenizer=corpus_tokenizer_dir,
     output:
         directory(f"{R}/corpus/{{corpus}}"),
     log:

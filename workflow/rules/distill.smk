@@ -70,12 +70,12 @@ rule distill_stage2:
         launcher=launcher(),
         run=lambda w: as_json(config["runs"][w.run]),
         settings=as_json(config["distill"]["stage2"]),
-        cache=lambda w, input: str(Path(input.cache).parent),
+        cache=lambda w, input: str(Path(input.cache[0]).parent) if input.cache else "",
         work=lambda w: f"{R}/work/distill_stage2/{w.run}/{w.task}",
         deepspeed=as_json(config["deepspeed"]),
         seed=config["seed"],
     shell:
         "{params.launcher} distill --stage stage2 --student {input.student} --recipe {params.run:q} --name {wildcards.run} "
-        "--settings {params.settings:q} --cache {params.cache} --task {input.task} "
+        "--settings {params.settings:q} --cache '{params.cache}' --task {input.task} "
         "--teacher {input.teacher} --out {output} --work {params.work} --deepspeed {params.deepspeed:q} "
         "--seed {params.seed} > {log} 2>&1"

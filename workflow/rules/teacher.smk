@@ -27,6 +27,32 @@ rule finetune_teacher:
         "--seed {params.seed} > {log} 2>&1"
 
 
+rule finetune_classifier:
+    input:
+        model=lambda w: model_dir(w.classifier),
+        task=f"{R}/tasks/{{task}}",
+    output:
+        directory(f"{R}/classifiers/{{classifier}}/{{task}}"),
+    log:
+        f"{R}/logs/finetune_classifier/{{classifier}}/{{task}}.log",
+    benchmark:
+        f"{R}/benchmarks/finetune_classifier/{{classifier}}/{{task}}.tsv"
+    conda:
+        "../../envs/kdflow.yaml"
+    threads: THREADS
+    resources:
+        mem_mb=MEM_MB,
+    params:
+        work=lambda w: f"{R}/work/finetune_classifier/{w.classifier}/{w.task}",
+        settings=as_json(config["classifier_finetune"]),
+        deepspeed=as_json(config["deepspeed"]),
+        seed=config["seed"],
+    shell:
+        "kdflow finetune-teacher --head classification --teacher {input.model} --task {input.task} "
+        "--out {output} --work {params.work} --settings {params.settings:q} "
+        "--deepspeed {params.deepspeed:q} --seed {params.seed} > {log} 2>&1"
+
+
 rule cache_logits_corpus:
     input:
         unpack(cache_inputs),

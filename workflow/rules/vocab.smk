@@ -4,7 +4,7 @@
 rule count_tokens:
     input:
         corpus=lambda w: f"{R}/corpus/{vocab_corpus(w.vocab)}",
-        tokenizer=lambda w: model_dir(tokenizer_model()),
+        tokenizer=lambda w: model_dir(corpus_tokenizer(config, vocab_corpus(w.vocab))),
         tasks=lambda w: [
             f"{R}/tasks/{t}" for t in config["vocabularies"][w.vocab]["count_tasks"]
         ],

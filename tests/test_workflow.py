@@ -82,6 +82,22 @@ def test_tiny_dag_end_to_end(repo, tool_env, tiny_run):
     assert not (results / "runs" / "kd" / "stage1").exists()  # kd has no stage 1
     half = json.loads((results / "runs" / "glmd" / "sentiment" / "kdflow.json").read_text())
     assert half["vocab_size"] == 24576 and half["vocab_map"] == "vocab_map.json"
+    # encoder track: a classification-head teacher and three runs whose students inherit its head
+    classifier = json.loads((results / "classifiers" / "tiny_bert" / "sentiment" / "kdflow.json").read_text())
+    assert classifier["architecture"] == "BertForSequenceClassification" and classifier["task_type"] == "sst2"
+    for run in ("codir", "codir_pretrain", "combined"):
+        student = json.loads((results / "runs" / run / "sentiment" / "kdflow.json").read_text())
+        assert student["head"] == "classification" and student["task_type"] == "sst2"
+        with open(results / "runs" / run / "sentiment" / "train_log.csv") as fh:
+            header = fh.readline().strip().split(",")
+        assert "codir" in header
+    with open(results / "runs" / "combined" / "sentiment" / "train_log.csv") as fh:
+        header = fh.readline().strip().split(",")
+    assert {"kd", "codir", "tinybert_embedding", "tinybert_hidden", "tinybert_attention"} <= set(header)
+    pretrain = (results / "runs" / "codir_pretrain" / "stage1" / "train_log.csv").read_text().splitlines()
+    assert pretrain[0].split(",")[1:3] == ["loss", "codir"] and len(pretrain) == 4
+    bert_corpus = json.loads((results / "corpus" / "package_texts_bert" / "meta.json").read_text())
+    assert bert_corpus["tokenizer"].endswith("tiny_bert")
     # A second run has nothing to do: outputs are complete and up to date.
     again = _run(cmd + ["-n"], repo, tool_env)
     assert "Nothing to be done" in again.stdout + again.stderr
@@ -91,7 +107,8 @@ def test_tiny_dag_end_to_end(repo, tool_env, tiny_run):
 def test_tiny_dag_summary_and_plots(tiny_run):
     results = tiny_run / "results"
     table = pd.read_csv(results / "summary.csv")
-    expected = {"tiny_llama", "tiny_bert", "teacher_finetuned", "glmd", "glmd_full_vocab", "kd", "no_distill"}
+    expected = {"tiny_llama", "tiny_bert", "teacher_finetuned", "classifiers/tiny_bert", "glmd", "glmd_full_vocab",
+                "kd", "no_distill", "codir", "codir_pretrain", "combined"}
     assert set(table["model"]) == expected
     assert table["sentiment"].between(0, 100).all() and table["parameters"].gt(0).all()
     assert table["latency ms"].gt(0).all() and table["examples/s"].gt(0).all()

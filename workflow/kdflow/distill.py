@@ -381,8 +381,8 @@ def distill(
                                   f"tokenisation (masks {tuple(s.mask.shape)} vs {tuple(t.mask.shape)})")  # fmt: skip
             parts = {loss.name: loss(tensors) for loss in active}
             total = sum(loss.weight * parts[loss.name] for loss in active)
-            report = {loss.name: float(parts[loss.name]) if loss in active else 0.0 for loss in module.losses}
-            return total, {"loss": float(total), **report}, tokens
+            report = {loss.name: float(parts[loss.name].detach()) if loss in active else 0.0 for loss in module.losses}
+            return total, {"loss": float(total.detach()), **report}, tokens
 
         return run_step
 

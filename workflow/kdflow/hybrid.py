@@ -29,6 +29,9 @@ class _Successor(torch.nn.Module):
     def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         if not self.use_teacher:
             return self.student_layer(hidden_states, *args, **kwargs)
+        for key in ("past_key_values", "past_key_value"):  # the student's KV cache has no slots for them
+            if key in kwargs:
+                kwargs[key] = None
         out: Any = hidden_states
         for layer in self._teacher:
             out = layer(hidden_states, *args, **kwargs)
@@ -47,8 +50,11 @@ def theseus_layers(student: torch.nn.Module, teacher: torch.nn.Module, p_student
         successor = _Successor(layer, [t_layers[j] for j in block])
         successor.use_teacher = use_teacher
         s_layers[i] = successor
+    use_cache = getattr(student.config, "use_cache", None)
+    student.config.use_cache = False
     try:
         yield choice
     finally:
+        student.config.use_cache = use_cache
         for i, layer in enumerate(originals):
             s_layers[i] = layer

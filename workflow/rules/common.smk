@@ -282,7 +282,7 @@ def model_name(folder):
             return name
     if folder.startswith(f"{R}/teachers/"):
         return FINETUNED
-    return "classifiers/" + Path(folder).parent.name
+    return f"classifiers/{Path(folder).parent.name}"
 
 
 def layer_description(layers):

@@ -261,3 +261,23 @@ def test_attentions_need_eager_and_say_so(tiny_bert):
     feats = forward_features(model, inputs, attentions=True, qkv=True, hidden=True)
     assert len(feats.attentions) == 2 and feats.attentions[0].shape == (1, 2, 3, 3)
     assert len(feats.qkv) == 2 and feats.qkv[0][2].shape == (1, 3, 32) and len(feats.hidden) == 3
+
+
+def test_stsb_regression_head_distils_with_mse_logits(shared_data, tiny_bert, tmp_path):
+    """STS-B on the encoder track: a regression-head teacher, and a student trained on mse_logits (+ codir)."""
+    from kdflow.prepare import prepare_task
+
+    task = tmp_path / "stsb"
+    prepare_task("stsb", {"name": "stsb", "max_examples": {"train": 16, "dev": 8}}, str(shared_data / "glue" / "STS-B"),
+                 task)  # fmt: skip
+    finetune_classifier(tiny_bert, task, tmp_path / "teacher", tmp_path / "wt", TRAIN, None, seed=0)
+    init_student(tiny_bert, {"layers": {"strategy": "last", "count": 1}}, None, tmp_path / "student", seed=0)
+    run = {"student": "s", "stage2": {"losses": {"mse_logits": {}, "codir": SMALL_CODIR}}}
+    data = {"cache": None, "task": task, "teacher": tmp_path / "teacher"}
+    meta = distill("stage2", tmp_path / "student", tmp_path / "out", tmp_path / "w", run, TRAIN, data, None, seed=0)
+    assert meta["task_type"] == "stsb"
+    student, _, _ = load_lm(tmp_path / "out", keep_architecture=True)
+    assert student.config.num_labels == 1 and student.config.problem_type == "regression"
+    with pytest.raises(ConfigError, match="regression head"):
+        distill("stage2", tmp_path / "student", tmp_path / "out2", tmp_path / "w2",
+                {"student": "s", "stage2": {"losses": {"ce": {}}}}, TRAIN, data, None, seed=0)  # fmt: skip

@@ -223,9 +223,11 @@ def classifier_student(student_dir: str | Path, teacher: torch.nn.Module) -> tor
     """The student with the teacher's classification head type and labels; the head starts as the
     teacher's when the widths match (random otherwise)."""
     cfg = teacher.config
-    model = AutoModelForSequenceClassification.from_pretrained(
-        student_dir, num_labels=cfg.num_labels, id2label=cfg.id2label, label2id=cfg.label2id,
-        problem_type=cfg.problem_type, local_files_only=True, dtype=torch.float32)  # fmt: skip
+    head: dict[str, Any] = {"num_labels": cfg.num_labels, "problem_type": cfg.problem_type}
+    if cfg.num_labels > 1:
+        head.update(id2label=cfg.id2label, label2id=cfg.label2id)
+    model = AutoModelForSequenceClassification.from_pretrained(student_dir, local_files_only=True, dtype=torch.float32,
+                                                               **head)  # fmt: skip
     for name in ("classifier", "score"):
         mine, theirs = getattr(model, name, None), getattr(teacher, name, None)
         if mine is not None and theirs is not None:

@@ -102,11 +102,12 @@ def finetune_classifier(
                         "(use the word-prediction teacher, teacher_finetune)")  # fmt: skip
     regression = task.kind == "regression"
     labels = [] if regression else list(task.labels)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        model_dir, num_labels=1 if regression else len(labels), id2label=dict(enumerate(labels)) or None,
-        label2id={lab: i for i, lab in enumerate(labels)} or None,
-        problem_type="regression" if regression else "single_label_classification",
-        local_files_only=True, dtype=torch.float32)  # fmt: skip
+    head: dict[str, Any] = {"num_labels": 1, "problem_type": "regression"}
+    if not regression:
+        head = {"num_labels": len(labels), "id2label": dict(enumerate(labels)), "problem_type": "single_label_classification",
+                "label2id": {lab: i for i, lab in enumerate(labels)}}  # fmt: skip
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, local_files_only=True, dtype=torch.float32,
+                                                               **head)  # fmt: skip
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     if regression:
         targets = torch.tensor([float(ex["label"]) for ex in examples])

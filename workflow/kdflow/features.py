@@ -25,17 +25,28 @@ class Features:
     qkv: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=list)  # per layer [b, l, w]
 
 
-def transformer_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
-    """The list of transformer blocks (LLaMA-, BERT- or RoBERTa-style, with or without a task head)."""
-    for path in ("model.layers", "bert.encoder.layer", "roberta.encoder.layer", "encoder.layer", "layers"):
+LAYER_PATHS = ("model.layers", "bert.encoder.layer", "roberta.encoder.layer", "encoder.layer", "layers")
+
+
+def layer_owner(model: torch.nn.Module) -> tuple[torch.nn.Module, str]:
+    """The module holding the transformer blocks (LLaMA-, BERT- or RoBERTa-style, with or without a task
+    head) and the attribute name of their ModuleList."""
+    for path in LAYER_PATHS:
+        *parents, attr = path.split(".")
         owner: Any = model
-        for part in path.split("."):
+        for part in parents:
             owner = getattr(owner, part, None)
             if owner is None:
                 break
-        if isinstance(owner, torch.nn.ModuleList):
-            return owner
+        if owner is not None and isinstance(getattr(owner, attr, None), torch.nn.ModuleList):
+            return owner, attr
     raise ConfigError(f"{type(model).__name__}: no known list of transformer layers")
+
+
+def transformer_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The list of transformer blocks."""
+    owner, attr = layer_owner(model)
+    return getattr(owner, attr)
 
 
 def _projections(layer: torch.nn.Module) -> tuple[torch.nn.Module, ...]:
@@ -111,9 +122,10 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
     raise ConfigError(f"pooling '{how}': expected first, mean or last")
 
 
-def default_pooling(model: torch.nn.Module) -> str:
+def default_pooling(config: Any) -> str:
     """The first token ([CLS]) for encoders; for decoders, whose first token sees nothing else, the mean."""
-    return "mean" if getattr(model.config, "is_decoder", False) or "CausalLM" in type(model).__name__ else "first"
+    causal = getattr(config, "is_decoder", False) or "CausalLM" in " ".join(config.architectures or [])
+    return "mean" if causal else "first"
 
 
 def map_layers(n_student: int, n_teacher: int, spec: str | list[int] = "uniform") -> list[int]:

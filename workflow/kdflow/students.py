@@ -11,6 +11,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
 from .errors import ConfigError
+from .features import layer_owner
 from .fingerprint import tokenizer_fingerprint, weights_fingerprint
 from .jsonio import write_json
 from .modeling import count_parameters, load_lm
@@ -38,21 +39,8 @@ def select_layers(total: int, spec: dict[str, Any]) -> list[int]:
     return sorted({round(i * (total - 1) / (count - 1)) for i in range(count)})
 
 
-def _layer_list(model: torch.nn.Module) -> tuple[torch.nn.Module, str]:
-    """The module holding the transformer blocks and its attribute name (LLaMA-style or BERT-style)."""
-    for owner_path, attr in (("model", "layers"), ("bert.encoder", "layer"), ("roberta.encoder", "layer"), ("encoder", "layer")):
-        owner = model
-        for part in owner_path.split("."):
-            owner = getattr(owner, part, None)
-            if owner is None:
-                break
-        if owner is not None and hasattr(owner, attr):
-            return owner, attr
-    raise ConfigError(f"{type(model).__name__}: no known list of transformer layers to cut")
-
-
 def cut_layers(model: torch.nn.Module, keep: list[int]) -> torch.nn.Module:
-    owner, attr = _layer_list(model)
+    owner, attr = layer_owner(model)
     layers = getattr(owner, attr)
     setattr(owner, attr, torch.nn.ModuleList([layers[i] for i in keep]))
     for new_index, layer in enumerate(getattr(owner, attr)):

@@ -104,11 +104,15 @@ def vocab_corpus(name):
     )
 
 
-def task_teacher(task):
+def task_teacher_name(task):
     """The teacher of a task: fine-tuned on it when teacher_finetune lists it, else the base teacher."""
     if task in config["teacher_finetune"]["tasks"]:
-        return model_dir(FINETUNED, task)
-    return model_dir(config["teacher"])
+        return FINETUNED
+    return config["teacher"]
+
+
+def task_teacher(task):
+    return model_dir(task_teacher_name(task), task)
 
 
 def cache_inputs(wildcards):
@@ -153,14 +157,18 @@ def run_teacher(run):
     return student_teacher(config, config["runs"][run]["student"])
 
 
-def stage2_teacher(run, task):
+def stage2_teacher_name(run, task):
     """A classification-head teacher (encoder track), the fine-tuned teacher, or the student's base teacher."""
     teacher = run_teacher(run)
     if teacher in CLASSIFIERS:
-        return model_dir(f"classifiers/{teacher}", task)
+        return f"classifiers/{teacher}"
     if teacher == config["teacher"]:
-        return task_teacher(task)
-    return model_dir(teacher)
+        return task_teacher_name(task)
+    return teacher
+
+
+def stage2_teacher(run, task):
+    return model_dir(stage2_teacher_name(run, task), task)
 
 
 def stage1_inputs(wildcards):
@@ -260,9 +268,7 @@ def run_description(name):
     logs = {t: f"{R}/runs/{name}/{t}/train_log.csv" for t in config["distill"]["tasks"]}
     if "stage1" in run:
         logs = {"stage1": f"{R}/runs/{name}/stage1/train_log.csv", **logs}
-    reference = {
-        t: model_name(stage2_teacher(name, t)) for t in config["distill"]["tasks"]
-    }
+    reference = {t: stage2_teacher_name(name, t) for t in config["distill"]["tasks"]}
     return {
         "description": run.get("description") or "",
         "reference": reference,
@@ -273,16 +279,6 @@ def run_description(name):
         "stage2": run["stage2"],
         "logs": logs,
     }
-
-
-def model_name(folder):
-    """The evaluated model name of a teacher folder (inverse of model_dir for teachers)."""
-    for name in [*config["models"]]:
-        if folder == model_dir(name):
-            return name
-    if folder.startswith(f"{R}/teachers/"):
-        return FINETUNED
-    return f"classifiers/{Path(folder).parent.name}"
 
 
 def layer_description(layers):

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ..features import map_layers, pool
+from ..features import default_pooling, map_layers, pool
 from .base import Loss, LossContext
 
 EPS = 1e-7
@@ -45,15 +45,23 @@ def momentum_update(memory: torch.Tensor, indices: torch.Tensor, features: torch
     memory[indices] = F.normalize(mixed, dim=-1)
 
 
+def negative_pools(label_ids: torch.Tensor) -> dict[int, torch.Tensor]:
+    """For each label, the indices of the examples with another label."""
+    pools = {int(label): torch.nonzero(label_ids != label).flatten() for label in label_ids.unique()}
+    if any(len(p) == 0 for p in pools.values()):
+        raise ConfigError("codir: every training example has the same label, so there are no negatives")
+    return pools
+
+
 def sample_negatives(own: torch.Tensor, label_ids: torch.Tensor | None, n_data: int, k: int,
-                     generator: torch.Generator) -> torch.Tensor:  # fmt: skip
+                     generator: torch.Generator, pools: dict[int, torch.Tensor] | None = None) -> torch.Tensor:  # fmt: skip
     """[batch, K] indices: examples with another label (when labels are given), else any other example."""
+    if label_ids is not None and pools is None:
+        pools = negative_pools(label_ids)
     rows = []
     for i in own.tolist():
         if label_ids is not None:
-            pool_ = torch.nonzero(label_ids != label_ids[i]).flatten()
-            if len(pool_) == 0:
-                raise ConfigError("codir: every training example has the same label, so there are no negatives")
+            pool_ = pools[int(label_ids[i])]
             rows.append(pool_[torch.randint(len(pool_), (k,), generator=generator)])
         else:
             draw = torch.randint(n_data - 1, (k,), generator=generator)
@@ -83,8 +91,7 @@ class CoDIR(Loss):
         s, t = context.student_config, context.teacher_config
         self.layer_map = map_layers(s.num_hidden_layers, t.num_hidden_layers, self.layer_spec)
         if self.pooling == "auto":
-            causal = getattr(s, "is_decoder", False) or "CausalLM" in " ".join(s.architectures or [])
-            self.pooling = "mean" if causal else "first"
+            self.pooling = default_pooling(s)
         n = context.n_examples
         if n < 2:
             raise ConfigError("codir needs at least two training examples (one positive, one negative)")
@@ -100,6 +107,7 @@ class CoDIR(Loss):
         if use_labels and context.label_ids is None:
             raise ConfigError("codir negatives_from: other_label needs a classification task's gold labels")
         self.label_ids = torch.tensor(context.label_ids) if use_labels else None
+        self.pools = negative_pools(self.label_ids) if use_labels else None
         self.seed = context.seed
 
     def features(self, tensors: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,8 +122,8 @@ class CoDIR(Loss):
         own = tensors["example_ids"]
         f_s, f_t = self.features(tensors)
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + int(tensors["step"]))
-        indices = torch.cat([own[:, None], sample_negatives(own, self.label_ids, len(self.memory_student), self.k,
-                                                            generator)], 1)  # fmt: skip
+        negatives = sample_negatives(own, self.label_ids, len(self.memory_student), self.k, generator, self.pools)
+        indices = torch.cat([own[:, None], negatives], 1)
         n = len(self.memory_student)
         # student-anchored (against the teacher bank) and teacher-anchored (against the student bank)
         raw = [nce_scores(f_s, self.memory_teacher, indices, self.temperature),

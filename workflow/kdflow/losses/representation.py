@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ..features import map_layers, pool
+from ..features import default_pooling, map_layers, pool
 from .base import Loss, LossContext, preset
 
 
@@ -41,8 +41,7 @@ class _Layered(Loss):
         s, t = context.student_config, context.teacher_config
         self.layer_map = map_layers(s.num_hidden_layers, t.num_hidden_layers, self.layer_spec)
         if self.pooling == "auto":
-            self.pooling = "mean" if getattr(s, "is_decoder", False) or "CausalLM" in " ".join(
-                s.architectures or []) else "first"  # fmt: skip
+            self.pooling = default_pooling(s)
         if s.hidden_size != t.hidden_size:
             self.projections = torch.nn.ModuleList(
                 [torch.nn.Linear(s.hidden_size, t.hidden_size, bias=False) for _ in range(self.n_projections())]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -89,3 +90,26 @@ def pack_text(folder: Path, tokenizer_dir: Path, text: str = REPEATED_TEXT, name
     settings = {"block_size": 32, "valid_fraction": 0.0, "batch_documents": 16}
     preprocess_corpus(str(folder / f"{name}.txt"), {}, tokenizer_dir, folder / name, settings, seed=0)
     return folder / name
+
+
+def run_checked(cmd: list[str], repo: Path, env: dict[str, str], timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in ``repo``; fail the test with the tail of its output when it fails."""
+    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def tiny_cmd(repo: Path, workdir: Path, *executor: str) -> list[str]:
+    """snakemake on the tiny config in ``workdir``: locally on 2 cores, or with the given executor flags."""
+    return [
+        "snakemake", "-s", str(repo / "Snakefile"), "-d", str(workdir), *(executor or ("--cores", "2")),
+        "--replace-workflow-config", "--configfile", str(repo / "tests" / "config" / "tiny.yaml"),
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_run(repo: Path, tool_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny experiment run once locally through snakemake; its working directory."""
+    workdir = tmp_path_factory.mktemp("tiny")
+    run_checked(tiny_cmd(repo, workdir), repo, tool_env)
+    return workdir

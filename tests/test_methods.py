@@ -113,6 +113,34 @@ def test_three_methods_in_one_run(tracks, tmp_path):
     assert parts["loss"] == pytest.approx(expected, rel=1e-4)
 
 
+def test_same_seed_same_weights_for_new_heads_and_projections(tracks, tiny_bert, sentiment_task, tmp_path):
+    """A fresh classification head, CoDIR's projections/memory banks and PKD's projections come from the seed:
+    two runs give identical weights (a SLURM job must reproduce a local run), another seed does not."""
+    from safetensors.torch import load_file
+
+    def classifier(name, seed):
+        finetune_classifier(tiny_bert, sentiment_task, tmp_path / name, tmp_path / f"w{name}", {**TRAIN, "max_steps": 1},
+                            None, seed=seed)  # fmt: skip
+        return load_file(tmp_path / name / "model.safetensors")
+
+    first, again, other = classifier("a", 0), classifier("b", 0), classifier("c", 1)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)
+    setup = tracks["encoder"]
+    run = {"student": "s", "stage2": {"losses": {"codir": SMALL_CODIR, "pkd": {}}}}
+    for name in ("d", "e"):
+        distill("stage2", setup["student"], tmp_path / name, tmp_path / f"w{name}", run, TRAIN, setup["stage2"], None,
+                seed=3)  # fmt: skip
+    d, e = load_file(tmp_path / "d" / "model.safetensors"), load_file(tmp_path / "e" / "model.safetensors")
+    assert all(torch.equal(d[k], e[k]) for k in d)
+
+    def losses(name):
+        with open(tmp_path / name / "train_log.csv") as fh:
+            return [{k: v for k, v in row.items() if k != "tokens_per_second"} for row in csv.DictReader(fh)]
+
+    assert losses("d") == losses("e")
+
+
 def test_tinybert_switches_from_intermediate_to_prediction_layer(tracks, tmp_path):
     setup = tracks["encoder"]
     run = {"student": "s", "stage2": {"losses": {"tinybert": {"switch": 0.5}}}}

@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 
 import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
-
-
-def _run(cmd, repo, env, timeout=900):
-    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-    return proc
+from conftest import run_checked as _run
+from conftest import tiny_cmd as _tiny_cmd
 
 
 def test_default_experiment_resolves(repo, tool_env):
@@ -30,21 +25,6 @@ def test_lint_is_clean(repo, tool_env):
 
 def test_snakefmt_is_clean(repo, tool_env):
     _run(["snakefmt", "--check", "."], repo, tool_env)
-
-
-def _tiny_cmd(repo, workdir):
-    return [
-        "snakemake", "-s", str(repo / "Snakefile"), "-d", str(workdir), "--cores", "2",
-        "--replace-workflow-config", "--configfile", str(repo / "tests" / "config" / "tiny.yaml"),
-    ]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def tiny_run(repo, tool_env, tmp_path_factory):
-    """The tiny experiment run once through snakemake; its working directory."""
-    workdir = tmp_path_factory.mktemp("tiny")
-    _run(_tiny_cmd(repo, workdir), repo, tool_env)
-    return workdir
 
 
 @pytest.mark.e2e
@@ -169,7 +149,8 @@ def test_rules_launch_torchrun_for_several_processes(repo, tool_env, tmp_path):
     import yaml
 
     cfg = yaml.safe_load((repo / "tests" / "config" / "tiny.yaml").read_text())
-    cfg["distill"]["processes"] = 2
+    for rule in ("distill_stage1", "distill_stage2"):
+        cfg["resources"]["rules"][rule]["processes"] = 2
     path = tmp_path / "two.yaml"
     path.write_text(yaml.safe_dump(cfg))
     cmd = ["snakemake", "-n", "-p", "-s", str(repo / "Snakefile"), "-d", str(tmp_path), "--forceall",

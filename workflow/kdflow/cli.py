@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from .errors import KdflowError
@@ -138,6 +139,13 @@ def _summarize(a: argparse.Namespace) -> None:
              a.out)  # fmt: skip
 
 
+def _reproduce(a: argparse.Namespace) -> None:
+    from .reproduce import write_comparison
+
+    table = write_comparison(a.manifest["published"], a.manifest["metrics"], Path(a.csv), Path(a.md))
+    log.info("%d published scores compared (%d with ours) -> %s", len(table), table["ours"].notna().sum(), a.md)
+
+
 def _validate(a: argparse.Namespace) -> None:
     from .config import load_config
 
@@ -203,6 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", type=_json, required=True, help="entries, runs, vocabularies (see rule summarize)")
     p.add_argument("--out", required=True, help="folder for summary.csv/.md/.html and runs.html")
     p.add_argument("--plots", required=True, help="folder for the PNG plots")
+
+    p = add("reproduce", _reproduce, "the papers' published numbers next to ours (config `published`)")
+    p.add_argument("--manifest", type=_json, required=True, help="published rows and our metrics paths")
+    p.add_argument("--csv", required=True)
+    p.add_argument("--md", required=True)
 
     p = add("validate-config", _validate, "check a config file against the schema")
     p.add_argument("config")

@@ -161,15 +161,24 @@ def _check_references(config: dict[str, Any]) -> list[str]:
             problems.append(f"config key 'runs.{name}.student': unknown student '{run.get('student')}'")
         if "stage2" not in run:
             problems.append(f"config key 'runs.{name}.stage2': every run needs a stage 2 (the task)")
+        if "task_losses" in run.get("stage1", {}):
+            problems.append(f"config key 'runs.{name}.stage1.task_losses': stage 1 trains on a corpus, not a task")
         for stage in ("stage1", "stage2"):
-            for loss in run.get(stage, {}).get("losses", {}):
-                if loss not in REGISTRY and loss not in PRESETS:
-                    problems.append(f"config key 'runs.{name}.{stage}.losses.{loss}': unknown loss "
-                                    f"(registered: {', '.join(sorted([*REGISTRY, *PRESETS]))})")  # fmt: skip
-            try:
-                expand_presets(run.get(stage, {}).get("losses", {}), stage)
-            except ConfigError as exc:
-                problems.append(f"config key 'runs.{name}.{stage}.losses': {exc}")
+            spec = run.get(stage, {})
+            groups = {"losses": spec.get("losses", {})}
+            groups.update({f"task_losses.{t}": losses for t, losses in spec.get("task_losses", {}).items()})
+            for task in spec.get("task_losses", {}):
+                if task not in config.get("tasks", {}):
+                    problems.append(f"config key 'runs.{name}.{stage}.task_losses.{task}': unknown task '{task}'")
+            for key, losses in groups.items():
+                for loss in losses:
+                    if loss not in REGISTRY and loss not in PRESETS:
+                        problems.append(f"config key 'runs.{name}.{stage}.{key}.{loss}': unknown loss "
+                                        f"(registered: {', '.join(sorted([*REGISTRY, *PRESETS]))})")  # fmt: skip
+                try:
+                    expand_presets(losses, stage)
+                except ConfigError as exc:
+                    problems.append(f"config key 'runs.{name}.{stage}.{key}': {exc}")
         corpus = run.get("stage1", {}).get("corpus")
         if corpus is not None and corpus not in corpora:
             problems.append(f"config key 'runs.{name}.stage1.corpus': unknown corpus '{corpus}'")
@@ -182,6 +191,15 @@ def _check_references(config: dict[str, Any]) -> list[str]:
                                 f"corpus with tokenizer_model: {teacher}, or set runs.{name}.stage1.corpus)")  # fmt: skip
         if run.get("stage2", {}).get("corpus") is not None:
             problems.append(f"config key 'runs.{name}.stage2.corpus': stage 2 trains on the task, not a corpus")
+    evaluable = {*config.get("models", {}), "teacher_finetuned", *(f"runs/{r}" for r in config.get("runs", {})),
+                 *(f"classifiers/{m}" for m in config.get("classifier_finetune", {}).get("models", []))}  # fmt: skip
+    for i, entry in enumerate(config.get("published", [])):
+        if entry["compare_with"] not in evaluable:
+            problems.append(f"config key 'published[{i}].compare_with': '{entry['compare_with']}' is not a model "
+                            f"of this experiment (have: {', '.join(sorted(evaluable))})")  # fmt: skip
+        for task in entry["scores"]:
+            if task not in config.get("tasks", {}):
+                problems.append(f"config key 'published[{i}].scores.{task}': unknown task '{task}'")
     if config.get("runs") and not config.get("distill", {}).get("tasks"):
         problems.append("config key 'distill.tasks': runs are defined but no task to distil on")
     for i, task in enumerate(config.get("distill", {}).get("tasks", [])):
@@ -218,6 +236,17 @@ def stage1_corpus(config: dict[str, Any], run: str) -> str | None:
     teacher = student_teacher(config, spec["student"])
     corpora = list(config.get("corpora", {}))
     return next((c for c in corpora if corpus_tokenizer(config, c) == teacher), corpora[0] if corpora else None)
+
+
+def run_recipe(config: dict[str, Any], run: str, task: str | None) -> dict[str, Any]:
+    """A run as its distill job sees it: on `task`, stage 2's `task_losses[task]` replaces its losses."""
+    recipe = copy.deepcopy(config["runs"][run])
+    for stage in ("stage1", "stage2"):
+        if stage in recipe:
+            per_task = recipe[stage].pop("task_losses", {})
+            if task in per_task:
+                recipe[stage]["losses"] = per_task[task]
+    return recipe
 
 
 def validate_config(config: dict[str, Any], source: str = "config") -> dict[str, Any]:

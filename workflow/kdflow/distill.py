@@ -35,7 +35,7 @@ from .modeling import count_parameters, load_lm
 from .prepare import load_prepared
 from .preprocess import open_blocks
 from .scoring import candidate_scores, pad_id
-from .train.loop import TrainSettings, World, deepspeed_environment, steps_for, train
+from .train.loop import TrainSettings, World, deepspeed_environment, seed_everything, steps_for, train
 from .vocab.compress import special_token_ids
 from .vocab.vmap import VocabMap
 
@@ -338,6 +338,7 @@ def distill(
     stop_after_steps: int | None = None,
 ) -> dict[str, Any]:
     """Train ``student_dir`` with the run's losses for ``stage`` (stage1: corpus, stage2: task)."""
+    seed_everything(seed)  # loss projections, memory banks and heads start from the seed, not the clock
     losses = build_losses(run[stage]["losses"], stage)
     _check_windows(losses, stage)
     all_needs = frozenset().union(*(loss.needs for loss in losses))

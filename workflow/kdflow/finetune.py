@@ -20,7 +20,7 @@ from .modeling import count_parameters, load_lm
 from .losses.prediction import GoldCE
 from .prepare import load_prepared
 from .scoring import candidate_scores
-from .train.loop import TrainSettings, World, steps_for, train
+from .train.loop import TrainSettings, World, seed_everything, steps_for, train
 
 
 def gold_target(task: TaskType, labels: list[str], example: Example) -> torch.Tensor:
@@ -102,6 +102,7 @@ def finetune_classifier(
                         "(use the word-prediction teacher, teacher_finetune)")  # fmt: skip
     regression = task.kind == "regression"
     labels = [] if regression else list(task.labels)
+    seed_everything(seed)  # the new head's initial weights come from the seed
     head: dict[str, Any] = {"num_labels": 1, "problem_type": "regression"}
     if not regression:
         head = {"num_labels": len(labels), "id2label": dict(enumerate(labels)), "problem_type": "single_label_classification",

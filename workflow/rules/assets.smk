@@ -10,9 +10,9 @@ rule build_model:
         f"{R}/benchmarks/build_model/{{model}}.tsv"
     conda:
         "../../envs/kdflow.yaml"
-    threads: THREADS
+    threads: rule_threads("build_model")
     resources:
-        mem_mb=MEM_MB,
+        **rule_resources("build_model"),
     params:
         spec=lambda w: as_json(config["models"][w.model]),
         seed=config["seed"],
@@ -28,9 +28,9 @@ rule build_corpus:
         f"{R}/logs/build_corpus/{{corpus}}.log",
     conda:
         "../../envs/kdflow.yaml"
-    threads: 1
+    threads: rule_threads("build_corpus", 1)
     resources:
-        mem_mb=2000,
+        **rule_resources("build_corpus", mem_mb=2000),
     params:
         source=lambda w: config["corpora"][w.corpus]["source"],
     shell:
@@ -44,9 +44,9 @@ rule build_task:
         f"{R}/logs/build_task/{{task}}.log",
     conda:
         "../../envs/kdflow.yaml"
-    threads: 1
+    threads: rule_threads("build_task", 1)
     resources:
-        mem_mb=2000,
+        **rule_resources("build_task", mem_mb=2000),
     params:
         source=lambda w: config["tasks"][w.task]["source"],
         seed=config["seed"],

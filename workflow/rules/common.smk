@@ -6,6 +6,7 @@ from snakemake.exceptions import WorkflowError
 
 from kdflow.config import (
     corpus_tokenizer,
+    run_recipe,
     stage1_corpus,
     student_teacher,
     validate_config,
@@ -59,6 +60,13 @@ def as_json(value):
     return json.dumps(value, sort_keys=True)
 
 
+def task_settings(settings, task):
+    """Training settings for one task: `task_epochs[task]` replaces `epochs`."""
+    out = {k: v for k, v in settings.items() if k != "task_epochs"}
+    out["epochs"] = settings.get("task_epochs", {}).get(task, settings["epochs"])
+    return as_json(out)
+
+
 def model_dir(name, task=None):
     """An asset model folder, the teacher fine-tuned on `task`, an encoder fine-tuned on it with a head
     (`classifiers/MODEL`), or (`runs/RUN`) the run's student for it."""
@@ -88,6 +96,12 @@ def corpus_source(wildcards):
     if source in EMBEDDED_CORPORA:
         return f"{R}/assets/corpora/{wildcards.corpus}.jsonl"
     return source
+
+
+def corpus_inputs(wildcards):
+    """The corpus file/folder to track; nothing for hub datasets (hf:...), which are streamed."""
+    source = corpus_source(wildcards)
+    return [] if source.startswith("hf") else [source]
 
 
 def corpus_tokenizer_dir(wildcards):
@@ -125,12 +139,43 @@ def cache_inputs(wildcards):
     return {"teacher": teacher, "vmap": vmap}
 
 
-def launcher():
-    """`kdflow`, or torchrun starting `distill.processes` data-parallel kdflow processes."""
-    n = config["distill"]["processes"]
-    return (
-        "kdflow" if n == 1 else f"torchrun --standalone --nproc_per_node {n} -m kdflow"
-    )
+def rule_threads(rule, default=THREADS):
+    """A rule's threads: `resources.rules.RULE.threads`, else the rule's own default."""
+    return config["resources"]["rules"].get(rule, {}).get("threads", default)
+
+
+def rule_resources(rule, mem_mb=MEM_MB):
+    """A rule's resources (local and SLURM): mem_mb, runtime and processes, then `resources.rules.RULE`
+    (gpu, gpu_model, gres, cpus_per_task, slurm_partition, ...; see config/README.md).
+    """
+    own = config["resources"]["rules"].get(rule, {})
+    spec = {"mem_mb": mem_mb, "runtime": config["resources"]["runtime"], "processes": 1}
+    return {**spec, **{k: v for k, v in own.items() if k != "threads"}}
+
+
+def check_rule_resources(rule_names):
+    """Refuse `resources.rules` entries for rules this workflow lacks, and processes where nothing launches them."""
+    given = config["resources"]["rules"]
+    unknown = sorted(set(given) - set(rule_names))
+    if unknown:
+        raise WorkflowError(
+            f"config resources.rules: unknown rule(s) {', '.join(unknown)}; "
+            f"expected some of: {', '.join(sorted(rule_names))}"
+        )
+    trainers = {"distill_stage1", "distill_stage2"}
+    several = sorted(r for r, v in given.items() if v.get("processes", 1) > 1)
+    if set(several) - trainers:
+        raise WorkflowError(
+            f"config resources.rules: processes > 1 only launches {' and '.join(sorted(trainers))}, "
+            f"not {', '.join(sorted(set(several) - trainers))}"
+        )
+
+
+def launcher(processes):
+    """`kdflow`, or torchrun starting `processes` data-parallel kdflow processes (the rule's resources)."""
+    if processes == 1:
+        return "kdflow"
+    return f"torchrun --standalone --nproc_per_node {processes} -m kdflow"
 
 
 def vocab_inputs(vocab):
@@ -231,6 +276,8 @@ def all_targets():
     if config["evaluate"]["test_submissions"]:
         targets += [f"{R}/submissions/{m}/{t}" for m, t in pairs]
     targets += [f"{R}/summary.csv", f"{R}/summary.md"]
+    if config["published"]:
+        targets.append(f"{R}/reproduce.md")
     return targets
 
 
@@ -247,6 +294,22 @@ def eval_pairs():
         (f"runs/{r}", t) for r in config["runs"] for t in config["distill"]["tasks"]
     ]
     return list(dict.fromkeys(pairs))
+
+
+def published_metrics():
+    """Our metrics JSON for every (model, task) a published row names and this experiment evaluates."""
+    evaluated = set(eval_pairs())
+    metrics = {}
+    for entry in config["published"]:
+        model = entry["compare_with"]
+        for task in entry["scores"]:
+            if (model, task) in evaluated:
+                metrics.setdefault(model, {})[task] = f"{R}/metrics/{model}/{task}.json"
+    return metrics
+
+
+def reproduce_inputs(wildcards):
+    return [path for tasks in published_metrics().values() for path in tasks.values()]
 
 
 def model_role(name):

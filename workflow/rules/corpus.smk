@@ -3,7 +3,7 @@
 
 rule preprocess_corpus:
     input:
-        corpus=corpus_source,
+        corpus=corpus_inputs,
         tokenizer=corpus_tokenizer_dir,
     output:
         directory(f"{R}/corpus/{{corpus}}"),
@@ -13,9 +13,9 @@ rule preprocess_corpus:
         f"{R}/benchmarks/preprocess_corpus/{{corpus}}.tsv"
     conda:
         "../../envs/kdflow.yaml"
-    threads: 1
+    threads: rule_threads("preprocess_corpus", 1)
     resources:
-        mem_mb=4000,
+        **rule_resources("preprocess_corpus", mem_mb=4000),
     params:
         source=corpus_source,
         spec=lambda w: as_json(config["corpora"][w.corpus]),

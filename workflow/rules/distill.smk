@@ -10,9 +10,9 @@ rule init_student:
         f"{R}/logs/init_student/{{student}}.log",
     conda:
         "../../envs/kdflow.yaml"
-    threads: 1
+    threads: rule_threads("init_student", 1)
     resources:
-        mem_mb=MEM_MB,
+        **rule_resources("init_student"),
     params:
         spec=lambda w: as_json(config["students"][w.student]),
         seed=config["seed"],
@@ -32,14 +32,13 @@ rule distill_stage1:
         f"{R}/benchmarks/distill_stage1/{{run}}.tsv"
     conda:
         "../../envs/kdflow.yaml"
-    threads: THREADS
+    threads: rule_threads("distill_stage1")
     resources:
-        mem_mb=MEM_MB,
-        processes=config["distill"]["processes"],
+        **rule_resources("distill_stage1"),
     params:
-        launcher=launcher(),
-        run=lambda w: as_json(config["runs"][w.run]),
-        settings=as_json(config["distill"]["stage1"]),
+        launcher=lambda w, resources: launcher(resources.processes),
+        run=lambda w: as_json(run_recipe(config, w.run, None)),
+        settings=task_settings(config["distill"]["stage1"], None),
         cache=lambda w, input: str(Path(input.cache[0]).parent) if input.cache else "",
         work=lambda w: f"{R}/work/distill_stage1/{w.run}",
         deepspeed=as_json(config["deepspeed"]),
@@ -62,14 +61,13 @@ rule distill_stage2:
         f"{R}/benchmarks/distill_stage2/{{run}}/{{task}}.tsv"
     conda:
         "../../envs/kdflow.yaml"
-    threads: THREADS
+    threads: rule_threads("distill_stage2")
     resources:
-        mem_mb=MEM_MB,
-        processes=config["distill"]["processes"],
+        **rule_resources("distill_stage2"),
     params:
-        launcher=launcher(),
-        run=lambda w: as_json(config["runs"][w.run]),
-        settings=as_json(config["distill"]["stage2"]),
+        launcher=lambda w, resources: launcher(resources.processes),
+        run=lambda w: as_json(run_recipe(config, w.run, w.task)),
+        settings=lambda w: task_settings(config["distill"]["stage2"], w.task),
         cache=lambda w, input: str(Path(input.cache[0]).parent) if input.cache else "",
         work=lambda w: f"{R}/work/distill_stage2/{w.run}/{w.task}",
         deepspeed=as_json(config["deepspeed"]),

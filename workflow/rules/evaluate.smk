@@ -15,9 +15,9 @@ rule evaluate:
         f"{R}/benchmarks/evaluate/{{model}}/{{task}}.tsv"
     conda:
         "../../envs/kdflow.yaml"
-    threads: THREADS
+    threads: rule_threads("evaluate")
     resources:
-        mem_mb=MEM_MB,
+        **rule_resources("evaluate"),
     params:
         settings=scoring_settings(),
         seed=config["seed"],
@@ -38,9 +38,9 @@ rule submit:
         f"{R}/benchmarks/submit/{{model}}/{{task}}.tsv"
     conda:
         "../../envs/kdflow.yaml"
-    threads: THREADS
+    threads: rule_threads("submit")
     resources:
-        mem_mb=MEM_MB,
+        **rule_resources("submit"),
     params:
         settings=scoring_settings(),
     shell:

@@ -48,12 +48,33 @@ rule summarize:
         f"{R}/logs/summarize.log",
     conda:
         "../../envs/kdflow.yaml"
-    threads: 1
+    threads: rule_threads("summarize", 1)
     resources:
-        mem_mb=2000,
+        **rule_resources("summarize", mem_mb=2000),
     params:
         manifest=as_json(summary_manifest()),
         out=lambda w, output: str(Path(output.csv).parent),
         plots=lambda w, output: str(Path(output.scores).parent),
     shell:
         "kdflow summarize --manifest {params.manifest:q} --out {params.out} --plots {params.plots} > {log} 2>&1"
+
+
+rule reproduce:
+    input:
+        reproduce_inputs,
+    output:
+        csv=f"{R}/reproduce.csv",
+        md=f"{R}/reproduce.md",
+    log:
+        f"{R}/logs/reproduce.log",
+    conda:
+        "../../envs/kdflow.yaml"
+    threads: rule_threads("reproduce", 1)
+    resources:
+        **rule_resources("reproduce", mem_mb=1000),
+    params:
+        manifest=lambda w: as_json(
+            {"published": config["published"], "metrics": published_metrics()}
+        ),
+    shell:
+        "kdflow reproduce --manifest {params.manifest:q} --csv {output.csv} --md {output.md} > {log} 2>&1"

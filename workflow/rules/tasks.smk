@@ -10,9 +10,9 @@ rule prepare_task:
         f"{R}/logs/prepare_task/{{task}}.log",
     conda:
         "../../envs/kdflow.yaml"
-    threads: 1
+    threads: rule_threads("prepare_task", 1)
     resources:
-        mem_mb=4000,
+        **rule_resources("prepare_task", mem_mb=4000),
     params:
         spec=lambda w: as_json(config["tasks"][w.task]),
         source=task_source,

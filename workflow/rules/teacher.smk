@@ -13,12 +13,12 @@ rule finetune_teacher:
         f"{R}/benchmarks/finetune_teacher/{{task}}.tsv"
     conda:
         "../../envs/kdflow.yaml"
-    threads: THREADS
+    threads: rule_threads("finetune_teacher")
     resources:
-        mem_mb=MEM_MB,
+        **rule_resources("finetune_teacher"),
     params:
         work=lambda w: f"{R}/work/finetune_teacher/{w.task}",
-        settings=as_json(config["teacher_finetune"]),
+        settings=lambda w: task_settings(config["teacher_finetune"], w.task),
         deepspeed=as_json(config["deepspeed"]),
         seed=config["seed"],
     shell:
@@ -39,12 +39,12 @@ rule finetune_classifier:
         f"{R}/benchmarks/finetune_classifier/{{classifier}}/{{task}}.tsv"
     conda:
         "../../envs/kdflow.yaml"
-    threads: THREADS
+    threads: rule_threads("finetune_classifier")
     resources:
-        mem_mb=MEM_MB,
+        **rule_resources("finetune_classifier"),
     params:
         work=lambda w: f"{R}/work/finetune_classifier/{w.classifier}/{w.task}",
-        settings=as_json(config["classifier_finetune"]),
+        settings=lambda w: task_settings(config["classifier_finetune"], w.task),
         deepspeed=as_json(config["deepspeed"]),
         seed=config["seed"],
     shell:
@@ -65,9 +65,9 @@ rule cache_logits_corpus:
         f"{R}/benchmarks/cache_logits_corpus/{{corpus}}/{{vocab}}.tsv"
     conda:
         "../../envs/kdflow.yaml"
-    threads: THREADS
+    threads: rule_threads("cache_logits_corpus")
     resources:
-        mem_mb=MEM_MB,
+        **rule_resources("cache_logits_corpus"),
     params:
         out=lambda w: f"{R}/cache/corpus/{w.corpus}/{w.vocab}",
         settings=as_json(config["cache"]),
@@ -89,9 +89,9 @@ rule cache_logits_task:
         f"{R}/benchmarks/cache_logits_task/{{task}}/{{vocab}}.tsv"
     conda:
         "../../envs/kdflow.yaml"
-    threads: THREADS
+    threads: rule_threads("cache_logits_task")
     resources:
-        mem_mb=MEM_MB,
+        **rule_resources("cache_logits_task"),
     params:
         out=lambda w: f"{R}/cache/task/{w.task}/{w.vocab}",
         settings=as_json(config["cache"]),

@@ -16,9 +16,9 @@ rule count_tokens:
         f"{R}/benchmarks/count_tokens/{{vocab}}.tsv"
     conda:
         "../../envs/kdflow.yaml"
-    threads: 1
+    threads: rule_threads("count_tokens", 1)
     resources:
-        mem_mb=4000,
+        **rule_resources("count_tokens", mem_mb=4000),
     shell:
         "kdflow count-tokens --corpus {input.corpus} --tokenizer {input.tokenizer} "
         "--tasks {input.tasks} --out {output} > {log} 2>&1"
@@ -40,9 +40,9 @@ rule compress_vocab:
         f"{R}/benchmarks/compress_vocab/{{vocab}}.tsv"
     conda:
         "../../envs/kdflow.yaml"
-    threads: THREADS
+    threads: rule_threads("compress_vocab")
     resources:
-        mem_mb=MEM_MB,
+        **rule_resources("compress_vocab"),
     params:
         spec=lambda w: as_json(config["vocabularies"][w.vocab]),
         out=lambda w: f"{R}/vocab/{w.vocab}",

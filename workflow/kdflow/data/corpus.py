@@ -56,7 +56,8 @@ def iter_documents(source: str, spec: dict[str, Any]) -> Iterator[str]:
     if fmt == "hf" or source.startswith("hf:"):
         import datasets
 
-        data = datasets.load_dataset(source.removeprefix("hf:"), split=spec.get("split", "train"), streaming=True)
+        name, subset = source.removeprefix("hf:"), spec.get("subset")
+        data = datasets.load_dataset(name, subset, split=spec.get("split", "train"), streaming=True)
         for row in data:
             yield row[field]
         return

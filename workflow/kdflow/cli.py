@@ -146,6 +146,17 @@ def _reproduce(a: argparse.Namespace) -> None:
     log.info("%d published scores compared (%d with ours) -> %s", len(table), table["ours"].notna().sum(), a.md)
 
 
+def _bench(a: argparse.Namespace) -> None:
+    from .bench.harness import BenchSettings, run_bench
+
+    settings = BenchSettings(teacher=Path(a.teacher) if a.teacher else None, results=Path(a.results), out=Path(a.out),
+                             sections=tuple(a.sections.split(",")), repeats=a.repeats, steps=a.steps,
+                             batch_size=a.batch_size, block_size=a.block_size, blocks=a.blocks, documents=a.documents,
+                             layers=a.layers, threads=a.threads or BenchSettings().threads)  # fmt: skip
+    run_bench(settings)
+    print((settings.out / "bench.md").read_text())
+
+
 def _validate(a: argparse.Namespace) -> None:
     from .config import load_config
 
@@ -216,6 +227,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", type=_json, required=True, help="published rows and our metrics paths")
     p.add_argument("--csv", required=True)
     p.add_argument("--md", required=True)
+
+    p = add("bench", _bench, "kdflow against TRL and DistillKit-style caches; rule wall times (results/bench)")
+    p.add_argument("--sections", default="stage1,cache,caching,scaling,rules",
+                   help="comma-separated: stage1, cache, caching, scaling, rules")  # fmt: skip
+    p.add_argument("--teacher", help="teacher folder (default: the embedded SmolLM2)")
+    p.add_argument("--results", default="results", help="an experiment's results folder (rule wall times)")
+    p.add_argument("--out", default="results/bench")
+    p.add_argument("--repeats", type=int, default=3, help="fresh processes per timed figure (median)")
+    p.add_argument("--steps", type=int, default=6, help="training steps per stage-1 measurement")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--block-size", type=int, default=128)
+    p.add_argument("--blocks", type=int, default=32, help="corpus blocks cached in section 3 (1x; 10x for RSS)")
+    p.add_argument("--documents", type=int, default=400, help="embedded-corpus documents packed")
+    p.add_argument("--layers", type=int, default=6, help="student layers cut from the teacher")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per workload (default: all CPUs)")
 
     p = add("validate-config", _validate, "check a config file against the schema")
     p.add_argument("config")

@@ -1,0 +1,88 @@
+"""`kdflow bench` on tiny models: it measures what it claims and writes it (JSON per section, one Markdown page);
+medians are medians of the repeated runs and ratios divide those medians. Speeds are not asserted."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+from kdflow.bench.harness import BenchError, BenchSettings, run_bench, trl_available
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory, tiny_llama):
+    """Every section once on the tiny LLaMA teacher, with a fake finished experiment for the rule times."""
+    root = tmp_path_factory.mktemp("bench")
+    rules = root / "results" / "benchmarks"
+    (rules / "distill_stage2" / "kd").mkdir(parents=True)
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    (rules / "distill_stage2" / "kd" / "sentiment.tsv").write_text(header + "12.5\t0:00:12\t900.1\t1\t1\t1\t0\t0\t1\t1\n")
+    (rules / "evaluate").mkdir()
+    (rules / "evaluate" / "m.tsv").write_text(header + "3.0\t0:00:03\t-\t1\t1\t1\t0\t0\t1\t1\n")
+    settings = BenchSettings(teacher=tiny_llama, results=root / "results", out=root / "out", repeats=2, steps=2,
+                             batch_size=2, block_size=32, blocks=4, documents=30, layers=1, ks=(4,), threads=1)  # fmt: skip
+    return settings, run_bench(settings)
+
+
+def test_every_section_writes_json_and_markdown(bench):
+    settings, reports = bench
+    for section in ("stage1", "cache", "caching", "scaling", "rules"):
+        on_disk = json.loads((settings.out / f"{section}.json").read_text())
+        assert on_disk["machine"]["cpus"] >= 1 and on_disk["settings"]["repeats"] == 2
+    md = (settings.out / "bench.md").read_text()
+    for title in ("Stage-1 distillation speed", "Cache size and fidelity", "Caching throughput", "scaling",
+                  "Rule wall times"):  # fmt: skip
+        assert title in md
+
+
+def test_stage1_medians_and_ratios_come_from_the_runs(bench):
+    _, reports = bench
+    r = reports["stage1"]
+    for name in ("kdflow_cached_topk", "kdflow_cached_hidden", "kdflow_online"):
+        runs = r[name]["runs"]
+        assert len(runs) == 2 and all(run["steps"] == 2 and run["tokens_per_second"] > 0 for run in runs)
+        assert r[name]["tokens_per_second"] == statistics.median(run["tokens_per_second"] for run in runs)
+        assert r[name]["peak_rss_mb"] > 100
+    online = r["kdflow_online"]["tokens_per_second"]
+    assert r["ratios"]["cached_topk_over_online"] == pytest.approx(r["kdflow_cached_topk"]["tokens_per_second"] / online)
+    if trl_available():
+        assert r["trl_gkd_offpolicy"]["tokens_per_second"] > 0
+        assert r["ratios"]["online_over_trl"] == pytest.approx(online / r["trl_gkd_offpolicy"]["tokens_per_second"])
+    else:
+        assert "trl is not installed" in r["trl_gkd_offpolicy"]["skipped"]
+
+
+def test_cache_section_measures_bytes_and_kl_errors(bench):
+    _, reports = bench
+    r = reports["cache"]
+    # k entries of bf16 value + uint16 id, plus one fp32 log-normaliser per temperature (1 and 15), plus the
+    # shard files' headers (a few hundred bytes over this tiny sample)
+    assert 4 * 4 + 2 * 4 <= r["bytes_per_token"]["topk_k4"]["bytes_per_token"] < 1.5 * (4 * 4 + 2 * 4)
+    assert r["bytes_per_token"]["dense_fp32"]["bytes_per_token"] == 4 * 49152
+    for temp in ("T=1", "T=15"):
+        q = r["kl"]["k4"][temp]
+        assert q["positions"] > 0 and q["dense_kl"] >= 0 and q["reconstruction_kl"] >= 0
+        assert q["kdflow_topk_kl"] <= q["dense_kl"] * 1.0001 + 1e-9  # the tail bucket can only merge mass
+
+
+def test_caching_scaling_and_rules(bench):
+    settings, reports = bench
+    c = reports["caching"]
+    assert c["caching"]["10x"]["blocks"] == 10 * c["caching"]["1x"]["blocks"]
+    assert c["throughput_ratio"] == pytest.approx(c["bare_forward"]["seconds"] / c["caching"]["1x"]["seconds"])
+    s = reports["scaling"]
+    assert (s["double_length"]["block_size"], s["double_batch"]["batch_size"]) == (64, 4)
+    rules = {(j["rule"], j["job"]): j for j in reports["rules"]["jobs"]}
+    assert rules[("distill_stage2", "kd/sentiment")]["seconds"] == 12.5
+    assert rules[("distill_stage2", "kd/sentiment")]["max_rss_mb"] == pytest.approx(900.1)
+    assert rules[("evaluate", "m")]["max_rss_mb"] is None and reports["rules"]["total_seconds"] == 15.5
+
+
+def test_unknown_section_is_refused(tmp_path):
+    with pytest.raises(BenchError, match="unknown benchmark section"):
+        run_bench(BenchSettings(sections=("speed",), out=Path(tmp_path)))

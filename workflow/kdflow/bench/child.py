@@ -1,0 +1,132 @@
+"""The measured workloads, each run in a fresh process (`python -m kdflow.bench.child NAME JSON`) so that its
+peak RSS is its own; the last stdout line is a JSON result with `peak_rss_mb`.
+
+- `stage1`: kdflow stage-1 distillation (word_kl) with cached targets or an online teacher;
+- `trl`: TRL's GKD trainer, off-policy (lmbda 0) with the forward KL (beta 0), on the same pair and batches;
+- `cache`: building a corpus logit cache;
+- `forward`: bare teacher forward passes over the same batches (the cache's lower bound on time).
+
+Tokens/s figures are medians over the steps after the first (warm-up); a step's tokens are the batch's
+non-padding positions (packed blocks: batch x block size).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _settings(a: dict[str, Any], teacher: str) -> dict[str, Any]:
+    return {"epochs": 1000, "max_steps": a["steps"], "batch_size": a["batch_size"], "grad_accum": 1, "lr": 1e-4,
+            "warmup_ratio": 0.0, "weight_decay": 0.0, "max_grad_norm": 1.0, "checkpoint_every": 10**9,
+            "max_length": a["max_length"], "teacher": teacher}  # fmt: skip
+
+
+def stage1(a: dict[str, Any]) -> dict[str, Any]:
+    from ..distill import distill
+
+    run = {"student": "s", "stage1": {"losses": {"word_kl": {"weight": 1.0, "temperature": a["temperature"]}}}}
+    mode = "cached" if a.get("cache") else "online"
+    with tempfile.TemporaryDirectory() as tmp:
+        data = {"cache": a.get("cache"), "corpus": a["corpus"], "teacher": a["teacher"]}
+        distill("stage1", a["student"], Path(tmp) / "out", Path(tmp) / "work", run, _settings(a, mode), data, None,
+                seed=0)  # fmt: skip
+        with open(Path(tmp) / "out" / "train_log.csv") as fh:
+            rates = [float(r["tokens_per_second"]) for r in csv.DictReader(fh)]
+    return {"tokens_per_second": statistics.median(rates[1:] or rates), "steps": len(rates)}
+
+
+def trl(a: dict[str, Any]) -> dict[str, Any]:
+    import datasets
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl.experimental.gkd import GKDConfig, GKDTrainer
+
+    from ..preprocess import open_blocks
+
+    blocks = np.asarray(open_blocks(a["corpus"], "train"))[:, : a["max_length"]]
+    n = a["steps"] * a["batch_size"]
+    rows = [blocks[i % len(blocks)].astype(np.int64).tolist() for i in range(n)]
+    dataset = datasets.Dataset.from_dict({"input_ids": rows})
+
+    def collate(batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        ids = torch.tensor([b["input_ids"] for b in batch])
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+
+    times: list[float] = []
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):  # noqa: ANN001
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
+            times.append(time.perf_counter() - self.t0)
+
+    student = AutoModelForCausalLM.from_pretrained(a["student"], dtype=torch.float32)
+    teacher = AutoModelForCausalLM.from_pretrained(a["teacher"], dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(a["student"])
+    with tempfile.TemporaryDirectory() as tmp:
+        args = GKDConfig(output_dir=tmp, per_device_train_batch_size=a["batch_size"], max_steps=a["steps"],
+                         learning_rate=1e-4, lmbda=0.0, beta=0.0, seq_kd=False, temperature=a["temperature"],
+                         gradient_checkpointing=False, bf16=False, use_cpu=True, report_to=[], save_strategy="no",
+                         logging_steps=10**6, dataloader_num_workers=0, disable_tqdm=True, max_length=a["max_length"],
+                         shuffle_dataset=False, lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0)  # fmt: skip
+        trainer = GKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=dataset,
+                             data_collator=collate, processing_class=tokenizer, callbacks=[StepTimer()])  # fmt: skip
+        trainer.train()
+    tokens = a["batch_size"] * blocks.shape[1]
+    rates = [tokens / t for t in times]
+    return {"tokens_per_second": statistics.median(rates[1:] or rates), "steps": len(rates)}
+
+
+def cache(a: dict[str, Any]) -> dict[str, Any]:
+    from ..cache.build import cache_corpus
+
+    m = cache_corpus(a["teacher"], a["corpus"], a.get("vocab_map"), a["out"], a["settings"], seed=0)
+    return {"seconds": m["seconds_this_run"], "forward_seconds": m["teacher_forward_seconds_this_run"],
+            "positions": m["positions"], "bytes": m["bytes"]}  # fmt: skip
+
+
+@torch.no_grad()
+def forward(a: dict[str, Any]) -> dict[str, Any]:
+    from ..modeling import load_lm
+    from ..preprocess import open_blocks
+
+    model, _, _ = load_lm(a["teacher"])
+    model.eval()
+    data = open_blocks(a["corpus"], "train")
+    blocks = min(a["blocks"], len(data))
+    started = time.perf_counter()
+    for b in range(0, blocks, a["batch_size"]):
+        ids = torch.from_numpy(np.asarray(data[b : min(b + a["batch_size"], blocks)]).astype(np.int64))
+        model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    return {"seconds": time.perf_counter() - started, "positions": blocks * data.shape[1]}
+
+
+WORKLOADS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "stage1": stage1, "trl": trl, "cache": cache, "forward": forward,
+}  # fmt: skip
+
+
+def main() -> None:
+    name, args = sys.argv[1], json.loads(sys.argv[2])
+    torch.set_num_threads(args.get("threads", torch.get_num_threads()))
+    result = WORKLOADS[name](args)
+    print(json.dumps({**result, "peak_rss_mb": round(_peak_rss_mb(), 1)}))
+
+
+if __name__ == "__main__":
+    main()

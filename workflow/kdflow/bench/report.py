@@ -1,0 +1,82 @@
+"""The benchmark reports as one Markdown page (OUT/bench.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    def cell(v: Any) -> str:
+        if v is None:
+            return ""
+        return f"{v:,.1f}" if isinstance(v, float) else str(v)
+
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(cell(v) for v in r) + " |" for r in rows), ""]  # fmt: skip
+
+
+def _stage1(r: dict[str, Any]) -> list[str]:
+    rows = []
+    for name, row in r.items():
+        if name in ("ratios", "goals", "settings", "machine"):
+            continue
+        if "skipped" in row:
+            rows.append([name, None, None, None, row["skipped"]])
+        else:
+            rows.append([name, row["tokens_per_second"], row["peak_rss_mb"], len(row["runs"]), ""])
+    lines = ["## 1. Stage-1 distillation speed", ""]
+    lines += _table(["setting", "tokens/s (median)", "peak RSS MB", "runs", "note"], rows)
+    for name, value in r["ratios"].items():
+        goal = r["goals"].get(name)
+        lines.append(f"- {name}: {value:.2f}x" + (f" (goal >= {goal}x)" if goal else ""))
+    return lines + [""]
+
+
+def _cache(r: dict[str, Any]) -> list[str]:
+    lines = ["## 2. Cache size and fidelity", ""]
+    lines += _table(["format", "bytes/token"], [[k, v["bytes_per_token"]] for k, v in r["bytes_per_token"].items()])
+    rows = []
+    for k, per_t in r["kl"].items():
+        for temp, q in per_t.items():
+            rows.append([k, temp, q["dense_kl"], f"{100 * q['kdflow_topk_relative_error']:.3f} %",
+                         f"{100 * q['plain_topk_relative_error']:.2f} %", f"{q['reconstruction_kl']:.5f}"])  # fmt: skip
+    header = ["k", "T", "dense KL", "kdflow top-k + normaliser error", "plain top-k (k+2) error", "KL(p || p_hat)"]
+    return lines + _table(header, rows)
+
+
+def _caching(r: dict[str, Any]) -> list[str]:
+    lines = ["## 3. Caching throughput and memory", ""]
+    rows = [[scale, row["blocks"], row["positions"], row["seconds"], row["peak_rss_mb"]] for scale, row in r["caching"].items()]  # fmt: skip
+    lines += _table(["corpus", "blocks", "positions", "seconds (median)", "peak RSS MB"], rows)
+    lines.append(f"- bare teacher forward over the 1x batches: {r['bare_forward']['seconds']:.1f} s (median); caching "
+                 f"throughput = {100 * r['throughput_ratio']:.1f} % of it (goal >= {100 * r['goal']:.0f} %)")  # fmt: skip
+    return lines + [""]
+
+
+def _scaling(r: dict[str, Any]) -> list[str]:
+    rows = [[name, row["block_size"], row["batch_size"], row["tokens_per_second"], row["peak_rss_mb"]]
+            for name, row in r.items() if name not in ("settings", "machine")]  # fmt: skip
+    return ["## 4. Stage-1 scaling (cached top-k targets)", "", *_table(["point", "block", "batch", "tokens/s (median)", "peak RSS MB"], rows)]  # fmt: skip
+
+
+def _rules(r: dict[str, Any]) -> list[str]:
+    lines = ["## 5. Rule wall times", "", f"From `{r['source']}`.", ""]
+    if not r["jobs"]:
+        return lines + ["No benchmark files found: run an experiment first (`make run`).", ""]
+    rows = [[j["rule"], j["job"], j["seconds"], j["max_rss_mb"]] for j in r["jobs"]]
+    lines += _table(["rule", "job", "seconds", "max RSS MB"], rows)
+    return lines + [f"- all jobs: {r['total_seconds']:.0f} s", ""]
+
+
+RENDER = {"stage1": _stage1, "cache": _cache, "caching": _caching, "scaling": _scaling, "rules": _rules}
+
+
+def markdown(reports: dict[str, Any]) -> str:
+    lines = ["# kdflow benchmarks", ""]
+    if reports:
+        first = next(iter(reports.values()))
+        m, s = first["machine"], first["settings"]
+        lines += [f"Machine: {m['processor']}, {m['cpus']} CPUs, {m['platform']}, torch {m['torch']}. "
+                  f"Repeats: {s['repeats']} fresh processes per timed figure (medians), {s['steps']} steps each.", ""]  # fmt: skip
+    for section, report in reports.items():
+        lines += RENDER[section](report)
+    return "\n".join(lines)

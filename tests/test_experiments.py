@@ -174,3 +174,13 @@ def test_reproduce_puts_published_next_to_ours(tmp_path):
     assert rte["metric"] == "accuracy" and rte["ours"] != rte["ours"]  # not evaluated here: NaN, kept
     md = to_markdown(table)
     assert "| Paper | runs/x | cola | mcc | 51.3 | 50.0 | 40.0-60.0 | -1.3 |" in md and "- Paper: Table 1" in md
+
+
+def test_slurm_profile_submits_with_retries_and_documents_clusters_without_accounting(repo):
+    text = (repo / "profiles" / "slurm" / "config.yaml").read_text()
+    profile = yaml.safe_load(text)
+    assert profile["executor"] == "slurm" and profile["retries"] >= 1 and profile["rerun-incomplete"] is True
+    assert "slurm-status-command: squeue" in text and "slurm-no-account: true" in text
+    snakefile = (repo / "workflow" / "Snakefile").read_text()
+    local = re.search(r"localrules:\n((?:    \w+,\n)+)", snakefile).group(1).split()
+    assert {"build_task", "prepare_task", "submit", "summarize", "reproduce"} <= {r.rstrip(",") for r in local}

@@ -37,7 +37,7 @@ def _cache(r: dict[str, Any]) -> list[str]:
     rows = []
     for k, per_t in r["kl"].items():
         for temp, q in per_t.items():
-            rows.append([k, temp, q["dense_kl"], f"{100 * q['kdflow_topk_relative_error']:.3f} %",
+            rows.append([k, temp, f"{q['dense_kl']:.4g}", f"{100 * q['kdflow_topk_relative_error']:.3f} %",
                          f"{100 * q['plain_topk_relative_error']:.2f} %", f"{q['reconstruction_kl']:.5f}"])  # fmt: skip
     header = ["k", "T", "dense KL", "kdflow top-k + normaliser error", "plain top-k (k+2) error", "KL(p || p_hat)"]
     return lines + _table(header, rows)

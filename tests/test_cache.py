@@ -87,7 +87,7 @@ def test_corrupted_shard_is_reported_by_name(tmp_path, tiny_llama, corpus):
 def test_mismatched_fingerprint_is_refused(tmp_path, tiny_llama, tiny_bert, corpus):
     cache_corpus(tiny_llama, corpus, None, tmp_path / "cache", SETTINGS, seed=0)
     other = pack_text(tmp_path, tiny_llama, TEXT.replace("fox", "cat"), name="other")
-    with pytest.raises(DataError, match="does not match the student's inputs .*data"):
+    with pytest.raises(DataError, match="built from other inputs than this job's .*data"):
         CorpusCacheDataset(tmp_path / "cache", other)
     with pytest.raises(DataError, match="tokenizer"):
         CorpusCacheDataset(tmp_path / "cache", corpus, tokenizer_dir=tiny_bert)
@@ -97,7 +97,7 @@ def test_killed_job_resumes_to_an_identical_cache(tmp_path, tiny_llama, corpus, 
     cache_corpus(tiny_llama, corpus, None, tmp_path / "clean", SETTINGS, seed=0)
     cmd = [sys.executable, "-m", "kdflow", "cache-logits", "--teacher", str(tiny_llama), "--corpus", str(corpus),
            "--settings", json.dumps(SETTINGS), "--out", str(tmp_path / "killed")]  # fmt: skip
-    first = subprocess.run(cmd + ["--stop-after-shards", "2"], env=tool_env, capture_output=True, text=True)
+    first = subprocess.run(cmd, env={**tool_env, "KDFLOW_FAULT": "shard:2"}, capture_output=True, text=True)
     assert first.returncode == 137
     assert not (tmp_path / "killed" / "manifest.json").exists()
     assert len(json.loads((tmp_path / "killed" / "progress.json").read_text())["shards"]) == 2

@@ -151,7 +151,7 @@ def test_killed_distillation_resumes_to_the_same_weights(setup, tiny_llama, tmp_
            "--recipe", json.dumps(GLMD), "--settings", json.dumps(TRAIN), "--cache", str(setup / "ccache"),
            "--corpus", str(setup / "corpus"), "--teacher", str(tiny_llama), "--out", str(tmp_path / "resumed"),
            "--work", str(tmp_path / "wr"), "--seed", "0"]  # fmt: skip
-    assert subprocess.run(cmd + ["--stop-after-steps", "3"], env=tool_env, capture_output=True).returncode == 137
+    assert subprocess.run(cmd, env={**tool_env, "KDFLOW_FAULT": "train_step:3"}, capture_output=True).returncode == 137
     done = subprocess.run(cmd, env=tool_env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     a, b = load_file(tmp_path / "clean" / "model.safetensors"), load_file(tmp_path / "resumed" / "model.safetensors")

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from kdflow.evaluate import evaluate
 from kdflow.finetune import finetune_teacher
 from kdflow.train.loop import TrainingError, TrainSettings, train
+from kdflow.train.workdir import WorkDir
 
 FT = {
     "epochs": 3, "max_steps": 6, "max_examples": 16, "batch_size": 4, "grad_accum": 2, "lr": 5e-3,
@@ -52,7 +53,7 @@ def test_killed_finetuning_resumes_to_the_same_weights(tmp_path, tiny_llama, tas
     cmd = [sys.executable, "-m", "kdflow", "finetune-teacher", "--teacher", str(tiny_llama), "--task", str(task_dir),
            "--out", str(tmp_path / "resumed"), "--work", str(tmp_path / "wr"),
            "--settings", json.dumps(FT), "--seed", "0"]  # fmt: skip
-    killed = subprocess.run(cmd + ["--stop-after-steps", "3"], env=tool_env, capture_output=True, text=True)
+    killed = subprocess.run(cmd, env={**tool_env, "KDFLOW_FAULT": "train_step:3"}, capture_output=True, text=True)
     assert killed.returncode == 137 and (tmp_path / "wr" / "checkpoint" / "checkpoint.pt").exists()
     resumed = subprocess.run(cmd, env=tool_env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -69,7 +70,7 @@ def test_deepspeed_zero2_finetunes_two_steps(tmp_path, tiny_llama, task_dir):
     ds = {"zero_optimization": {"stage": 2}, "bf16": {"enabled": False}}
     finetune_teacher(tiny_llama, task_dir, tmp_path / "ds", tmp_path / "work", settings, ds, seed=0)
     assert len(_losses(tmp_path / "ds" / "train_log.csv")) == 2
-    assert (tmp_path / "work" / "checkpoint" / "latest").exists()
+    assert not (tmp_path / "work").exists()  # a finished job's work folder is removed
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -84,7 +85,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
         return out, {"loss": float(out)}, len(indices)
 
     settings = TrainSettings(steps=5, batch_size=2, checkpoint_every=2)
-    with pytest.raises(TrainingError, match="non-finite loss .* at step 2"):
-        train(model, loss_fn, 4, settings, tmp_path / "ckpt", tmp_path / "log.csv")
-    state = torch.load(tmp_path / "ckpt" / "checkpoint.pt", weights_only=False)
+    with pytest.raises(TrainingError, match=r"non-finite loss .* at step 3 .*checkpoint \(step 2\)"):
+        with WorkDir(tmp_path / "work", {"test": 1}) as work:
+            train(model, loss_fn, 4, settings, work)
+    state = torch.load(tmp_path / "work" / "checkpoint" / "checkpoint.pt", weights_only=False)
     assert state["step"] == 2

@@ -46,7 +46,7 @@ def _build_task(a: argparse.Namespace) -> None:
 def _prepare_task(a: argparse.Namespace) -> None:
     from .prepare import prepare_task
 
-    meta = prepare_task(a.name, a.spec, a.source, a.out)
+    meta = prepare_task(a.name, a.spec, a.source, a.out, a.require)
     log.info("task %s (%s) -> %s %s", a.name, meta["task"], a.out, meta["splits"])
 
 
@@ -71,7 +71,7 @@ def _count_tokens(a: argparse.Namespace) -> None:
 def _compress_vocab(a: argparse.Namespace) -> None:
     from .vocab.stage import compress_vocab
 
-    p = compress_vocab(a.counts, a.teacher, a.tasks, a.spec, a.out)
+    p = compress_vocab(a.counts, a.teacher, a.tasks, a.spec, a.out, a.name)
     log.info(
         "vocabulary %s -> %s tokens, coverage %.4f, embedding+head parameters %s -> %s (-%.1f %%)",
         f"{p['teacher_vocab_size']:,}", f"{p['compressed_vocab_size']:,}", p["coverage"],
@@ -84,7 +84,7 @@ def _finetune(a: argparse.Namespace) -> None:
     from .finetune import finetune_classifier, finetune_teacher
 
     run = finetune_classifier if a.head == "classification" else finetune_teacher
-    info = run(a.teacher, a.task, a.out, a.work, a.settings, a.deepspeed, a.seed, a.stop_after_steps)
+    info = run(a.teacher, a.task, a.out, a.work, a.settings, a.deepspeed, a.seed)
     log.info("fine-tuned teacher %s: %s steps on %s examples", a.out, info.get("steps"), info.get("training_examples"))
 
 
@@ -93,9 +93,9 @@ def _cache(a: argparse.Namespace) -> None:
 
     vocab = a.vocab_map or None
     if a.corpus:
-        m = cache_corpus(a.teacher, a.corpus, vocab, a.out, a.settings, a.seed, a.stop_after_shards)
+        m = cache_corpus(a.teacher, a.corpus, vocab, a.out, a.settings, a.seed)
     else:
-        m = cache_task(a.teacher, a.task, vocab, a.out, a.settings, a.stop_after_shards)
+        m = cache_task(a.teacher, a.task, vocab, a.out, a.settings)
     log.info("cache %s: %s positions, %.1f bytes/position", a.out, f"{m['positions']:,}", m["bytes_per_position"] or 0)
 
 
@@ -112,8 +112,7 @@ def _distill(a: argparse.Namespace) -> None:
 
     data = {"cache": a.cache, "corpus": a.corpus, "task": a.task, "teacher": a.teacher}
     recipe = {**a.recipe, "name": a.name} if a.name else a.recipe
-    meta = distill(a.stage, a.student, a.out, a.work, recipe, a.settings, data, a.deepspeed, a.seed,
-                   a.stop_after_steps)  # fmt: skip
+    meta = distill(a.stage, a.student, a.out, a.work, recipe, a.settings, data, a.deepspeed, a.seed)
     log.info("%s of %s -> %s (%s steps)", a.stage, a.student, a.out, meta["steps"])
 
 
@@ -202,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", type=_json, required=True)
     p.add_argument("--source", required=True, help="folder of official files, or hf:DATASET")
     p.add_argument("--out", required=True)
+    p.add_argument("--require", nargs="*", default=[], choices=["train", "dev", "test"],
+                   help="splits the experiment uses: a missing file of one is an error")  # fmt: skip
 
     p = add("evaluate", _evaluate, "score a model on a prepared task (dev metrics, test submission)")
     p.add_argument("--model", required=True)
@@ -265,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", required=True, help="teacher model folder")
     p.add_argument("--tasks", nargs="*", default=[], help="prepared task folders (their answers are kept)")
     p.add_argument("--spec", type=_json, required=True, help="the vocabulary's config entry, as JSON")
+    p.add_argument("--name", default="", help="the vocabulary's name in the config (named in errors)")
     p.add_argument("--out", required=True)
 
     p = add("finetune-teacher", _finetune, "fine-tune a teacher on a task (cloze prompts, or a classification head)")
@@ -277,7 +279,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cloze: word prediction on the prompt's candidates; classification: a new task head")
     p.add_argument("--deepspeed", type=_json, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--stop-after-steps", type=int, default=None, help="fault injection: die after N steps")
 
     p = add("cache-logits", _cache, "run the teacher once and cache sparse targets (corpus or task)")
     p.add_argument("--teacher", required=True)
@@ -288,7 +289,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settings", type=_json, required=True, help="the config's cache section")
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--stop-after-shards", type=int, default=None, help="fault injection: die after N shards")
 
     p = add("init-student", _init_student, "build a student: teacher layer subset / narrower width / vocabulary")
     p.add_argument("--teacher", required=True)
@@ -311,7 +311,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work", required=True, help="checkpoints and logs (kept across failures)")
     p.add_argument("--deepspeed", type=_json, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--stop-after-steps", type=int, default=None, help="fault injection: die after N steps")
 
     p = add("tasks", _tasks, "list the task types")
     p.add_argument("--prompts", action="store_true", help="also show the default pattern and verbalizer")
@@ -325,6 +324,11 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except KdflowError as exc:
         print(f"kdflow: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # an unwrapped read or write: name the path and the cause, not a traceback
+        if exc.filename is None:
+            raise
+        print(f"kdflow: error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     return 0
 

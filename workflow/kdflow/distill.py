@@ -27,15 +27,18 @@ from .classify import encode_pairs, has_classification_head
 from .errors import ConfigError
 from .features import Features, forward_features, require_attentions
 from .finetune import gold_target
-from .fingerprint import weights_fingerprint
+from . import faults
+from .fingerprint import job_identity, weights_fingerprint
 from .hybrid import theseus_layers
 from .jsonio import read_json, write_json
 from .losses import Loss, LossContext, build_losses
 from .modeling import count_parameters, load_lm
 from .prepare import load_prepared
 from .preprocess import open_blocks
+from .safeio import atomic_folder
 from .scoring import candidate_scores, pad_id
 from .train.loop import TrainSettings, World, deepspeed_environment, seed_everything, steps_for, train
+from .train.workdir import WorkDir
 from .vocab.compress import special_token_ids
 from .vocab.vmap import VocabMap
 
@@ -248,7 +251,7 @@ def _stage2(student: torch.nn.Module, tokenizer: Any, family: str, classifier: b
     if not classifier and all_needs & {"word_logits", "teacher_scores"}:
         if not data.get("cache"):
             raise ConfigError("a word-prediction student's stage 2 reads the teacher's outputs from a task cache")
-        cache = TaskCacheDataset(data["cache"], task_dir, vocab_map)
+        cache = TaskCacheDataset(data["cache"], task_dir, vocab_map, teacher_dir=data["teacher"])
         n_examples = len(cache)
     teacher_tok = None
     if teacher is not None:
@@ -335,7 +338,6 @@ def distill(
     data: dict[str, Any],
     deepspeed: dict[str, Any] | None,
     seed: int,
-    stop_after_steps: int | None = None,
 ) -> dict[str, Any]:
     """Train ``student_dir`` with the run's losses for ``stage`` (stage1: corpus, stage2: task)."""
     seed_everything(seed)  # loss projections, memory banks and heads start from the seed, not the clock
@@ -392,34 +394,42 @@ def distill(
     def loss_fn(module: torch.nn.Module, indices: list[int], step: int) -> tuple[torch.Tensor, dict[str, float], int]:
         return module(step_fn(indices, step))
 
-    work_dir = Path(work_dir)
-    trained = train(wrapper, loss_fn, n_examples, TrainSettings.from_config(settings, steps, seed),
-                    work_dir / "checkpoint", work_dir / "train_log.csv", deepspeed, stop_after_steps)  # fmt: skip
-    trained = getattr(trained, "student", trained)
-    if not World.from_env().main:  # data-parallel helpers: the main process writes the student
-        return {"stage": stage, "steps": steps}
-    info = {"run": run.get("name"), "stage": stage, "description": run.get("description"),
-            "losses": run[stage]["losses"], "steps": steps, "training_examples": n_examples, "settings": settings}  # fmt: skip
-    if classifier:
-        info.update(task_type=load_prepared(data["task"], "dev").task.name, head="classification",
-                    teacher=str(data["teacher"]))  # fmt: skip
-    return save_student(trained, student_dir, out_dir, work_dir, info)
+    identity = job_identity({"student": student_dir, "teacher": data.get("teacher"), "cache": data.get("cache"),
+                             "corpus": data.get("corpus") if stage == "stage1" else None,
+                             "task": data.get("task") if stage == "stage2" else None},
+                            job=f"distill_{stage}", recipe=run, settings=settings, deepspeed=deepspeed, seed=seed)  # fmt: skip
+    main = World.from_env().main
+    with WorkDir(work_dir, identity, main) as work:
+        trained = train(wrapper, loss_fn, n_examples, TrainSettings.from_config(settings, steps, seed), work, deepspeed)
+        trained = getattr(trained, "student", trained)
+        if not main:  # data-parallel helpers: the main process writes the student
+            return {"stage": stage, "steps": steps}
+        info = {"run": run.get("name"), "stage": stage, "description": run.get("description"),
+                "losses": run[stage]["losses"], "steps": steps, "training_examples": n_examples, "settings": settings}  # fmt: skip
+        if classifier:
+            info.update(task_type=load_prepared(data["task"], "dev").task.name, head="classification",
+                        teacher=str(data["teacher"]))  # fmt: skip
+        meta = save_student(trained, student_dir, out_dir, work.log_csv, info)
+        work.remove()
+    return meta
 
 
-def save_student(model: torch.nn.Module, parent: str | Path, out_dir: str | Path, work_dir: Path,
+def save_student(model: torch.nn.Module, parent: str | Path, out_dir: str | Path, log_csv: Path,
                  info: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
-    parent, out_dir = Path(parent), Path(out_dir)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
+    """The student folder (written whole or not at all): weights, the parent's tokenizer and vocabulary map,
+    the training log and kdflow.json."""
+    parent = Path(parent)
     model.eval()
-    model.save_pretrained(out_dir)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
-                 "chat_template.jinja", "vocab_map.json"):  # fmt: skip
-        if (parent / name).exists():
-            shutil.copy(parent / name, out_dir / name)
-    shutil.copy(work_dir / "train_log.csv", out_dir / "train_log.csv")
-    meta = read_json(parent / "kdflow.json") if (parent / "kdflow.json").exists() else {}
-    meta.update({**info, "parent": str(parent), "parameters": count_parameters(model),
-                 "weights_sha256": weights_fingerprint(out_dir)})  # fmt: skip
-    write_json(out_dir / "kdflow.json", meta)
+    with atomic_folder(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+                     "chat_template.jinja", "vocab_map.json"):  # fmt: skip
+            if (parent / name).exists():
+                shutil.copy(parent / name, tmp / name)
+        shutil.copy(log_csv, tmp / "train_log.csv")
+        meta = read_json(parent / "kdflow.json") if (parent / "kdflow.json").exists() else {}
+        meta.update({**info, "parent": str(parent), "parameters": count_parameters(model),
+                     "weights_sha256": weights_fingerprint(tmp)})  # fmt: skip
+        faults.die_at("before_save", 1)
+        write_json(tmp / "kdflow.json", meta)
     return meta

@@ -14,13 +14,16 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from .classify import HEAD_KINDS, encode_pairs
 from .data.tasks import Example, TaskType
 from .errors import DataError
-from .fingerprint import weights_fingerprint
+from . import faults
+from .fingerprint import job_identity, weights_fingerprint
 from .jsonio import read_json, write_json
 from .modeling import count_parameters, load_lm
 from .losses.prediction import GoldCE
 from .prepare import load_prepared
+from .safeio import atomic_folder
 from .scoring import candidate_scores
 from .train.loop import TrainSettings, World, seed_everything, steps_for, train
+from .train.workdir import WorkDir
 
 
 def gold_target(task: TaskType, labels: list[str], example: Example) -> torch.Tensor:
@@ -55,9 +58,8 @@ def finetune_teacher(
     settings: dict[str, Any],
     deepspeed: dict[str, Any] | None,
     seed: int,
-    stop_after_steps: int | None = None,
 ) -> dict[str, Any]:
-    task_dir, work_dir, out_dir = Path(task_dir), Path(work_dir), Path(out_dir)
+    task_dir, out_dir = Path(task_dir), Path(out_dir)
     data = load_prepared(task_dir, "train", settings.get("max_examples"))
     meta, task, examples, clozes = data.meta, data.task, data.examples, data.clozes
     targets = [gold_target(task, data.labels, ex) for ex in examples]
@@ -72,14 +74,17 @@ def finetune_teacher(
 
     steps = steps_for(len(examples), settings["epochs"], settings["batch_size"], settings["grad_accum"],
                       settings.get("max_steps"))  # fmt: skip
-    train_settings = TrainSettings.from_config(settings, steps, seed)
-    trained = train(model, loss_fn, len(examples), train_settings, work_dir / "checkpoint",
-                    work_dir / "train_log.csv", deepspeed, stop_after_steps)  # fmt: skip
-    if not World.from_env().main:  # data-parallel helpers: the main process writes the model
-        return {}
-    info = {"task": meta["name"], "steps": steps, "training_examples": len(examples), "settings": settings,
-            "deepspeed": deepspeed}  # fmt: skip
-    return _save_teacher(trained, tokenizer, teacher_dir, out_dir, work_dir, {**info, "family": family})
+    identity = job_identity({"model": teacher_dir, "task": task_dir}, job="finetune_teacher", settings=settings,
+                            deepspeed=deepspeed, seed=seed)  # fmt: skip
+    with WorkDir(work_dir, identity, World.from_env().main) as work:
+        trained = train(model, loss_fn, len(examples), TrainSettings.from_config(settings, steps, seed), work, deepspeed)
+        if not World.from_env().main:  # data-parallel helpers: the main process writes the model
+            return {}
+        info = {"task": meta["name"], "steps": steps, "training_examples": len(examples), "settings": settings,
+                "deepspeed": deepspeed}  # fmt: skip
+        meta = _save_teacher(trained, tokenizer, teacher_dir, out_dir, work, {**info, "family": family})
+        work.remove()
+    return meta
 
 
 def finetune_classifier(
@@ -90,11 +95,10 @@ def finetune_classifier(
     settings: dict[str, Any],
     deepspeed: dict[str, Any] | None,
     seed: int,
-    stop_after_steps: int | None = None,
 ) -> dict[str, Any]:
     """Fine-tune ``model_dir`` with a classification (or regression) head on a task: the encoder track's
     teacher, scored by `evaluate` through its head."""
-    task_dir, work_dir, out_dir = Path(task_dir), Path(work_dir), Path(out_dir)
+    task_dir, out_dir = Path(task_dir), Path(out_dir)
     data = load_prepared(task_dir, "train", settings.get("max_examples"))
     task, examples = data.task, data.examples
     if task.kind not in HEAD_KINDS:
@@ -126,24 +130,32 @@ def finetune_classifier(
 
     steps = steps_for(len(examples), settings["epochs"], settings["batch_size"], settings["grad_accum"],
                       settings.get("max_steps"))  # fmt: skip
-    trained = train(model, loss_fn, len(examples), TrainSettings.from_config(settings, steps, seed),
-                    work_dir / "checkpoint", work_dir / "train_log.csv", deepspeed, stop_after_steps)  # fmt: skip
-    if not World.from_env().main:
-        return {}
-    info = {"task": data.meta["name"], "task_type": task.name, "head": "classification", "steps": steps,
-            "training_examples": len(examples), "settings": settings, "deepspeed": deepspeed, "family": "masked"}  # fmt: skip
-    return _save_teacher(trained, tokenizer, model_dir, out_dir, work_dir, info)
+    identity = job_identity({"model": model_dir, "task": task_dir}, job="finetune_classifier", settings=settings,
+                            deepspeed=deepspeed, seed=seed)  # fmt: skip
+    with WorkDir(work_dir, identity, World.from_env().main) as work:
+        trained = train(model, loss_fn, len(examples), TrainSettings.from_config(settings, steps, seed), work, deepspeed)
+        if not World.from_env().main:
+            return {}
+        info = {"task": data.meta["name"], "task_type": task.name, "head": "classification", "steps": steps,
+                "training_examples": len(examples), "settings": settings, "deepspeed": deepspeed, "family": "masked"}  # fmt: skip
+        meta = _save_teacher(trained, tokenizer, model_dir, out_dir, work, info)
+        work.remove()
+    return meta
 
 
-def _save_teacher(model: torch.nn.Module, tokenizer: Any, parent_dir: str | Path, out_dir: Path, work_dir: Path,
+def _save_teacher(model: torch.nn.Module, tokenizer: Any, parent_dir: str | Path, out_dir: Path, work: WorkDir,
                   info: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
     """The fine-tuned model folder, its training log and kdflow.json (provenance + training facts)."""
     model.eval()
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    shutil.copy(work_dir / "train_log.csv", out_dir / "train_log.csv")
+    with atomic_folder(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        shutil.copy(work.log_csv, tmp / "train_log.csv")
+        _write_teacher_meta(model, parent_dir, tmp, info)
+    return read_json(out_dir / "kdflow.json")
+
+
+def _write_teacher_meta(model: torch.nn.Module, parent_dir: str | Path, out_dir: Path, info: dict[str, Any]) -> None:
     parent = read_json(Path(parent_dir) / "kdflow.json") if (Path(parent_dir) / "kdflow.json").exists() else {}
     meta = {
         **{k: v for k, v in parent.items() if k in ("family", "architecture", "vocab_size")},
@@ -155,5 +167,5 @@ def _save_teacher(model: torch.nn.Module, tokenizer: Any, parent_dir: str | Path
         "weights_sha256": weights_fingerprint(out_dir),
     }
     meta["architecture"] = type(model).__name__
+    faults.die_at("before_save", 1)
     write_json(out_dir / "kdflow.json", meta)
-    return meta

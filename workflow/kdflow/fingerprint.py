@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +26,50 @@ def files_sha256(paths: list[Path], root: Path) -> str:
     return digest.hexdigest()
 
 
-def settings_sha256(settings: Any) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+def content_fingerprint(path: str | Path) -> str:
+    """Digest of a file's or a folder's content. A folder with a ``manifest.json`` (a logit cache) is
+    identified by its manifest, which holds the checksum of every shard; any other folder by all its files."""
+    path = Path(path)
+    if path.is_file():
+        return file_sha256(path)
+    if (path / "manifest.json").is_file():
+        return file_sha256(path / "manifest.json")
+    return files_sha256([p for p in path.rglob("*") if p.is_file()], path)
+
+
+def stat_fingerprint(path: str | Path) -> str:
+    """A cheap digest of a file's or folder's names, sizes and modification times (no content read): what
+    changes when a local model is replaced or edited in place. Used to rerun `build_model`."""
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    digest = hashlib.sha256()
+    for file in files:
+        st = file.stat()
+        digest.update(f"{file.relative_to(path) if file != path else file.name}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries whose changes can change trained weights."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("kdflow", "torch", "transformers", "deepspeed", "numpy"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+def job_identity(inputs: dict[str, str | Path | None], **settings: Any) -> dict[str, Any]:
+    """Everything that determines a training job's result: its settings, the content fingerprints of its
+    input folders and the library versions (a checkpoint is resumed only under an equal identity)."""
+    return {
+        **settings,
+        "inputs": {name: content_fingerprint(p) for name, p in inputs.items() if p},
+        "versions": library_versions(),
+    }
 
 
 TOKENIZER_FILES = (

@@ -9,6 +9,8 @@ from typing import Any
 
 import matplotlib
 
+from .errors import DataError
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -83,11 +85,23 @@ def frontier_plot(table: pd.DataFrame, path: Path) -> None:
     _save(fig, path)
 
 
-def _read_log(path: str | Path) -> tuple[list[int], list[float]]:
+def read_train_log(path: str | Path) -> tuple[list[int], list[float]]:
+    """(steps, total loss) of a training log; a damaged or empty log is a DataError naming file:line."""
     with open(path, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
-    key = "loss" if rows and "loss" in rows[0] else (list(rows[0])[1] if rows else "loss")
-    return [int(r["step"]) for r in rows], [float(r[key]) for r in rows]
+    if not rows:
+        raise DataError(f"{path}: the training log has no steps")
+    key = "loss" if "loss" in rows[0] else list(rows[0])[1]
+    steps, losses = [], []
+    for lineno, row in enumerate(rows, start=2):
+        try:
+            steps.append(int(row["step"]))
+            losses.append(float(row[key]))
+        except (TypeError, ValueError):
+            raise DataError(f"{path}:{lineno}: damaged training-log row {row}") from None
+    if steps != list(range(1, len(steps) + 1)):
+        raise DataError(f"{path}: training-log steps are not 1..{len(steps)} in order")
+    return steps, losses
 
 
 def loss_curves_plot(runs: dict[str, Any], path: Path) -> None:
@@ -100,8 +114,8 @@ def loss_curves_plot(runs: dict[str, Any], path: Path) -> None:
     for ax, stage in zip(axes[0], stages, strict=True):
         for name, run in runs.items():
             log_path = run.get("logs", {}).get(stage)
-            if log_path and Path(log_path).exists():
-                steps, losses = _read_log(log_path)
+            if log_path:
+                steps, losses = read_train_log(log_path)
                 ax.plot(steps, losses, label=name)
         ax.set_title("stage 1 (corpus)" if stage == "stage1" else f"stage 2 ({stage})")
         ax.set_xlabel("step")

@@ -5,26 +5,31 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .data.reader import read_split
-from dataclasses import dataclass
 
 from .data.tasks import Example, Prompt, TaskType, get_task
 from .errors import DataError
 from .jsonio import read_json, write_json
+from .safeio import atomic_path, make_dirs
 from .prompts import Cloze, answer_strings, label_order, resolve_prompt, to_cloze
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "dev", "test")
+REQUIRED_BY = {
+    "train": "fine-tuning, distillation or a task cache use it",
+    "dev": "`evaluate` scores it",
+    "test": "`evaluate.test_submissions` predicts it",
+}
 
 
 def write_jsonl(path: Path, examples: list[Example]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         fh.writelines(json.dumps(ex, ensure_ascii=False) + "\n" for ex in examples)
-    tmp.replace(path)
 
 
 def read_prepared(path: str | Path) -> list[Example]:
@@ -32,12 +37,27 @@ def read_prepared(path: str | Path) -> list[Example]:
         return [json.loads(line) for line in fh]
 
 
-def prepare_task(name: str, spec: dict[str, Any], source: str, out_dir: str | Path) -> dict[str, Any]:
-    """Write ``{split}.jsonl`` for every split the task has, and ``task.json`` (counts, labels, prompt, answers)."""
+def check_required_files(name: str, task: TaskType, source: str, required: Iterable[str]) -> None:
+    """Refuse, before any work, a task folder that lacks the file of a split the experiment uses."""
+    if source.startswith("hf"):
+        return
+    for split in required:
+        if split not in task.files:
+            raise DataError(f"task {name}: the experiment needs its {split} split, and {task.name} has none "
+                            f"(has: {', '.join(task.files)})")  # fmt: skip
+        path = Path(source) / task.files[split]
+        if not path.is_file():
+            raise DataError(f"{path}: file not found; task {name} needs its {split} split ({REQUIRED_BY[split]})")
+
+
+def prepare_task(name: str, spec: dict[str, Any], source: str, out_dir: str | Path,
+                 required: Iterable[str] = ()) -> dict[str, Any]:  # fmt: skip
+    """Write ``{split}.jsonl`` for every split the task has, and ``task.json`` (counts, labels, prompt, answers).
+    ``required``: splits the experiment uses; a missing file of one of them is an error, not a warning."""
     task = get_task(spec["name"])
     prompt = resolve_prompt(task, spec.get("prompt"))
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_required_files(name, task, source, required)
+    out_dir = make_dirs(out_dir)
     split_names = spec.get("splits") or {}
     limits = spec.get("max_examples") or {}
     counts, labels, answers, missing = {}, {}, set(), []

@@ -21,6 +21,7 @@ from .data.corpus import iter_documents, normalise_text
 from .errors import DataError
 from .fingerprint import tokenizer_fingerprint
 from .jsonio import read_json, write_json
+from .safeio import atomic_path, make_dirs
 
 SPLITS = ("train", "valid")
 
@@ -64,17 +65,16 @@ def preprocess_corpus(
     vocab_size = len(tokenizer)
     dtype = token_dtype(vocab_size)
     block_size, batch = settings["block_size"], settings["batch_documents"]
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = make_dirs(out_dir)
     seen: set[bytes] = set()
     counts = {s: {"documents": 0, "tokens": 0} for s in SPLITS}
     stats = {"read": 0, "empty": 0, "duplicates": 0}
     documents = iter_documents(source, spec)
     if spec.get("max_documents"):
         documents = itertools.islice(documents, spec["max_documents"])
-    tmp = {s: out_dir / f".{s}.bin.tmp" for s in SPLITS}
     started = time.perf_counter()
-    with open(tmp["train"], "wb") as f_train, open(tmp["valid"], "wb") as f_valid:
+    with (atomic_path(out_dir / "train.bin") as t_train, atomic_path(out_dir / "valid.bin") as t_valid,
+          open(t_train, "wb") as f_train, open(t_valid, "wb") as f_valid):  # fmt: skip
         packers = {"train": _Packer(f_train, block_size, dtype), "valid": _Packer(f_valid, block_size, dtype)}
         bar = tqdm(desc="preprocess", unit="tok", unit_scale=True, mininterval=1.0)
         while chunk := list(itertools.islice(documents, batch)):
@@ -103,7 +103,6 @@ def preprocess_corpus(
         bar.close()
     elapsed = time.perf_counter() - started
     for split in SPLITS:
-        tmp[split].replace(out_dir / f"{split}.bin")
         counts[split]["blocks"] = packers[split].blocks
         counts[split]["tail_tokens_not_packed"] = len(packers[split].pending)
     total = sum(c["tokens"] for c in counts.values())

@@ -2,6 +2,8 @@
 
 
 rule build_model:
+    input:
+        local_model_source,
     output:
         directory(f"{R}/assets/models/{{model}}"),
     log:
@@ -15,6 +17,7 @@ rule build_model:
         **rule_resources("build_model"),
     params:
         spec=lambda w: as_json(config["models"][w.model]),
+        source_state=model_source_state,
         seed=config["seed"],
     shell:
         "kdflow build-model --spec {params.spec:q} --out {output} --seed {params.seed} > {log} 2>&1"

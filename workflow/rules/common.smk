@@ -11,7 +11,9 @@ from kdflow.config import (
     student_teacher,
     validate_config,
 )
-from kdflow.errors import ConfigError
+from kdflow.errors import ConfigError, KdflowError
+from kdflow.fingerprint import stat_fingerprint
+from kdflow.locks import hold_lock
 from kdflow.losses import REGISTRY, expand_presets
 
 try:
@@ -49,6 +51,23 @@ wildcard_constraints:
     vocab="|".join([*config["vocabularies"], "full"]),
 
 
+HELD_LOCKS = []  # the results-folder lock lives as long as this snakemake process
+
+
+def hold_results_lock():
+    """One snakemake run per results folder: Snakemake's own lock covers one working directory only."""
+    if not workflow.is_main_process:
+        return
+    try:
+        HELD_LOCKS.append(
+            hold_lock(
+                f"{R}/.kdflow-run.lock", "running snakemake on this results folder"
+            )
+        )
+    except KdflowError as exc:
+        raise WorkflowError(str(exc)) from None
+
+
 def scoring_settings():
     """The evaluate settings that change scores (not which models/tasks are listed)."""
     keys = ("batch_size", "max_length", "bootstrap_samples", "latency_examples")
@@ -77,12 +96,43 @@ def model_dir(name, task=None):
     return f"{R}/assets/models/{name}"
 
 
+def local_model_source(wildcards):
+    """The folder of a model given by local path (an input of build_model), else nothing."""
+    source = config["models"][wildcards.model]["source"]
+    local = source != "random" and not source.startswith(("embedded:", "hf:"))
+    return [source] if local and Path(source).exists() else []
+
+
+def model_source_state(wildcards):
+    """Names, sizes and times of a local model's files: a changed local model reruns build_model."""
+    return "".join(stat_fingerprint(p) for p in local_model_source(wildcards))
+
+
 def task_source(wildcards):
     """Where prepare_task reads a task from: the embedded asset folder, a local folder, or hf:..."""
     source = config["tasks"][wildcards.task]["source"]
     if source in EMBEDDED_TASKS:
         return f"{R}/assets/tasks/{wildcards.task}"
     return source
+
+
+def required_splits(wildcards):
+    """The splits of a task the experiment uses (prepare_task refuses a folder that lacks one)."""
+    task = wildcards.task
+    trained = [
+        *config["teacher_finetune"]["tasks"],
+        *config["classifier_finetune"]["tasks"],
+        *config["cache"]["tasks"],
+        *(config["distill"]["tasks"] if config["runs"] else []),
+        *[t for v in config["vocabularies"].values() for t in v["count_tasks"]],
+    ]
+    evaluated = {t for _, t in eval_pairs()}
+    splits = ["train"] if task in trained else []
+    if task in evaluated:
+        splits.append("dev")
+        if config["evaluate"]["test_submissions"]:
+            splits.append("test")
+    return " ".join(splits)
 
 
 def task_inputs(wildcards):

@@ -16,6 +16,7 @@ rule prepare_task:
     params:
         spec=lambda w: as_json(config["tasks"][w.task]),
         source=task_source,
+        required=required_splits,
     shell:
         "kdflow prepare-task --name {wildcards.task} --spec {params.spec:q} "
-        "--source {params.source:q} --out {output} > {log} 2>&1"
+        "--source {params.source:q} --require {params.required} --out {output} > {log} 2>&1"

@@ -47,5 +47,5 @@ rule compress_vocab:
         spec=lambda w: as_json(config["vocabularies"][w.vocab]),
         out=lambda w: f"{R}/vocab/{w.vocab}",
     shell:
-        "kdflow compress-vocab --counts {input.counts} --teacher {input.teacher} --tasks {input.tasks} "
+        "kdflow compress-vocab --name {wildcards.vocab} --counts {input.counts} --teacher {input.teacher} --tasks {input.tasks} "
         "--spec {params.spec:q} --out {params.out} > {log} 2>&1"

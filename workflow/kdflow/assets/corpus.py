@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..errors import AssetError
 from ..jsonio import write_json
+from ..safeio import atomic_path
 from .packages import package_file
 
 EMBEDDED_CORPUS = "embedded:package-texts"
@@ -72,18 +73,15 @@ def build_corpus(source: str, out: str | Path) -> dict:
     if source != EMBEDDED_CORPUS:
         raise AssetError(f"unknown embedded corpus '{source}' (known: {EMBEDDED_CORPUS})")
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     counts: Counter[str] = Counter()
     chars: Counter[str] = Counter()
-    tmp = out.with_suffix(".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         for origin, text in embedded_documents():
             if not text.strip():
                 continue
             fh.write(json.dumps({"text": text, "source": origin}, ensure_ascii=False) + "\n")
             counts[origin] += 1
             chars[origin] += len(text)
-    tmp.replace(out)
     meta = {
         "source": source,
         "documents": dict(counts),

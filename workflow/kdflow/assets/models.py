@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +19,10 @@ from transformers import (
 )
 
 from ..errors import AssetError
-from ..fingerprint import tokenizer_fingerprint, weights_fingerprint
+from ..fingerprint import content_fingerprint, tokenizer_fingerprint, weights_fingerprint
 from ..jsonio import write_json
 from ..modeling import count_parameters, family_of_config
+from ..safeio import atomic_folder
 from .packages import package_dir, package_file
 
 SMOLLM2 = "embedded:smollm2-135m-instruct"
@@ -117,13 +117,20 @@ def build_model(spec: dict[str, Any], out: str | Path, seed: int = 0) -> dict[st
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     if spec.get("dtype") == "bfloat16":
         model = model.to(torch.bfloat16)
-    out = Path(out)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    meta = {
+    local = None if source == "random" or source.startswith(("embedded:", "hf:")) or not Path(source).is_dir() else Path(source)
+    with atomic_folder(out) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        meta = _metadata(spec, model, tmp)
+        if local is not None:  # what the folder held when it was built (its change reruns build_model)
+            meta["source_sha256"] = content_fingerprint(local)
+        write_json(tmp / "kdflow.json", meta)
+    return meta
+
+
+def _metadata(spec: dict[str, Any], model: torch.nn.Module, out: Path) -> dict[str, Any]:
+    source = spec["source"]
+    return {
         "kdflow": "model",
         "source": source,
         "provenance": EMBEDDED_MODELS.get(source, source),
@@ -134,5 +141,3 @@ def build_model(spec: dict[str, Any], out: str | Path, seed: int = 0) -> dict[st
         "weights_sha256": weights_fingerprint(out),
         "tokenizer_sha256": tokenizer_fingerprint(out),
     }
-    write_json(out / "kdflow.json", meta)
-    return meta

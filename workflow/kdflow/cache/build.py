@@ -129,7 +129,6 @@ def cache_corpus(
     out_dir: str | Path,
     settings: dict[str, Any],
     seed: int,
-    stop_after_shards: int | None = None,
 ) -> dict[str, Any]:
     """Stage 1: targets at every position (causal) or at the deterministic masked positions (masked)."""
     model, tokenizer, family, vmap = _load(teacher_dir, vocab_map)
@@ -141,7 +140,7 @@ def cache_corpus(
     if family == "masked":
         extra["masking"] = {"seed": seed, "prob": 0.15, "mask_id": tokenizer.mask_token_id}
     header = _header("corpus", teacher_dir, teacher_dir, vocab_map, corpus_fingerprint(corpus_dir), settings, extra)
-    writer = ShardWriter(out_dir, header, stop_after_shards)
+    writer = ShardWriter(out_dir, header)
     capture, head_sha = _hidden_capture(model, out_dir, settings)
     specials = special_token_ids(tokenizer)
     per_shard, batch = settings["shard_blocks"], settings["batch_size"]
@@ -231,7 +230,6 @@ def cache_task(
     vocab_map: str | Path | None,
     out_dir: str | Path,
     settings: dict[str, Any],
-    stop_after_shards: int | None = None,
 ) -> dict[str, Any]:
     """Stage 2: word-prediction targets on the task inputs + the teacher's candidate scores, per example."""
     model, tokenizer, family, vmap = _load(teacher_dir, vocab_map)
@@ -240,7 +238,7 @@ def cache_task(
     student_vocab = vmap.size if vmap else model.config.vocab_size
     extra = {"family": family, "task": meta["name"], "examples": len(examples), "student_vocab_size": student_vocab}
     header = _header("task", teacher_dir, teacher_dir, vocab_map, task_fingerprint(task_dir), settings, extra)
-    writer = ShardWriter(out_dir, header, stop_after_shards)
+    writer = ShardWriter(out_dir, header)
     capture, head_sha = _hidden_capture(model, out_dir, settings)
     per_shard, batch = settings["shard_examples"], settings["batch_size"]
     pad = pad_id(tokenizer)

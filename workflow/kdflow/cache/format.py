@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import DataError
+from ..safeio import write_bytes
 
 VALUE_DTYPES = ("bf16", "fp16", "fp32")
 
@@ -86,13 +85,7 @@ def write_shard(path: Path, arrays: dict[str, np.ndarray]) -> str:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     data = buffer.getvalue()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    write_bytes(path, data)
     return hashlib.sha256(data).hexdigest()
 
 

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import DataError
-from ..fingerprint import tokenizer_fingerprint
+from ..fingerprint import tokenizer_fingerprint, weights_fingerprint
 from ..preprocess import open_blocks
 from ..vocab.compress import special_token_ids
 from ..vocab.vmap import VocabMap
@@ -29,6 +29,15 @@ def _targets(arrays: dict[str, np.ndarray], rows: slice, dtype: str) -> dict[str
     else:
         out["values"] = decode_values(arrays["topk_values"][rows], dtype)
         out["ids"] = torch.from_numpy(arrays["topk_ids"][rows].astype(np.int64))
+    return out
+
+
+def expected_fingerprints(data: str, vocab_map: str | Path | None, teacher_dir: str | Path | None) -> dict[str, str]:
+    """What a cache must have been built from: this data and vocabulary map, and (when the job names its
+    teacher) this teacher's weights and tokenizer."""
+    out = {"data": data, "vocab_map": vocab_fingerprint(vocab_map)}
+    if teacher_dir is not None:
+        out.update(teacher=weights_fingerprint(teacher_dir), tokenizer=tokenizer_fingerprint(teacher_dir))
     return out
 
 
@@ -67,9 +76,7 @@ class CorpusCacheDataset(_CacheDataset):
         self, cache_dir: str | Path, corpus_dir: str | Path, vocab_map: str | Path | None = None,
         tokenizer_dir: str | Path | None = None,
     ) -> None:  # fmt: skip
-        expected = {"data": corpus_fingerprint(corpus_dir), "vocab_map": vocab_fingerprint(vocab_map)}
-        if tokenizer_dir is not None:
-            expected["tokenizer"] = tokenizer_fingerprint(tokenizer_dir)
+        expected = expected_fingerprints(corpus_fingerprint(corpus_dir), vocab_map, tokenizer_dir)
         super().__init__(cache_dir, expected, vocab_map)
         self.blocks = open_blocks(corpus_dir, "train")
         self.block_size = self.manifest["block_size"]
@@ -120,8 +127,9 @@ class CorpusCacheDataset(_CacheDataset):
 class TaskCacheDataset(_CacheDataset):
     """Item i: a task example's prompt as student ids, word-prediction targets and candidate scores."""
 
-    def __init__(self, cache_dir: str | Path, task_dir: str | Path, vocab_map: str | Path | None = None) -> None:
-        super().__init__(cache_dir, {"data": task_fingerprint(task_dir), "vocab_map": vocab_fingerprint(vocab_map)}, vocab_map)
+    def __init__(self, cache_dir: str | Path, task_dir: str | Path, vocab_map: str | Path | None = None,
+                 teacher_dir: str | Path | None = None) -> None:  # fmt: skip
+        super().__init__(cache_dir, expected_fingerprints(task_fingerprint(task_dir), vocab_map, teacher_dir), vocab_map)
         self.per_shard = self.settings["shard_examples"]
 
     def __len__(self) -> int:

@@ -4,14 +4,15 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .. import faults
 from ..errors import DataError
 from ..jsonio import read_json, write_json
+from ..safeio import make_dirs
 from .format import file_sha256, read_shard, write_shard
 
 log = logging.getLogger(__name__)
@@ -22,11 +23,9 @@ PROGRESS = "progress.json"
 class ShardWriter:
     """Resumes from ``progress.json`` when its header (settings + fingerprints) equals this run's."""
 
-    def __init__(self, out_dir: str | Path, header: dict[str, Any], stop_after_shards: int | None = None) -> None:
-        self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+    def __init__(self, out_dir: str | Path, header: dict[str, Any]) -> None:
+        self.out_dir = make_dirs(out_dir)
         self.header = header
-        self.stop_after_shards = stop_after_shards
         self.written_now = 0
         self.shards: list[dict[str, Any]] = []
         progress = self.out_dir / PROGRESS
@@ -64,9 +63,7 @@ class ShardWriter:
         self.shards.append({"file": name, "sha256": sha, **record})
         write_json(self.out_dir / PROGRESS, {"header": self.header, "shards": self.shards})
         self.written_now += 1
-        if self.stop_after_shards is not None and self.written_now >= self.stop_after_shards:
-            log.error("stopping abruptly after %d shard(s), as asked (fault injection)", self.written_now)
-            os._exit(137)
+        faults.die_at("shard", self.written_now)
 
     def finish(self, summary: dict[str, Any]) -> dict[str, Any]:
         manifest = {**self.header, "shards": self.shards, **summary}
@@ -92,8 +89,9 @@ class ShardReader:
         have = self.manifest.get("fingerprints", {})
         wrong = [k for k, v in expected.items() if have.get(k) != v]
         if wrong:
-            details = ", ".join(f"{k}: cache {str(have.get(k))[:12]} != {str(expected[k])[:12]}" for k in wrong)
-            raise DataError(f"{self.dir}: logit cache does not match the student's inputs ({details})")
+            details = ", ".join(f"{k}: cache {str(have.get(k))[:12]} != now {str(expected[k])[:12]}" for k in wrong)
+            raise DataError(f"{self.dir}: logit cache was built from other inputs than this job's ({details}); "
+                            "rebuild it (delete it and rerun, or `snakemake --forcerun cache_logits_*`)")  # fmt: skip
 
     def shard(self, index: int) -> dict[str, np.ndarray]:
         if index != self._index:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
-from .files import read_jsonl
+from .files import read_jsonl, text_lines
 
 _SPACES = re.compile(r"[ \t\f\v\u00a0]+")
 _BLANKS = re.compile(r"\n{3,}")
@@ -25,15 +25,14 @@ def normalise_text(text: str) -> str:
 def _text_documents(path: Path) -> Iterator[str]:
     """Documents of a plain text file are separated by blank lines."""
     buffer: list[str] = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                buffer.append(line)
-            elif buffer:
-                yield "".join(buffer)
-                buffer = []
+    for _, line in text_lines(path):
+        if line.strip():
+            buffer.append(line)
+        elif buffer:
+            yield "\n".join(buffer)
+            buffer = []
     if buffer:
-        yield "".join(buffer)
+        yield "\n".join(buffer)
 
 
 def _jsonl_documents(path: Path, field: str) -> Iterator[str]:

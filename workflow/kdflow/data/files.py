@@ -10,6 +10,24 @@ from typing import Any
 from ..errors import DataError
 
 
+def text_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """Yield (line number, line without its end) of a UTF-8 text file; a UTF-8 BOM is dropped; bytes that are
+    not UTF-8 are a DataError naming file:line and the column."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column "
+                                f"{exc.start + 1}); convert the file to UTF-8") from None  # fmt: skip
+            yield lineno, line.rstrip("\r\n")
+
+
 def read_tsv(
     path: str | Path, columns: list[str] | None = None, header: bool = True
 ) -> Iterator[tuple[int, dict[str, str]]]:
@@ -19,48 +37,41 @@ def read_tsv(
     Without ``header``, ``columns`` names every column in order.
     """
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    with open(path, encoding="utf-8-sig", newline="") as fh:
-        names: list[str] | None = None if header else list(columns or [])
-        for lineno, line in enumerate(fh, start=1):
-            line = line.rstrip("\r\n")
-            if names is None:
-                names = line.split("\t")
-                missing = [c for c in columns or [] if c not in names]
-                if missing:
-                    raise DataError(
-                        f"{path}:{lineno}: header lacks column(s) {', '.join(missing)} "
-                        f"(found: {', '.join(names)})"
-                    )
-                continue
-            if not line.strip():
-                continue
-            values = line.split("\t")
-            if len(values) != len(names):
+    names: list[str] | None = None if header else list(columns or [])
+    for lineno, line in text_lines(path):
+        if names is None:
+            names = line.split("\t")
+            missing = [c for c in columns or [] if c not in names]
+            if missing:
                 raise DataError(
-                    f"{path}:{lineno}: expected {len(names)} tab-separated columns "
-                    f"({', '.join(names)}), got {len(values)}"
+                    f"{path}:{lineno}: header lacks column(s) {', '.join(missing)} "
+                    f"(found: {', '.join(names)})"
                 )
-            yield lineno, dict(zip(names, values, strict=True))
+            continue
+        if not line.strip():
+            continue
+        values = line.split("\t")
+        if len(values) != len(names):
+            raise DataError(
+                f"{path}:{lineno}: expected {len(names)} tab-separated columns "
+                f"({', '.join(names)}), got {len(values)}"
+            )
+        yield lineno, dict(zip(names, values, strict=True))
 
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line number, object) from a JSONL file; a line that is not a JSON object is an error."""
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            yield lineno, obj
+    for lineno, line in text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg}, column {exc.colno})") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        yield lineno, obj
 
 
 def require(obj: dict[str, Any], key: str, where: str, kind: type | tuple[type, ...] | None = None) -> Any:

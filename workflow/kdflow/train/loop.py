@@ -2,10 +2,14 @@
 
 * deterministic: the batch of global step ``s`` is a pure function of (seed, s), so resuming from a
   checkpoint replays exactly what an uninterrupted run would have done;
-* checkpoints every ``checkpoint_every`` optimizer steps into a folder Snakemake does not own, written
-  atomically; a killed job resumes from the last one;
-* a NaN/inf loss stops the run with a clear message and leaves the last good checkpoint in place;
-* a progress bar with tokens/s and each loss part, and a CSV log of the loss parts per step;
+* checkpoints every ``checkpoint_every`` optimizer steps into a work folder Snakemake does not own
+  (workdir.py), written atomically; a killed job resumes from the last one, and only when the checkpoint was
+  written under the same identity (settings, seed, inputs' fingerprints, versions);
+* health: a NaN/inf loss stops the run, parameters and optimizer state are checked finite before every
+  checkpoint (the last checkpoint is always a finite one), and a loss that grows by orders of magnitude
+  (``divergence_factor``) stops it too; steps are numbered from 1 in messages and logs alike;
+* a progress bar with tokens/s and each loss part, and a CSV log of the loss parts per step, appended and
+  never truncated on resume;
 * a DeepSpeed engine (ZeRO stage, offload, bf16) instead of plain PyTorch when a ``deepspeed`` config is given.
 """
 
@@ -13,11 +17,12 @@ from __future__ import annotations
 
 import csv
 import functools
+import logging
 import math
 import os
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,9 +31,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .. import faults
 from ..errors import KdflowError
+from ..safeio import atomic_path, write_error
+from .workdir import WorkDir
 
 LossFn = Callable[[torch.nn.Module, Sequence[int], int], tuple[torch.Tensor, dict[str, float], int]]  # (module, batch, step)
+
+
+log = logging.getLogger(__name__)
 
 
 class TrainingError(KdflowError):
@@ -75,10 +86,12 @@ class TrainSettings:
     max_grad_norm: float = 1.0
     checkpoint_every: int = 50
     seed: int = 0
+    divergence_factor: float | None = 100.0
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any], steps: int, seed: int) -> TrainSettings:
-        keys = ("batch_size", "grad_accum", "lr", "warmup_ratio", "weight_decay", "max_grad_norm", "checkpoint_every")
+        keys = ("batch_size", "grad_accum", "lr", "warmup_ratio", "weight_decay", "max_grad_norm", "checkpoint_every",
+                "divergence_factor")  # fmt: skip
         return cls(steps=steps, seed=seed, **{k: cfg[k] for k in keys if k in cfg})
 
 
@@ -145,7 +158,6 @@ class _Plain:
         if not self.world.main:
             self.world.barrier()
             return
-        folder.mkdir(parents=True, exist_ok=True)
         state = {
             "step": step,
             "model": self.model.state_dict(),
@@ -153,16 +165,18 @@ class _Plain:
             "scheduler": self.scheduler.state_dict(),
             "rng": torch.get_rng_state(),
         }
-        tmp = folder / ".checkpoint.pt.tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, folder / "checkpoint.pt")
+        with atomic_path(folder / "checkpoint.pt") as tmp:
+            torch.save(state, tmp)
         self.world.barrier()
 
     def load(self, folder: Path) -> int | None:
         path = folder / "checkpoint.pt"
         if not path.exists():
             return None
-        state = torch.load(path, weights_only=False)
+        try:
+            state = torch.load(path, weights_only=False)
+        except (RuntimeError, EOFError, OSError) as exc:
+            raise TrainingError(f"{path}: checkpoint cannot be read ({exc}); delete it to start over") from None
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -171,6 +185,9 @@ class _Plain:
 
     def module(self) -> torch.nn.Module:
         return self.wrapped
+
+    def state_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        yield from _named_state(self.model, self.optimizer)
 
     def final_module(self) -> torch.nn.Module:
         return self.model
@@ -231,7 +248,16 @@ class _DeepSpeed:
         return self.engine.get_lr()[0]
 
     def save(self, folder: Path, step: int) -> None:
-        self.engine.save_checkpoint(str(folder), tag="last", client_state={"step": step})
+        try:
+            self.engine.save_checkpoint(str(folder), tag="last", client_state={"step": step})
+        except (OSError, RuntimeError) as exc:
+            raise write_error(folder, exc) from exc
+
+    def state_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """This rank's parameters (ZeRO partitions included) and optimizer state."""
+        for name, p in self.engine.module.named_parameters():
+            yield name, getattr(p, "ds_tensor", p)
+        yield from _named_state(None, self.engine.optimizer)
 
     def load(self, folder: Path) -> int | None:
         if not (folder / "latest").exists():
@@ -265,76 +291,166 @@ class _DeepSpeed:
         return plain
 
 
+def _named_state(model: torch.nn.Module | None, optimizer: Any) -> Iterator[tuple[str, torch.Tensor]]:
+    if model is not None:
+        yield from model.named_parameters()
+    state = getattr(optimizer, "state", {})
+    for i, values in enumerate(state.values() if isinstance(state, dict) else []):
+        for key, value in values.items():
+            if torch.is_tensor(value) and value.is_floating_point():
+                yield f"optimizer state {i}.{key}", value
+
+
+def first_non_finite(tensors: Iterator[tuple[str, torch.Tensor]]) -> str | None:
+    """The name of the first tensor holding a NaN or an infinity, or None."""
+    for name, tensor in tensors:
+        if tensor.numel() and not bool(torch.isfinite(tensor.detach()).all()):
+            return name
+    return None
+
+
+class TrainLog:
+    """The per-step CSV log: on resume the rows up to the checkpoint are kept (rewritten atomically, so a
+    torn last line from a killed writer goes away) and new rows are appended; never truncated."""
+
+    def __init__(self, path: Path, start: int, main: bool) -> None:
+        self.path, self.main = path, main
+        self.rows = self._previous(start) if main else []
+        self.fields: list[str] | None = list(self.rows[0]) if self.rows else None
+        if main:
+            with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+                if self.fields:
+                    writer = csv.DictWriter(fh, fieldnames=self.fields)
+                    writer.writeheader()
+                    writer.writerows(self.rows)
+        self._fh = open(path if main else os.devnull, "a", newline="", encoding="utf-8")
+
+    def _previous(self, start: int) -> list[dict[str, Any]]:
+        if start == 0 or not self.path.exists():
+            if start:
+                log.warning("%s is missing: the log of steps 1-%d is lost", self.path, start)
+            return []
+        rows = []
+        with open(self.path, newline="", encoding="utf-8") as fh:
+            for row in csv.DictReader(fh):
+                try:
+                    step = int(row["step"])
+                except (TypeError, ValueError):
+                    break  # a torn line after the last checkpoint
+                if step > start:
+                    break
+                rows.append(row)
+        if len(rows) != start:
+            log.warning("%s holds %d of the %d steps before the checkpoint", self.path, len(rows), start)
+        return rows
+
+    def write(self, row: dict[str, Any]) -> None:
+        try:
+            if self.fields is None:
+                self.fields = list(row)
+                csv.DictWriter(self._fh, fieldnames=self.fields).writeheader()
+            csv.DictWriter(self._fh, fieldnames=self.fields).writerow(row)
+            self._fh.flush()
+        except OSError as exc:
+            raise write_error(self.path, exc) from None
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+class DivergenceGuard:
+    """Stops a run whose loss (mean of the last ``window`` steps) exceeds ``factor`` times its starting loss
+    (mean of the first ``window`` steps) and ``factor`` times 1.0: finite, but growing by orders of magnitude."""
+
+    window = 5
+
+    def __init__(self, factor: float | None) -> None:
+        self.factor = factor
+        self.first: list[float] = []
+        self.last: list[float] = []
+
+    def check(self, step: int, loss: float) -> None:
+        if self.factor is None:
+            return
+        if len(self.first) < self.window:
+            self.first.append(loss)
+        self.last = [*self.last[-(self.window - 1) :], loss]
+        if len(self.first) < self.window:
+            return
+        start, now = sum(self.first) / self.window, sum(self.last) / len(self.last)
+        if abs(now) > self.factor * max(abs(start), 1.0):
+            raise TrainingError(
+                f"the loss diverged: {now:.4g} over steps {step - len(self.last) + 1}-{step} against {start:.4g} over "
+                f"steps 1-{self.window} (more than divergence_factor = {self.factor:g} times); lower the learning "
+                "rate, or raise or unset `divergence_factor` in this rule's training settings"
+            )
+
+
+def _checkpoint_note(work: WorkDir, saved: int) -> str:
+    if saved:
+        return f"the last finite checkpoint (step {saved}) is kept in {work.checkpoint}"
+    return "no checkpoint was written yet"
+
+
 def train(
     model: torch.nn.Module,
     loss_fn: LossFn,
     n_examples: int,
     settings: TrainSettings,
-    checkpoint_dir: str | Path,
-    log_csv: str | Path,
+    work: WorkDir,
     deepspeed: dict[str, Any] | None = None,
-    stop_after_steps: int | None = None,
 ) -> torch.nn.Module:
-    """Run ``settings.steps`` optimizer steps of ``loss_fn`` over ``n_examples``; returns the trained module."""
+    """Run ``settings.steps`` optimizer steps of ``loss_fn`` over ``n_examples``; returns the trained module.
+    ``work`` (entered) holds the checkpoint and the log; a checkpoint of another identity was cleared."""
     seed_everything(settings.seed)
     model.train()
     world = World.from_env()
     if settings.batch_size % world.size:
         raise TrainingError(f"batch size {settings.batch_size} does not split over {world.size} processes")
     engine = _DeepSpeed(model, settings, deepspeed, world) if deepspeed else _Plain(model, settings, world)
-    checkpoint_dir = Path(checkpoint_dir)
-    start = engine.load(checkpoint_dir) or 0
-    log_csv = Path(log_csv)
-    log_csv.parent.mkdir(parents=True, exist_ok=True)
-    rows = _previous_rows(log_csv, start)
+    start = (engine.load(work.checkpoint) or 0) if work.resumable() else 0
+    if start:
+        log.info("resuming %s at step %d of %d", work.checkpoint, start + 1, settings.steps)
+    train_log = TrainLog(work.log_csv, start, world.main)
+    guard = DivergenceGuard(settings.divergence_factor)
+    saved = start
     bar = tqdm(total=settings.steps, initial=start, desc="train", unit="step", disable=not world.main)
-    fh = open(log_csv if world.main else os.devnull, "w", newline="", encoding="utf-8")
-    writer: csv.DictWriter | None = None
     try:
-        for step in range(start, settings.steps):
+        for step in range(start + 1, settings.steps + 1):  # 1-based, as in the log
             t0, tokens, parts_sum = time.perf_counter(), 0, {}
             for micro in range(settings.grad_accum):
-                indices = batch_indices(n_examples, step, micro, settings)[world.rank :: world.size]
-                loss, parts, n_tokens = loss_fn(engine.module(), indices, step)
+                indices = batch_indices(n_examples, step - 1, micro, settings)[world.rank :: world.size]
+                loss, parts, n_tokens = loss_fn(engine.module(), indices, step - 1)
                 if not torch.isfinite(loss):
-                    raise TrainingError(
-                        f"non-finite loss {loss.item()} at step {step} (parts {parts}); "
-                        f"the last good checkpoint is kept in {checkpoint_dir}"
-                    )
+                    raise TrainingError(f"non-finite loss {loss.item()} at step {step} (parts {parts}); "
+                                        f"{_checkpoint_note(work, saved)}")  # fmt: skip
                 engine.backward(loss)
                 tokens += n_tokens
                 for k, v in parts.items():
                     parts_sum[k] = parts_sum.get(k, 0.0) + v / settings.grad_accum
             engine.step()
+            if faults.armed("nan_weights", step):
+                with torch.no_grad():
+                    next(engine.module().parameters()).fill_(float("nan"))
             parts_sum, tokens = world.mean(parts_sum, tokens)
             seconds = time.perf_counter() - t0
-            row = {"step": step + 1, **{k: round(v, 6) for k, v in parts_sum.items()},
-                   "lr": engine.lr(), "tokens_per_second": round(tokens / seconds, 1)}  # fmt: skip
-            rows.append(row)
-            if writer is None:
-                writer = csv.DictWriter(fh, fieldnames=list(row))
-                writer.writeheader()
-                writer.writerows(rows[:-1])
-            writer.writerow(row)
-            fh.flush()
+            train_log.write({"step": step, **{k: round(v, 6) for k, v in parts_sum.items()},
+                             "lr": engine.lr(), "tokens_per_second": round(tokens / seconds, 1)})  # fmt: skip
             bar.set_postfix({**{k: f"{v:.4f}" for k, v in parts_sum.items()}, "tok/s": f"{tokens / seconds:.0f}"})
             bar.update(1)
-            if (step + 1) % settings.checkpoint_every == 0 or step + 1 == settings.steps:
-                engine.save(checkpoint_dir, step + 1)
-            if stop_after_steps is not None and step + 1 - start >= stop_after_steps:
-                fh.close()
-                os._exit(137)  # fault injection for resume tests: die without cleaning up
+            guard.check(step, parts_sum.get("loss", next(iter(parts_sum.values()), 0.0)))
+            if step % settings.checkpoint_every == 0 or step == settings.steps:
+                bad = first_non_finite(engine.state_tensors())
+                if bad is not None:
+                    raise TrainingError(f"{bad} is not finite after step {step}: no checkpoint written; "
+                                        f"{_checkpoint_note(work, saved)}")  # fmt: skip
+                engine.save(work.checkpoint, step)
+                saved = step
+            faults.die_at("train_step", step - start)
     finally:
         bar.close()
-        fh.close()
+        train_log.close()
     return engine.final_module()
-
-
-def _previous_rows(log_csv: Path, start: int) -> list[dict[str, Any]]:
-    if start == 0 or not log_csv.exists():
-        return []
-    with open(log_csv, newline="", encoding="utf-8") as fh:
-        return [r for r in csv.DictReader(fh) if int(r["step"]) <= start]
 
 
 def steps_for(n_examples: int, epochs: float, batch_size: int, grad_accum: int, max_steps: int | None) -> int:

@@ -7,9 +7,11 @@ from typing import Any
 
 from transformers import AutoTokenizer
 
+from ..errors import ConfigError
 from ..fingerprint import tokenizer_fingerprint, weights_fingerprint
 from ..jsonio import read_json, write_json
 from ..modeling import count_parameters, load_lm
+from ..safeio import make_dirs
 from .compress import answer_token_ids, build_vocab_map, coverage_curve, special_token_ids, write_coverage
 from .counts import read_counts
 from .factorised import factorise_embeddings
@@ -17,16 +19,20 @@ from .model import compress_model
 
 
 def compress_vocab(
-    counts_csv: str | Path, teacher_dir: str | Path, task_dirs: list[str], spec: dict[str, Any], out_dir: str | Path
-) -> dict[str, Any]:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    counts_csv: str | Path, teacher_dir: str | Path, task_dirs: list[str], spec: dict[str, Any], out_dir: str | Path,
+    name: str = "",
+) -> dict[str, Any]:  # fmt: skip
+    """The vocabulary ``name`` of the config (``vocabularies.NAME``): map, coverage curve, parameter counts."""
+    out_dir = make_dirs(out_dir)
     tokenizer = AutoTokenizer.from_pretrained(teacher_dir, local_files_only=True)
     counts = read_counts(counts_csv)
     answers = sorted({a for d in task_dirs for a in read_json(Path(d) / "task.json")["answer_strings"]})
     model, _, _ = load_lm(teacher_dir)
     embeddings = model.get_input_embeddings().weight.detach()
-    vmap = build_vocab_map(counts, tokenizer, answers, spec, embeddings)
+    try:
+        vmap = build_vocab_map(counts, tokenizer, answers, spec, embeddings)
+    except ConfigError as exc:
+        raise ConfigError(f"vocabularies.{name or Path(out_dir).name}.size: {exc}") from None
     vmap.meta.update(
         {
             "tokenizer_sha256": tokenizer_fingerprint(teacher_dir),

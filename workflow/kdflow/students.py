@@ -3,7 +3,6 @@ layers), optionally a narrower random width, and a full or compressed vocabulary
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from .features import layer_owner
 from .fingerprint import tokenizer_fingerprint, weights_fingerprint
 from .jsonio import write_json
 from .modeling import count_parameters, load_lm
+from .safeio import atomic_folder
 from .vocab.model import compress_model
 from .vocab.vmap import VocabMap
 
@@ -82,24 +82,23 @@ def init_student(
     if vocab_map:
         vmap = VocabMap.load(vocab_map, tokenizer_fingerprint(teacher_dir))
         model = compress_model(model, vmap)
-    if out.exists():
-        shutil.rmtree(out)
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(teacher_dir, local_files_only=True).save_pretrained(out)
-    if vmap is not None:
-        vmap.save(out / "vocab_map.json")
-    meta = {
-        "kdflow": "model",
-        "role": "student",
-        "family": family,
-        "teacher": str(teacher_dir),
-        "layers_from_teacher": keep,
-        "width": spec.get("width"),
-        "vocab_map": "vocab_map.json" if vmap is not None else None,
-        "vocab_size": model.config.vocab_size,
-        "parameters": count_parameters(model),
-        "teacher_parameters": teacher_params,
-        "weights_sha256": weights_fingerprint(out),
-    }
-    write_json(out / "kdflow.json", meta)
+    with atomic_folder(out) as tmp:
+        model.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(teacher_dir, local_files_only=True).save_pretrained(tmp)
+        if vmap is not None:
+            vmap.save(tmp / "vocab_map.json")
+        meta = {
+            "kdflow": "model",
+            "role": "student",
+            "family": family,
+            "teacher": str(teacher_dir),
+            "layers_from_teacher": keep,
+            "width": spec.get("width"),
+            "vocab_map": "vocab_map.json" if vmap is not None else None,
+            "vocab_size": model.config.vocab_size,
+            "parameters": count_parameters(model),
+            "teacher_parameters": teacher_params,
+            "weights_sha256": weights_fingerprint(tmp),
+        }
+        write_json(tmp / "kdflow.json", meta)
     return meta

@@ -27,12 +27,12 @@ def _text_documents(path: Path) -> Iterator[str]:
     buffer: list[str] = []
     for _, line in text_lines(path):
         if line.strip():
-            buffer.append(line)
+            buffer.append(line + "\n")
         elif buffer:
-            yield "\n".join(buffer)
+            yield "".join(buffer)
             buffer = []
     if buffer:
-        yield "\n".join(buffer)
+        yield "".join(buffer)
 
 
 def _jsonl_documents(path: Path, field: str) -> Iterator[str]:

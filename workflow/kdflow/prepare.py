@@ -35,7 +35,7 @@ def read_prepared(path: str | Path) -> list[Example]:
 def prepare_task(name: str, spec: dict[str, Any], source: str, out_dir: str | Path) -> dict[str, Any]:
     """Write ``{split}.jsonl`` for every split the task has, and ``task.json`` (counts, labels, prompt, answers)."""
     task = get_task(spec["name"])
-    prompt = resolve_prompt(task, spec.get("prompt"))
+    prompt = resolve_prompt(task, spec.get("prompt"), spec.get("prompts", "pet"))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     split_names = spec.get("splits") or {}
@@ -43,13 +43,15 @@ def prepare_task(name: str, spec: dict[str, Any], source: str, out_dir: str | Pa
     counts, labels, answers, missing = {}, {}, set(), []
     for split in SPLITS:
         available = task.hf[2] if source.startswith("hf") and task.hf else task.files
-        if split not in available:
+        origin = split_names.get(split, split)  # `splits:` reads this split from another of the source
+        if origin not in available:
             continue
-        if not source.startswith("hf") and not (Path(source) / task.files[split]).exists():
-            missing.append(task.files[split])
-            log.warning("task %s: %s has no %s, the %s split is skipped", name, source, task.files[split], split)
+        if not source.startswith("hf") and not (Path(source) / task.files[origin]).exists():
+            missing.append(task.files[origin])
+            log.warning("task %s: %s has no %s, the %s split is skipped", name, source, task.files[origin], split)
             continue
-        examples = read_split(task, source, split_names.get(split, split), limits.get(split))
+        labelled = split != "test" or task.labelled(origin)
+        examples = read_split(task, source, origin, limits.get(split), labelled=labelled)
         if not examples:
             raise DataError(f"task {name}: split '{split}' of {source} has no examples")
         write_jsonl(out_dir / f"{split}.jsonl", examples)
@@ -66,11 +68,21 @@ def prepare_task(name: str, spec: dict[str, Any], source: str, out_dir: str | Pa
         "missing_files": missing,
         "label_counts": labels,
         "metrics": list(task.metrics),
+        "eval_split": eval_split(task, counts, labels),
+        "prompt_set": spec.get("prompts", "pet"),
         "prompt": {"pattern": prompt.pattern, "verbalizer": prompt.verbalizer},
         "answer_strings": sorted(answers),
     }
     write_json(out_dir / "task.json", meta)
     return meta
+
+
+def eval_split(task: TaskType, counts: dict[str, int], labels: dict[str, dict[str, int]]) -> str | None:
+    """The prepared split that `evaluate` scores: dev, else (AX-b, AX-g) the labelled test file."""
+    for split in ("dev", "test"):
+        if split in counts and sum(labels.get(split, {}).values()) == counts[split]:
+            return split
+    return None
 
 
 @dataclass(frozen=True)
@@ -92,7 +104,7 @@ def load_prepared(task_dir: str | Path, split: str, limit: int | None = None) ->
     task = get_task(meta["task"])
     if split not in meta["splits"]:
         raise DataError(f"{task_dir}: task {meta['name']} has no {split} split")
-    prompt = resolve_prompt(task, meta["prompt"])
+    prompt = resolve_prompt(task, meta["prompt"], meta.get("prompt_set", "pet"))
     examples = read_prepared(task_dir / f"{split}.jsonl")[:limit]
     clozes = [to_cloze(task, prompt, ex) for ex in examples]
     return PreparedTask(meta, task, prompt, label_order(task, prompt), examples, clozes)

@@ -163,8 +163,9 @@ def compare(kd: list[list[float]], lm: list[list[float]], kd_golds: list[str], l
 
 
 def run(model_dir: str | Path, data_root: str | Path, tasks: list[str], limit: int | None, workdir: str | Path,
-        batch_size: int = 16, max_length: int | None = None) -> list[Agreement]:  # fmt: skip
-    """Load the model once and compare both sides on every task."""
+        batch_size: int = 16, max_length: int | None = None,
+        done: Any = None) -> list[Agreement]:  # fmt: skip
+    """Load the model once and compare both sides on every task (``done(results)`` after each one)."""
     from ..modeling import load_lm
 
     model, tokenizer, _ = load_lm(model_dir)
@@ -182,16 +183,19 @@ def run(model_dir: str | Path, data_root: str | Path, tasks: list[str], limit: i
                  task, result.examples, result.kdflow_accuracy, result.lmeval_accuracy, len(result.differing),
                  result.max_abs_diff)  # fmt: skip
         results.append(result)
+        if done is not None:
+            done(results)
     return results
 
 
 def markdown(results: list[Agreement]) -> str:
     """The side-by-side table of the README."""
-    lines = ["| task | rows | kdflow acc | lm-eval acc | predictions that differ | max abs log-lik diff |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| task | rows | kdflow acc | lm-eval acc | predictions that differ | max abs log-lik diff | "
+             "seconds kdflow / lm-eval |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in results:
         lines.append(f"| {r.task} | {r.examples} | {100 * r.kdflow_accuracy:.2f} | {100 * r.lmeval_accuracy:.2f} | "
-                     f"{len(r.differing)} | {r.max_abs_diff:.1e} |")  # fmt: skip
+                     f"{len(r.differing)} | {r.max_abs_diff:.1e} | {r.seconds['kdflow']:.0f} / "
+                     f"{r.seconds['lmeval']:.0f} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -207,9 +211,12 @@ def main(argv: list[str] | None = None) -> None:
     a = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     out = Path(a.out)
-    results = run(a.model, a.data, a.tasks, a.limit, out / "work", a.batch_size, a.max_length)
-    (out / "lmeval_agreement.json").write_text(json.dumps([r.__dict__ for r in results], indent=2) + "\n")
-    (out / "lmeval_agreement.md").write_text(markdown(results))
+
+    def write(results: list[Agreement]) -> None:
+        (out / "lmeval_agreement.json").write_text(json.dumps([r.__dict__ for r in results], indent=2) + "\n")
+        (out / "lmeval_agreement.md").write_text(markdown(results))
+
+    results = run(a.model, a.data, a.tasks, a.limit, out / "work", a.batch_size, a.max_length, write)
     print(markdown(results))
     if any(math.isnan(r.max_abs_diff) for r in results):
         raise SystemExit("a log-likelihood is NaN")

@@ -162,15 +162,17 @@ def compare(kd: list[list[float]], lm: list[list[float]], kd_golds: list[str], l
     return Agreement(task, len(kd), acc[0], acc[1], differing, max(diffs, default=0.0))
 
 
-def run(model_dir: str | Path, data_root: str | Path, tasks: list[str], limit: int | None, workdir: str | Path,
-        batch_size: int = 16, max_length: int | None = None,
+def run(model_dir: str | Path, data_root: str | Path, tasks: list[str], limits: dict[str, int | None],
+        workdir: str | Path, batch_size: int = 16, max_length: int | None = None,
         done: Any = None) -> list[Agreement]:  # fmt: skip
-    """Load the model once and compare both sides on every task (``done(results)`` after each one)."""
+    """Load the model once and compare both sides on every task, on its first ``limits[task]`` dev rows (all
+    when None); ``done(results)`` after each task."""
     from ..modeling import load_lm
 
     model, tokenizer, _ = load_lm(model_dir)
     results = []
     for task in tasks:
+        limit = limits.get(task)
         started = time.perf_counter()
         kd, golds, truncated = kdflow_scores(model, tokenizer, task, data_root, limit, batch_size, max_length)
         middle = time.perf_counter()
@@ -205,6 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", required=True, help="the folder with glue/ and superglue/ release files")
     parser.add_argument("--tasks", nargs="*", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--limit", type=int, default=None, help="the first N dev rows of each task (default: all)")
+    parser.add_argument("--limits", nargs="*", default=[], metavar="TASK=N", help="per-task caps (N: all for 'all')")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=None, help="default: the model's context length")
     parser.add_argument("--out", required=True, help="folder for lmeval_agreement.{json,md} and lm-eval's data")
@@ -216,7 +219,11 @@ def main(argv: list[str] | None = None) -> None:
         (out / "lmeval_agreement.json").write_text(json.dumps([r.__dict__ for r in results], indent=2) + "\n")
         (out / "lmeval_agreement.md").write_text(markdown(results))
 
-    results = run(a.model, a.data, a.tasks, a.limit, out / "work", a.batch_size, a.max_length, write)
+    limits: dict[str, int | None] = {t: a.limit for t in a.tasks}
+    for item in a.limits:
+        task, _, n = item.partition("=")
+        limits[task] = None if n == "all" else int(n)
+    results = run(a.model, a.data, a.tasks, limits, out / "work", a.batch_size, a.max_length, write)
     print(markdown(results))
     if any(math.isnan(r.max_abs_diff) for r in results):
         raise SystemExit("a log-likelihood is NaN")

@@ -68,7 +68,7 @@ def prepare_task(name: str, spec: dict[str, Any], source: str, out_dir: str | Pa
         "missing_files": missing,
         "label_counts": labels,
         "metrics": list(task.metrics),
-        "eval_split": eval_split(task, counts, labels),
+        "eval_split": eval_split(counts, labels),
         "prompt_set": spec.get("prompts", "pet"),
         "prompt": {"pattern": prompt.pattern, "verbalizer": prompt.verbalizer},
         "answer_strings": sorted(answers),
@@ -77,7 +77,7 @@ def prepare_task(name: str, spec: dict[str, Any], source: str, out_dir: str | Pa
     return meta
 
 
-def eval_split(task: TaskType, counts: dict[str, int], labels: dict[str, dict[str, int]]) -> str | None:
+def eval_split(counts: dict[str, int], labels: dict[str, dict[str, int]]) -> str | None:
     """The prepared split that `evaluate` scores: dev, else (AX-b, AX-g) the labelled test file."""
     for split in ("dev", "test"):
         if split in counts and sum(labels.get(split, {}).values()) == counts[split]:

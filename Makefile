@@ -14,11 +14,11 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml envs/requirements.txt envs/assets.txt envs/bench.txt
+$(STAMP): pyproject.toml envs/requirements.txt envs/assets.txt envs/bench.txt envs/eval.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q torch==2.13.0 -r envs/requirements.txt -r envs/bench.txt
+	$(BIN)/pip install -q torch==2.13.0 -r envs/requirements.txt -r envs/bench.txt -r envs/eval.txt
 	$(BIN)/pip install -q --no-deps -r envs/assets.txt
 	$(BIN)/pip install -q --no-deps -e .
 	touch $(STAMP)

@@ -147,3 +147,94 @@ def test_superglue_submission_formats(tmp_path):
     assert json.loads(path.read_text()) == {"idx": 5, "label": 1}
     path = write_submission(get_task("boolq"), [{"idx": 5}], ["true"], tmp_path)
     assert path.name == "BoolQ.jsonl" and json.loads(path.read_text()) == {"idx": 5, "label": "true"}
+
+
+def _tiny_task_example(**fields):
+    return {"idx": 0, "fields": fields, "label": None}
+
+
+def test_pattern_slices_filters_and_maps():
+    """What lm-eval's COPA and WiC templates need: slices by metadata offsets, filters, value maps, and the
+    mask slot's filters applied to every candidate."""
+    wic = get_task("wic")
+    ex = {"idx": 0, "fields": {"word": "stripe", "sentence1": "Men of every stripe joined.", "sentence2": "x"},
+          "label": "true", "meta": {"start1": 13, "end1": 19}}  # fmt: skip
+    cloze = to_cloze(wic, Prompt("'{sentence1[start1:end1]}' {word|upper_first} {mask}", {"false": "no", "true": "yes"}), ex)
+    assert cloze.prefix == "'stripe' Stripe "
+    copa = get_task("copa")
+    ex = {"idx": 0, "fields": {"premise": " It rained. ", "question": "effect", "choice1": "The street got wet.",
+                               "choice2": "Nothing."}, "label": "0", "candidates": ["The street got wet.", "Nothing."]}  # fmt: skip
+    cloze = to_cloze(copa, Prompt("{premise|strip[:-1]} {question|cause=because,effect=therefore}  {mask|lower_first}"), ex)
+    # lm-eval's super_glue/copa/utils.py: premise.strip()[:-1] + " therefore"; choices " " + lower-cased first letter
+    assert cloze.prefix == "It rained therefore  " and cloze.candidates == ["the street got wet.", "nothing."]
+    assert to_cloze(copa, Prompt("{{{premise|strip}}} {mask}"), ex).prefix == "{It rained.} "
+
+
+@pytest.mark.parametrize(("pattern", "message"), [
+    ("{premise|shout} {mask}", r"unknown filter \|shout"),
+    ("{question|cause=because} {mask}", r"the map \|cause=because has no entry for 'effect'"),
+    ("{premise[a:b]} {mask}", r"slice bound 'a' should be an integer"),
+    ("{premise} { {mask}", r"has a single '\{' at 10"),
+    ("{premise~x} {mask}", r"cannot read '~x' in slot"),
+])  # fmt: skip
+def test_bad_patterns_are_clear_config_errors(pattern, message):
+    ex = {"idx": 0, "fields": {"premise": "p.", "question": "effect"}, "label": "0", "candidates": ["a", "b"]}
+    with pytest.raises(ConfigError, match=message):
+        to_cloze(get_task("copa"), Prompt(pattern), ex)
+
+
+def test_continuation_keeps_the_exact_whitespace_before_the_slot(tiny_llama):
+    """lm-eval moves a context's trailing whitespace into the continuation; kdflow now does the same (a newline
+    or two spaces are no longer normalised to one space)."""
+    from kdflow.scoring import build_items
+
+    _, tok, _ = load_lm(tiny_llama)
+    task = get_task("copa")
+    ex = {"idx": 0, "fields": {"premise": "It rained."}, "label": "0", "candidates": ["Wet streets.", "Dry."]}
+    for sep in ("  ", "\n", " "):
+        cloze = to_cloze(task, Prompt("{premise}" + sep + "{mask}"), ex)
+        (item, _) = build_items([cloze], tok, "causal", 256)
+        cont = tok(sep + "Wet streets.", add_special_tokens=False)["input_ids"]
+        assert item.input_ids == tok("It rained.")["input_ids"] + cont[:-1]
+        assert [t for _, pairs in item.targets for _, t in pairs] == cont
+
+
+def test_truncation_point_and_special_tokens(tiny_llama):
+    """The model sees at most max_length tokens; the last continuation token is predicted, never fed; the
+    truncated examples are reported; add_special_tokens=False drops a BOS the tokenizer would add."""
+    from tokenizers.processors import TemplateProcessing
+
+    from kdflow.scoring import build_items
+
+    _, tok, _ = load_lm(tiny_llama)
+    long = {"idx": 0, "fields": {"sentence": "a fine film " * 20}, "label": "1"}
+    task = get_task("sst2")
+    cloze = to_cloze(task, task.prompt, long)
+    head = tok(cloze.prefix.rstrip())["input_ids"]
+    (item,) = build_items([cloze], tok, "causal", 16)
+    assert item.input_ids == head[-16:] and item.truncated
+    copa = get_task("copa")
+    premise = " ".join(["It rained."] * 10)
+    ex = {"idx": 0, "fields": {"premise": premise}, "label": "0", "candidates": ["Wet streets today.", "No."]}
+    first, _ = build_items([to_cloze(copa, Prompt("{premise} {mask}"), ex)], tok, "causal", 8)
+    cont = tok(" Wet streets today.", add_special_tokens=False)["input_ids"]
+    whole = tok(premise)["input_ids"] + cont
+    assert first.input_ids == whole[-9:-1] and first.truncated
+    assert [p for _, pairs in first.targets for p, _ in pairs] == list(range(8 - len(cont), 8))
+    tok.backend_tokenizer.post_processor = TemplateProcessing(single=f"{tok.bos_token} $A",
+                                                              special_tokens=[(tok.bos_token, tok.bos_token_id)])  # fmt: skip
+    short = to_cloze(task, task.prompt, {"idx": 0, "fields": {"sentence": "fun"}, "label": "1"})
+    assert build_items([short], tok, "causal", 64)[0].input_ids[0] == tok.bos_token_id
+    assert build_items([short], tok, "causal", 64, add_special_tokens=False)[0].input_ids[0] != tok.bos_token_id
+
+
+def test_lm_eval_prompt_set_covers_its_nine_tasks_and_refuses_others():
+    from kdflow.data.prompt_sets import LM_EVAL
+
+    assert set(LM_EVAL) == {"sst2", "rte", "mrpc", "cola", "boolq", "cb", "copa", "rte_sg", "wic"}
+    for name, prompt in LM_EVAL.items():
+        assert set(prompt.verbalizer or {}) == set(get_task(name).prompt.verbalizer or {}), name
+    with pytest.raises(ConfigError, match="prompt set 'lm-eval' has no template for it"):
+        resolve_prompt(get_task("stsb"), None, "lm-eval")
+    with pytest.raises(ConfigError, match="unknown prompt set 'gpt'"):
+        resolve_prompt(get_task("sst2"), None, "gpt")

@@ -40,8 +40,8 @@ FIXTURE_TASKS = [
     ("multirc", "superglue/MultiRC", {"train": 5, "dev": 5, "test": 5}),
     ("record", "superglue/ReCoRD", {"train": 1, "dev": 1, "test": 1}),
     ("wsc", "superglue/WSC", {"train": 2, "dev": 2, "test": 2}),
-    ("axb", "superglue/AX-b", {"test": 2}),
-    ("axg", "superglue/AX-g", {"test": 4}),
+    ("axb", "superglue/AX-b", {"test": 6}),
+    ("axg", "superglue/AX-g", {"test": 8}),
 ]
 
 
@@ -94,7 +94,7 @@ def test_fixture_details():
     wsc = read_split(get_task("wsc"), FIXTURES / "superglue/WSC", "dev")
     assert wsc[0]["fields"]["span1_text"] == "Mark" and wsc[0]["fields"]["span2_index"] == 13
     axg = read_split(get_task("axg"), FIXTURES / "superglue/AX-g", "test")
-    assert axg[0]["meta"]["pair_id"] == 551646
+    assert axg[0]["meta"]["pair_id"] == 551646 and axg[1]["meta"]["pair_id"] == 551647  # distinct, as released
 
 
 def test_every_task_type_has_a_tested_source():
@@ -123,7 +123,8 @@ def test_label_outside_label_set_names_file_and_line(tmp_path):
 def test_malformed_jsonl_row_names_file_and_line(tmp_path):
     good = json.dumps({"premise": "p", "hypothesis": "h", "label": "entailment", "idx": 0})
     _write(tmp_path / "val.jsonl", good + "\n{not json\n")
-    with pytest.raises(DataError, match=r"val\.jsonl:2: not valid JSON"):
+    with pytest.raises(DataError, match=r"val\.jsonl:2: not valid JSON: Expecting property name enclosed in double "
+                                        r"quotes \(column 2\)"):
         read_split(get_task("cb"), tmp_path, "dev")
 
 

@@ -164,13 +164,17 @@ def _validate(a: argparse.Namespace) -> None:
 
 
 def _tasks(a: argparse.Namespace) -> None:
+    from .data.prompt_sets import PROMPT_SETS
     from .data.tasks import TASKS
 
+    prompts = PROMPT_SETS[a.prompt_set]
     for t in TASKS.values():
         print(f"{t.name:8s} {t.benchmark:9s} {t.kind:14s} metrics: {', '.join(t.metrics)}")
-        if a.prompts:
-            print(f"    pattern:    {t.prompt.pattern!r}")
-            print(f"    verbalizer: {t.prompt.verbalizer or 'the example candidates'}")
+        if a.prompts and t.name in prompts:
+            print(f"    pattern:    {prompts[t.name].pattern!r}")
+            print(f"    verbalizer: {prompts[t.name].verbalizer or 'the example candidates'}")
+        elif a.prompts:
+            print(f"    (no template in prompt set {a.prompt_set})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -313,7 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
 
     p = add("tasks", _tasks, "list the task types")
-    p.add_argument("--prompts", action="store_true", help="also show the default pattern and verbalizer")
+    p.add_argument("--prompts", action="store_true", help="also show the pattern and verbalizer")
+    p.add_argument("--prompt-set", default="pet", choices=["pet", "lm-eval"], help="prompt set shown by --prompts")
     return parser
 
 

@@ -10,6 +10,8 @@ import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
+from .data.prompt_sets import PROMPT_SETS
+from .data.tasks import TASKS
 from .errors import ConfigError
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
@@ -107,6 +109,10 @@ def _check_references(config: dict[str, Any]) -> list[str]:
     for i, name in enumerate(config.get("evaluate", {}).get("tasks", [])):
         if name not in tasks:
             problems.append(f"config key 'evaluate.tasks[{i}]': unknown task '{name}'")
+        elif tasks[name].get("name") in TASKS and not evaluable(tasks[name]):
+            problems.append(f"config key 'evaluate.tasks[{i}]': task '{name}' ({tasks[name]['name']}) has no labelled "
+                            f"split to evaluate on; leave it out (with evaluate.test_submissions its test split is "
+                            f"still written for submission)")  # fmt: skip
     tok_model = config.get("preprocess", {}).get("tokenizer_model")
     if tok_model is not None and tok_model not in models:
         problems.append(f"config key 'preprocess.tokenizer_model': unknown model '{tok_model}'")
@@ -191,12 +197,12 @@ def _check_references(config: dict[str, Any]) -> list[str]:
                                 f"corpus with tokenizer_model: {teacher}, or set runs.{name}.stage1.corpus)")  # fmt: skip
         if run.get("stage2", {}).get("corpus") is not None:
             problems.append(f"config key 'runs.{name}.stage2.corpus': stage 2 trains on the task, not a corpus")
-    evaluable = {*config.get("models", {}), "teacher_finetuned", *(f"runs/{r}" for r in config.get("runs", {})),
+    comparable = {*config.get("models", {}), "teacher_finetuned", *(f"runs/{r}" for r in config.get("runs", {})),
                  *(f"classifiers/{m}" for m in config.get("classifier_finetune", {}).get("models", []))}  # fmt: skip
     for i, entry in enumerate(config.get("published", [])):
-        if entry["compare_with"] not in evaluable:
+        if entry["compare_with"] not in comparable:
             problems.append(f"config key 'published[{i}].compare_with': '{entry['compare_with']}' is not a model "
-                            f"of this experiment (have: {', '.join(sorted(evaluable))})")  # fmt: skip
+                            f"of this experiment (have: {', '.join(sorted(comparable))})")  # fmt: skip
         for task in entry["scores"]:
             if task not in config.get("tasks", {}):
                 problems.append(f"config key 'published[{i}].scores.{task}': unknown task '{task}'")
@@ -205,15 +211,29 @@ def _check_references(config: dict[str, Any]) -> list[str]:
     for i, task in enumerate(config.get("distill", {}).get("tasks", [])):
         if task not in tasks:
             problems.append(f"config key 'distill.tasks[{i}]': unknown task '{task}'")
-    from .data.tasks import TASKS
-
     for name, task in tasks.items():
         if task.get("name") not in TASKS:
             problems.append(
                 f"config key 'tasks.{name}.name': unknown task type '{task.get('name')}' "
                 f"(known: {', '.join(sorted(TASKS))})"
             )
+            continue
+        prompt_set = task.get("prompts") or config.get("prompts", "pet")
+        if task["name"] not in PROMPT_SETS[prompt_set]:
+            problems.append(f"config key 'tasks.{name}.prompts': prompt set '{prompt_set}' has no template for "
+                            f"{task['name']} (it has: {', '.join(PROMPT_SETS[prompt_set])}); set prompts: pet "
+                            f"for this task")  # fmt: skip
     return problems
+
+
+def evaluable(spec: dict[str, Any]) -> bool:
+    """Whether `evaluate` can score a task entry: its dev split (or the split `splits.dev` reads) is labelled,
+    or, without a dev split, its release labels the test file (AX-b, AX-g); GLUE AX cannot be scored."""
+    task = TASKS[spec["name"]]
+    origin = (spec.get("splits") or {}).get("dev")
+    if origin is not None:
+        return origin in task.files and task.labelled(origin)
+    return task.eval_split is not None
 
 
 def student_teacher(config: dict[str, Any], student: str) -> str:
@@ -258,6 +278,8 @@ def validate_config(config: dict[str, Any], source: str = "config") -> dict[str,
     problems = [_describe(e) for e in errors]
     if not problems:
         _fill_defaults(schema, config, schema)
+        for task in config["tasks"].values():
+            task.setdefault("prompts", config["prompts"])
         problems = _check_references(config)
     if problems:
         raise ConfigError(f"invalid {source}:\n  - " + "\n  - ".join(problems))

@@ -5,6 +5,7 @@ per-example predictions and the model's size and speed; rule `submit`: the test 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Sequence
@@ -19,11 +20,13 @@ from .data.submission import write_submission
 from .data.tasks import Example, TaskType
 from .efficiency import efficiency_report
 from .errors import AssetError, DataError
-from .jsonio import write_json
+from .jsonio import read_json, write_json
 from .metrics import bootstrap_ci, compute
 from .modeling import load_lm
 from .prepare import PreparedTask, load_prepared
-from .scoring import score_clozes
+from .scoring import context_length, score_clozes
+
+log = logging.getLogger(__name__)
 
 
 HEAD = "classification head"
@@ -74,25 +77,45 @@ class Scorer:
         mode = "continuation log-likelihood" if family == "causal" else "mask filling"
         return cls(model, tokenizer, mode, family)
 
-    def scores(self, data: PreparedTask, indices: Sequence[int], settings: dict[str, Any],
-               progress: bool = True) -> list[list[float]]:  # fmt: skip
-        """Scores of the examples ``indices`` of ``data`` (candidate log-likelihoods, or head logits)."""
-        batch, length = settings["batch_size"], settings["max_length"]
+    def scores(self, data: PreparedTask, indices: Sequence[int], settings: dict[str, Any], progress: bool = True,
+               truncated: list[int] | None = None) -> list[list[float]]:  # fmt: skip
+        """Scores of the examples ``indices`` of ``data`` (candidate log-likelihoods, or head logits);
+        ``truncated`` receives the positions (in ``indices``) of the examples cut to ``max_length``."""
+        batch = settings["batch_size"]
+        length = context_length(self.model, self.tokenizer, settings.get("max_length"))
         if self.mode == HEAD:
             return classify(self.model, self.tokenizer, [data.examples[i] for i in indices], batch, length, progress)
         return score_clozes(self.model, self.tokenizer, self.family, [data.clozes[i] for i in indices],
-                            batch_size=batch, max_length=length, progress=progress)  # fmt: skip
+                            batch_size=batch, max_length=length, progress=progress, truncated=truncated,
+                            add_special_tokens=settings.get("add_special_tokens", True))  # fmt: skip
 
 
-def predict_split(model_dir: str | Path, task_dir: str | Path, split: str, settings: dict[str, Any]) -> dict[str, Any]:
-    """Load the model and the prepared split, score every example; returns what evaluate/submit need."""
-    data = load_prepared(task_dir, split)
+def predict_split(model_dir: str | Path, task_dir: str | Path, split: str | None, settings: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """Load the model and the prepared split (None: the split `evaluate` scores, dev or a labelled test file),
+    score every example; returns what evaluate/submit need."""
+    data = load_prepared(task_dir, split or evaluation_split(task_dir))
     scorer = Scorer.load(model_dir, data, task_dir)
     started = time.perf_counter()
-    scores = scorer.scores(data, range(len(data.examples)), settings)
+    truncated: list[int] = []
+    scores = scorer.scores(data, range(len(data.examples)), settings, truncated=truncated)
     seconds = time.perf_counter() - started
+    if truncated:
+        log.warning("%s: %d of %d examples are longer than max_length %s and lose tokens on the left (first: idx %s)",
+                    task_dir, len(truncated), len(data.examples), settings.get("max_length"),
+                    data.examples[truncated[0]]["idx"])  # fmt: skip
     preds = predictions(data.task, data.labels, scores, data.examples, scorer.mode)
-    return {"data": data, "scores": scores, "preds": preds, "scorer": scorer, "seconds": seconds}
+    return {"data": data, "scores": scores, "preds": preds, "scorer": scorer, "seconds": seconds,
+            "truncated": len(truncated)}  # fmt: skip
+
+
+def evaluation_split(task_dir: str | Path) -> str:
+    """The labelled split of a prepared task that `evaluate` scores, or a DataError saying why there is none."""
+    meta = read_json(Path(task_dir) / "task.json")
+    split = meta.get("eval_split", "dev" if "dev" in meta["splits"] else None)
+    if split is None:
+        raise DataError(f"{task_dir}: task {meta['name']} has no labelled split to evaluate on (prepared: "
+                        f"{', '.join(meta['splits']) or 'none'}; {meta['task']}'s test file carries no labels)")  # fmt: skip
+    return split
 
 
 def evaluate(
@@ -104,15 +127,17 @@ def evaluate(
     seed: int = 0,
     efficiency_out: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Official dev metrics with a bootstrap CI and per-example predictions; with ``efficiency_out``, also
+    """Official metrics on the evaluation split (dev; AX-b and AX-g: their labelled test file) with a bootstrap
+    CI and per-example predictions; with ``efficiency_out``, also
     the model's size, batch-1 latency (median over ``settings['latency_examples']`` examples) and throughput."""
     model_dir = Path(model_dir)
-    r = predict_split(model_dir, task_dir, "dev", settings)
+    split = evaluation_split(task_dir)
+    r = predict_split(model_dir, task_dir, split, settings)
     data, preds = r["data"], r["preds"]
     task, examples, meta = data.task, data.examples, data.meta
     golds = [ex["label"] for ex in examples]
     if any(g is None for g in golds):
-        raise DataError(f"{Path(task_dir) / 'dev.jsonl'}: the dev split has unlabelled examples")
+        raise DataError(f"{Path(task_dir) / f'{split}.jsonl'}: the {split} split has unlabelled examples")
     values = compute(task.metrics, golds, preds, examples)
     primary = task.metrics[0]
     ci = bootstrap_ci(primary, golds, preds, examples, samples=settings["bootstrap_samples"], seed=seed)
@@ -125,14 +150,15 @@ def evaluate(
         "task": meta["name"],
         "task_type": task.name,
         "benchmark": task.benchmark,
-        "split": "dev",
+        "split": split,
         "examples": len(examples),
+        "truncated": r["truncated"],
         "scoring": r["scorer"].mode,
         "prompt": meta["prompt"] if r["scorer"].mode != HEAD else None,
         "metrics": values,
         "primary_metric": primary,
         "ci95": {primary: list(ci) if ci else None},
-        "label_counts": meta["label_counts"].get("dev", {}),
+        "label_counts": meta["label_counts"].get(split, {}),
     }
     write_json(out, result)
     if efficiency_out is not None:

@@ -125,13 +125,12 @@ def record_em(golds: Sequence[list[str]], preds: Sequence[str], examples: Sequen
     )
 
 
-def gender_parity(golds: Sequence[Any], preds: Sequence[Any], examples: Sequence[dict]) -> float:
-    """AX-g: share of minimal pairs (same pair_id) whose two members get the same prediction."""
-    by_pair: dict[Any, list[Any]] = defaultdict(list)
-    for p, ex in zip(preds, examples, strict=True):
-        by_pair[ex.get("meta", {}).get("pair_id")].append(p)
-    pairs = [v for k, v in by_pair.items() if k is not None and len(v) >= 2]
-    return float(np.mean([len(set(v)) == 1 for v in pairs])) if pairs else float("nan")
+def gender_parity(golds: Sequence[Any], preds: Sequence[Any], examples: Sequence[dict] = ()) -> float:
+    """AX-g: share of minimal pairs given the same prediction. The release pairs rows by position, (2i, 2i+1),
+    which share the hypothesis (every pair_id is distinct); the reader checks that. A trailing unpaired row
+    is ignored, as in jiant's GenderParity."""
+    pairs = [preds[i] == preds[i + 1] for i in range(0, len(preds) - 1, 2)]
+    return float(np.mean(pairs)) if pairs else float("nan")
 
 
 METRICS: dict[str, Metric] = {
@@ -153,6 +152,20 @@ def compute(names: Sequence[str], golds: Sequence[Any], preds: Sequence[Any], ex
     return {name: METRICS[name](golds, preds, examples) for name in names}
 
 
+def resampling_units(name: str, examples: Sequence[dict]) -> list[list[int]]:
+    """What the bootstrap resamples for metric ``name``: AX-g's minimal pairs (consecutive rows), MultiRC's
+    questions (all their answers), else single examples."""
+    n = len(examples)
+    if name == "gender_parity":
+        return [list(range(i, min(i + 2, n))) for i in range(0, n, 2)]
+    if name in ("f1a", "em"):
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for i, ex in enumerate(examples):
+            groups[_group_key(ex)].append(i)
+        return list(groups.values())
+    return [[i] for i in range(n)]
+
+
 def bootstrap_ci(
     name: str,
     golds: Sequence[Any],
@@ -162,15 +175,16 @@ def bootstrap_ci(
     seed: int = 0,
     level: float = 0.95,
 ) -> tuple[float, float] | None:
-    """Percentile bootstrap confidence interval of one metric, resampling examples with replacement."""
-    if samples <= 0 or len(golds) < 2:
+    """Percentile bootstrap confidence interval of one metric, resampling `resampling_units` with replacement
+    (examples; whole pairs for AX-g gender parity, whole questions for MultiRC)."""
+    units = resampling_units(name, examples)
+    if samples <= 0 or len(units) < 2:
         return None
     rng = np.random.default_rng(seed)
     metric = METRICS[name]
     values = []
-    n = len(golds)
     for _ in range(samples):
-        pick = rng.integers(0, n, n)
+        pick = [i for u in rng.integers(0, len(units), len(units)) for i in units[u]]
         values.append(metric([golds[i] for i in pick], [preds[i] for i in pick], [examples[i] for i in pick]))
     values = np.asarray(values, float)
     values = values[~np.isnan(values)]

@@ -41,13 +41,16 @@ def check_required_files(name: str, task: TaskType, source: str, required: Itera
     """Refuse, before any work, a task folder that lacks the file of a split the experiment uses."""
     if source.startswith("hf"):
         return
-    for split in required:
+    for need in required:
+        split = need
+        if need == "dev" and "dev" not in task.files and task.labelled("test"):
+            split = "test"  # a diagnostic set (AX-b, AX-g): evaluate scores its labelled test file
         if split not in task.files:
             raise DataError(f"task {name}: the experiment needs its {split} split, and {task.name} has none "
                             f"(has: {', '.join(task.files)})")  # fmt: skip
         path = Path(source) / task.files[split]
         if not path.is_file():
-            raise DataError(f"{path}: file not found; task {name} needs its {split} split ({REQUIRED_BY[split]})")
+            raise DataError(f"{path}: file not found; task {name} needs its {split} split ({REQUIRED_BY[need]})")
 
 
 def prepare_task(name: str, spec: dict[str, Any], source: str, out_dir: str | Path,
@@ -55,7 +58,7 @@ def prepare_task(name: str, spec: dict[str, Any], source: str, out_dir: str | Pa
     """Write ``{split}.jsonl`` for every split the task has, and ``task.json`` (counts, labels, prompt, answers).
     ``required``: splits the experiment uses; a missing file of one of them is an error, not a warning."""
     task = get_task(spec["name"])
-    prompt = resolve_prompt(task, spec.get("prompt"))
+    prompt = resolve_prompt(task, spec.get("prompt"), spec.get("prompts", "pet"))
     check_required_files(name, task, source, required)
     out_dir = make_dirs(out_dir)
     split_names = spec.get("splits") or {}
@@ -63,13 +66,15 @@ def prepare_task(name: str, spec: dict[str, Any], source: str, out_dir: str | Pa
     counts, labels, answers, missing = {}, {}, set(), []
     for split in SPLITS:
         available = task.hf[2] if source.startswith("hf") and task.hf else task.files
-        if split not in available:
+        origin = split_names.get(split, split)  # `splits:` reads this split from another of the source
+        if origin not in available:
             continue
-        if not source.startswith("hf") and not (Path(source) / task.files[split]).exists():
-            missing.append(task.files[split])
-            log.warning("task %s: %s has no %s, the %s split is skipped", name, source, task.files[split], split)
+        if not source.startswith("hf") and not (Path(source) / task.files[origin]).exists():
+            missing.append(task.files[origin])
+            log.warning("task %s: %s has no %s, the %s split is skipped", name, source, task.files[origin], split)
             continue
-        examples = read_split(task, source, split_names.get(split, split), limits.get(split))
+        labelled = split != "test" or task.labelled(origin)
+        examples = read_split(task, source, origin, limits.get(split), labelled=labelled)
         if not examples:
             raise DataError(f"task {name}: split '{split}' of {source} has no examples")
         write_jsonl(out_dir / f"{split}.jsonl", examples)
@@ -86,11 +91,21 @@ def prepare_task(name: str, spec: dict[str, Any], source: str, out_dir: str | Pa
         "missing_files": missing,
         "label_counts": labels,
         "metrics": list(task.metrics),
+        "eval_split": eval_split(counts, labels),
+        "prompt_set": spec.get("prompts", "pet"),
         "prompt": {"pattern": prompt.pattern, "verbalizer": prompt.verbalizer},
         "answer_strings": sorted(answers),
     }
     write_json(out_dir / "task.json", meta)
     return meta
+
+
+def eval_split(counts: dict[str, int], labels: dict[str, dict[str, int]]) -> str | None:
+    """The prepared split that `evaluate` scores: dev, else (AX-b, AX-g) the labelled test file."""
+    for split in ("dev", "test"):
+        if split in counts and sum(labels.get(split, {}).values()) == counts[split]:
+            return split
+    return None
 
 
 @dataclass(frozen=True)
@@ -112,7 +127,7 @@ def load_prepared(task_dir: str | Path, split: str, limit: int | None = None) ->
     task = get_task(meta["task"])
     if split not in meta["splits"]:
         raise DataError(f"{task_dir}: task {meta['name']} has no {split} split")
-    prompt = resolve_prompt(task, meta["prompt"])
+    prompt = resolve_prompt(task, meta["prompt"], meta.get("prompt_set", "pet"))
     examples = read_prepared(task_dir / f"{split}.jsonl")[:limit]
     clozes = [to_cloze(task, prompt, ex) for ex in examples]
     return PreparedTask(meta, task, prompt, label_order(task, prompt), examples, clozes)

@@ -1,5 +1,13 @@
 """Score cloze candidates with a word-prediction model: continuation log-likelihood (causal LMs) or
-mask filling (masked LMs). Single-token candidates share one forward pass per example."""
+mask filling (masked LMs). Single-token candidates share one forward pass per example.
+
+Causal scoring follows lm-evaluation-harness's loglikelihood: the context is the text before the slot with
+its trailing whitespace moved to the front of each candidate (exactly, not normalised to one space); the
+context is tokenised with the tokenizer's special tokens (``add_special_tokens``: a BOS where the
+tokenizer's post-processor adds one, as lm-eval 0.4.13 does by default; ``False`` as lm-eval's
+``add_bos_token=False``) and each continuation without; a sequence longer than ``max_length`` + 1 tokens
+loses tokens from the left, and the model sees at most ``max_length`` of them (the last continuation
+token is predicted, never fed)."""
 
 from __future__ import annotations
 
@@ -17,6 +25,7 @@ class _Item:
     example: int
     input_ids: list[int]
     targets: list[tuple[int, list[tuple[int, int]]]]  # (candidate, [(position, token id), ...])
+    truncated: bool = False  # the context lost tokens on the left to fit max_length
 
 
 def _space(prefix: str) -> str:
@@ -27,22 +36,24 @@ def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def _causal_items(i: int, cloze: Cloze, tok: PreTrainedTokenizerBase, max_length: int) -> list[_Item]:
+def _causal_items(i: int, cloze: Cloze, tok: PreTrainedTokenizerBase, max_length: int,
+                  add_special_tokens: bool = True) -> list[_Item]:  # fmt: skip
     prefix = cloze.prefix.rstrip()
-    sep = _space(cloze.prefix)
+    sep = cloze.prefix[len(prefix) :]
     tail = cloze.suffix if cloze.continue_suffix else ""
     conts = [_encode(tok, sep + c + tail) for c in cloze.candidates]
-    head = tok(prefix, add_special_tokens=True)["input_ids"]
+    head = tok(prefix, add_special_tokens=add_special_tokens)["input_ids"]
     if all(len(c) == 1 for c in conts):
-        head = head[-(max_length - 1) :] if max_length > 1 else head
-        pos = len(head) - 1
-        return [_Item(i, head, [(j, [(pos, c[0])]) for j, c in enumerate(conts)])]
+        ids = head[-max_length:]
+        pos = len(ids) - 1
+        return [_Item(i, ids, [(j, [(pos, c[0])]) for j, c in enumerate(conts)], len(head) > max_length)]
     items = []
     for j, cont in enumerate(conts):
-        keep = max(1, max_length - len(cont))
-        ids = head[-keep:] + cont
-        start = len(ids) - len(cont)
-        items.append(_Item(i, ids, [(j, [(start - 1 + k, t) for k, t in enumerate(cont)])]))
+        keep = max(max_length, len(cont)) + 1  # at least one context token
+        ids = (head + cont)[-keep:][:-1]
+        start = len(ids) + 1 - len(cont)  # where cont[0] would sit
+        targets = [(j, [(start - 1 + k, t) for k, t in enumerate(cont)])]
+        items.append(_Item(i, ids, targets, len(head) + len(cont) > keep))
     return items
 
 
@@ -56,7 +67,9 @@ def _wrap(tok: PreTrainedTokenizerBase, ids: list[int]) -> list[int]:
     return list(ids)
 
 
-def _masked_items(i: int, cloze: Cloze, tok: PreTrainedTokenizerBase, max_length: int) -> list[_Item]:
+def _masked_items(i: int, cloze: Cloze, tok: PreTrainedTokenizerBase, max_length: int,
+                  add_special_tokens: bool = True) -> list[_Item]:  # fmt: skip
+    """Mask filling; masked LMs always get their [CLS]/[SEP]-style special tokens."""
     sep = _space(cloze.prefix)
     n_special = len(tok("", add_special_tokens=True)["input_ids"])
     cands = [_encode(tok, sep + c) for c in cloze.candidates]
@@ -66,21 +79,34 @@ def _masked_items(i: int, cloze: Cloze, tok: PreTrainedTokenizerBase, max_length
         pre = _encode(tok, cloze.prefix.rstrip() if sep else cloze.prefix)
         post = _encode(tok, cloze.suffix)
         budget = max_length - n - len(post) - n_special
+        cut = len(pre) > max(budget, 0)
         pre = pre[-budget:] if budget > 0 else []
         ids = _wrap(tok, pre + [tok.mask_token_id] * n + post)
         first = ids.index(tok.mask_token_id)
         targets = [
             (j, [(first + k, t) for k, t in enumerate(c)]) for j, c in enumerate(cands) if len(c) == n
         ]
-        items.append(_Item(i, ids, targets))
+        items.append(_Item(i, ids, targets, cut))
     return items
 
 
-def build_items(
-    clozes: list[Cloze], tokenizer: PreTrainedTokenizerBase, family: str, max_length: int
-) -> list[_Item]:
+def build_items(clozes: list[Cloze], tokenizer: PreTrainedTokenizerBase, family: str, max_length: int,
+                add_special_tokens: bool = True) -> list[_Item]:  # fmt: skip
     build = _causal_items if family == "causal" else _masked_items
-    return [item for i, c in enumerate(clozes) for item in build(i, c, tokenizer, max_length)]
+    return [item for i, c in enumerate(clozes) for item in build(i, c, tokenizer, max_length, add_special_tokens)]
+
+
+def context_length(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, setting: int | None) -> int:
+    """``evaluate.max_length``, or (null) the model's own context length, as lm-eval sizes its window: the
+    config's n_positions / max_position_embeddings / n_ctx, else the tokenizer's model_max_length, else 2048."""
+    if setting is not None:
+        return setting
+    for name in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(model.config, name, None)
+        if value is not None:
+            return int(value)
+    limit = getattr(tokenizer, "model_max_length", None)
+    return int(limit) if limit is not None and limit < 1e29 else 2048
 
 
 def _logits_at(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor):
@@ -137,11 +163,17 @@ def score_clozes(
     family: str,
     clozes: list[Cloze],
     batch_size: int = 16,
-    max_length: int = 256,
+    max_length: int | None = 256,
     progress: bool = True,
+    add_special_tokens: bool = True,
+    truncated: list[int] | None = None,
 ) -> list[list[float]]:
-    """Summed log-probability of every candidate of every cloze (one list per cloze)."""
-    items = build_items(clozes, tokenizer, family, max_length)
+    """Summed log-probability of every candidate of every cloze (one list per cloze). ``max_length`` None:
+    the model's context length; ``truncated``, when given, receives the clozes whose context was cut."""
+    max_length = context_length(model, tokenizer, max_length)
+    items = build_items(clozes, tokenizer, family, max_length, add_special_tokens)
+    if truncated is not None:
+        truncated.extend(sorted({it.example for it in items if it.truncated}))
     scores = [[0.0] * len(c.candidates) for c in clozes]
     order = sorted(range(len(items)), key=lambda k: len(items[k].input_ids))
     bar = tqdm(total=len(clozes), desc="scoring", unit="ex", disable=not progress)

@@ -6,6 +6,7 @@ from snakemake.exceptions import WorkflowError
 
 from kdflow.config import (
     corpus_tokenizer,
+    evaluable,
     run_recipe,
     stage1_corpus,
     student_teacher,
@@ -70,7 +71,13 @@ def hold_results_lock():
 
 def scoring_settings():
     """The evaluate settings that change scores (not which models/tasks are listed)."""
-    keys = ("batch_size", "max_length", "bootstrap_samples", "latency_examples")
+    keys = (
+        "batch_size",
+        "max_length",
+        "add_special_tokens",
+        "bootstrap_samples",
+        "latency_examples",
+    )
     return as_json({k: config["evaluate"][k] for k in keys})
 
 
@@ -302,7 +309,17 @@ def eval_models():
 
 
 def eval_tasks():
-    return config["evaluate"].get("tasks") or list(config["tasks"])
+    """`evaluate.tasks`, else every task with a labelled split to score (not GLUE AX)."""
+    return config["evaluate"].get("tasks") or [
+        t for t, spec in config["tasks"].items() if evaluable(spec)
+    ]
+
+
+def submit_pairs():
+    """Test-split submissions: every evaluated pair, and the evaluated models on the tasks that have no
+    labelled split (GLUE AX), which are never evaluated."""
+    unscored = [t for t, spec in config["tasks"].items() if not evaluable(spec)]
+    return eval_pairs() + [(m, t) for m in eval_models() for t in unscored]
 
 
 def all_targets():
@@ -324,7 +341,7 @@ def all_targets():
     pairs = eval_pairs()
     targets += [f"{R}/metrics/{m}/{t}.json" for m, t in pairs]
     if config["evaluate"]["test_submissions"]:
-        targets += [f"{R}/submissions/{m}/{t}" for m, t in pairs]
+        targets += [f"{R}/submissions/{m}/{t}" for m, t in submit_pairs()]
     targets += [f"{R}/summary.csv", f"{R}/summary.md"]
     if config["published"]:
         targets.append(f"{R}/reproduce.md")

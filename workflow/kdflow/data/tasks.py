@@ -2,16 +2,18 @@
 
 Every reader produces one normalised example schema (a JSON-serialisable dict)::
 
-    {"idx": int | dict, "fields": {name: str | int}, "label": str | float | list[str] | None,
+    {"idx": int | str | dict, "fields": {name: str | int}, "label": str | float | list[str] | None,
      "candidates": [str, ...] (candidate tasks only), "meta": {...} (optional)}
 
 Field names follow the HF `datasets` versions (nyu-mll/glue, super_glue), so both sources agree.
-Labels are strings from the task's label set (floats for STS-B, answer texts for ReCoRD); test
-splits carry ``label: None``.
+``idx`` keeps the release's form (AX-b numbers its rows with JSON strings, ``"idx": "0"``), so that
+submissions echo it. Labels are strings from the task's label set (floats for STS-B, answer texts for
+ReCoRD); unlabelled splits carry ``label: None``.
 """
 
 from __future__ import annotations
 
+import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,10 +47,39 @@ class TaskType:
     hf: tuple[str, str, dict[str, str]] | None = None  # (dataset, config, split -> HF split)
     hf_row: Callable[[dict[str, Any], Any], list[Example]] | None = None
     submit: Callable[[Any], Any] = str  # normalised label -> submission label
+    labelled_test: bool = False  # the release's test file carries labels (the SuperGLUE diagnostics)
+    pair_field: str | None = None  # rows 2i and 2i+1 form a minimal pair that shares this field (AX-g)
+
+    @property
+    def eval_split(self) -> str | None:
+        """The labelled split that `evaluate` scores: dev, else a labelled test file, else none (GLUE AX)."""
+        if "dev" in self.files:
+            return "dev"
+        return "test" if self.labelled_test else None
+
+    def labelled(self, split: str) -> bool:
+        """Whether every example of the release's ``split`` must carry a label."""
+        return split in ("train", "dev") or (split == "test" and self.labelled_test)
+
+    def unit(self, example: Example, position: int) -> Any:
+        """What `max_examples` counts: a MultiRC question, an AX-g minimal pair, else one example."""
+        if self.kind == "multirc":
+            return (example["idx"]["paragraph"], example["idx"]["question"])
+        return position // 2 if self.pair_field else position
 
 
 def _ex(idx: Any, fields: dict[str, Any], label: Any, **extra: Any) -> Example:
     return {"idx": idx, "fields": fields, "label": label, **extra}
+
+
+def _idx(obj: dict[str, Any], key: str, where: str) -> int | str:
+    """A SuperGLUE index as released: a JSON integer, or a string of digits (AX-b: ``"idx": "0"``)."""
+    value = require(obj, key, where)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return value
+    raise DataError(f"{where}: field '{key}' should be an integer or a string of digits, got {value!r}")
 
 
 def _int(value: Any, where: str, name: str) -> int:
@@ -115,7 +146,7 @@ def _json_task(fields: list[str], label: str = "plain"):
         else:
             lab = None
         extra = {"meta": {"pair_id": obj["pair_id"]}} if "pair_id" in obj else {}
-        return [_ex(require(obj, "idx", where, int), values, lab, **extra)]
+        return [_ex(_idx(obj, "idx", where), values, lab, **extra)]
 
     return parse
 
@@ -135,28 +166,46 @@ def _wic_row(obj: dict[str, Any], where: str) -> list[Example]:
     return [ex]
 
 
+def mark_span(text: str, index: int, span: str, where: str) -> str:
+    """``text`` with the span that starts at word ``index`` (whitespace-split, as WSC's span indices count)
+    between asterisks, as PET marks the WSC pronoun: ``... because *it* is too large.``"""
+    words = text.split()
+    n = max(1, len(span.split()))
+    if not 0 <= index <= len(words) - n:
+        raise DataError(f"{where}: span index {index} is outside the text's {len(words)} words")
+    found = " ".join(words[index : index + n])
+    lead = len(found) - len(found.lstrip(string.punctuation))
+    if not found[lead:].lower().startswith(span.lower()):
+        raise DataError(f"{where}: word {index} of the text is {found!r}, expected the span {span!r} there")
+    end = lead + len(span)
+    marked = f"{found[:lead]}*{found[lead:end]}*{found[end:]}"
+    return " ".join([*words[:index], marked, *words[index + n :]])
+
+
+def _wsc_fields(text: str, span1: str, i1: int, span2: str, i2: int, where: str) -> dict[str, Any]:
+    """WSC fields; ``text_marked`` is the text with the pronoun (span 2) between asterisks."""
+    return {"text": text, "text_marked": mark_span(text, i2, span2, where), "span1_text": span1,
+            "span1_index": i1, "span2_text": span2, "span2_index": i2}  # fmt: skip
+
+
 def _wsc_row(obj: dict[str, Any], where: str) -> list[Example]:
     target = require(obj, "target", where, dict)
-    fields = {
-        "text": require(obj, "text", where, str),
-        "span1_text": require(target, "span1_text", where, str),
-        "span1_index": require(target, "span1_index", where, int),
-        "span2_text": require(target, "span2_text", where, str),
-        "span2_index": require(target, "span2_index", where, int),
-    }
-    return [_ex(require(obj, "idx", where, int), fields, _bool_label(obj, where))]
+    fields = _wsc_fields(require(obj, "text", where, str), require(target, "span1_text", where, str),
+                         require(target, "span1_index", where, int), require(target, "span2_text", where, str),
+                         require(target, "span2_index", where, int), where)  # fmt: skip
+    return [_ex(_idx(obj, "idx", where), fields, _bool_label(obj, where))]
 
 
 def _multirc_row(obj: dict[str, Any], where: str) -> list[Example]:
-    p_idx = require(obj, "idx", where, int)
+    p_idx = _idx(obj, "idx", where)
     passage = require(obj, "passage", where, dict)
     text = require(passage, "text", where, str)
     out = []
     for question in require(passage, "questions", where, list):
-        q_idx = require(question, "idx", where, int)
+        q_idx = _idx(question, "idx", where)
         q_text = require(question, "question", where, str)
         for answer in require(question, "answers", where, list):
-            a_idx = require(answer, "idx", where, int)
+            a_idx = _idx(answer, "idx", where)
             label = answer.get("label")
             if label is not None and label not in (0, 1):
                 raise DataError(f"{where}: MultiRC answer {a_idx} label should be 0 or 1, got {label!r}")
@@ -171,7 +220,7 @@ def _multirc_row(obj: dict[str, Any], where: str) -> list[Example]:
 
 
 def _record_row(obj: dict[str, Any], where: str) -> list[Example]:
-    p_idx = require(obj, "idx", where, int)
+    p_idx = _idx(obj, "idx", where)
     passage = require(obj, "passage", where, dict)
     text = require(passage, "text", where, str)
     entities = []
@@ -189,7 +238,7 @@ def _record_row(obj: dict[str, Any], where: str) -> list[Example]:
         answers = [require(a, "text", where, str) for a in qa.get("answers", [])] or None
         out.append(
             _ex(
-                {"passage": p_idx, "query": require(qa, "idx", where, int)},
+                {"passage": p_idx, "query": _idx(qa, "idx", where)},
                 {"passage": text, "query": query},
                 sorted(set(answers)) if answers else None,
                 candidates=candidates,
@@ -231,8 +280,17 @@ def _hf_copa(row: dict[str, Any], features: Any) -> list[Example]:
 
 
 def _hf_wsc(row: dict[str, Any], features: Any) -> list[Example]:
-    names = ["text", "span1_text", "span1_index", "span2_text", "span2_index"]
-    return _hf_generic(names, "bool")(row, features)
+    ex = _hf_generic([], "bool")(row, features)[0]
+    where = f"super_glue/wsc idx={row['idx']}"
+    ex["fields"] = _wsc_fields(row["text"], row["span1_text"], row["span1_index"], row["span2_text"],
+                               row["span2_index"], where)  # fmt: skip
+    return [ex]
+
+
+def _hf_wic(row: dict[str, Any], features: Any) -> list[Example]:
+    ex = _hf_generic(["word", "sentence1", "sentence2"], "bool")(row, features)[0]
+    ex["meta"] = {k: row[k] for k in ("start1", "end1", "start2", "end2") if k in row}
+    return [ex]
 
 
 def _hf_multirc(row: dict[str, Any], features: Any) -> list[Example]:
@@ -275,22 +333,29 @@ def _glue(name, sub, kind, labels, metrics, files, tsv, row, hf_cfg, hf_label, h
     )  # fmt: skip
 
 
-def _superglue(name, sub, kind, labels, metrics, files, row, hf_cfg, hf_row, prompt, submit=str, hf_splits=None):
+def _superglue(name, sub, kind, labels, metrics, files, row, hf_cfg, hf_row, prompt, submit=str, hf_splits=None,
+               **extra):
     splits = hf_splits or {"train": "train", "dev": "validation", "test": "test"}
     return TaskType(
         name=name, benchmark="superglue", submission_name=sub, kind=kind, labels=labels, metrics=metrics,
         files=files, row=row, prompt=prompt, hf=("aps/super_glue", hf_cfg, splits), hf_row=hf_row,
-        submit=submit,
+        submit=submit, **extra,
     )  # fmt: skip
 
 
 _STD = {"train": "train.tsv", "dev": "dev.tsv", "test": "test.tsv"}
 _SG = {"train": "train.jsonl", "dev": "val.jsonl", "test": "test.jsonl"}
-_bool_out = str  # "true"/"false" as in the SuperGLUE submission files
 
 
+# Submission labels as the SuperGLUE server reads them (the reference writer is jiant v1's
+# jiant/evaluate.py, _write_*_preds): BoolQ and WiC "true"/"false" (our normalised labels, written by
+# `str`), WSC "True"/"False", COPA and MultiRC integers, CB/RTE/AX-b/AX-g the label names.
 def _int_out(label: Any) -> int:
     return int(label)
+
+
+def _wsc_out(label: Any) -> str:
+    return {"true": "True", "false": "False"}[label]
 
 
 TASKS: dict[str, TaskType] = {
@@ -373,19 +438,18 @@ TASKS: dict[str, TaskType] = {
         _superglue("rte_sg", "RTE", "classification", _NLI2, ("accuracy",), _SG,
                    _json_task(["premise", "hypothesis"]), "rte", _hf_generic(["premise", "hypothesis"], "name"),
                    _RTE_P),
-        _superglue("wic", "WiC", "classification", _TF, ("accuracy",), _SG, _wic_row, "wic",
-                   _hf_generic(["word", "sentence1", "sentence2"], "bool"),
+        _superglue("wic", "WiC", "classification", _TF, ("accuracy",), _SG, _wic_row, "wic", _hf_wic,
                    Prompt("{sentence1} {sentence2} Question: Is the word '{word}' used in the same sense in the "
                           "two sentences above? Answer: {mask}.", _YES_NO_BOOL)),
         _superglue("wsc", "WSC", "classification", _TF, ("accuracy",), _SG, _wsc_row, "wsc", _hf_wsc,
-                   Prompt("{text} Question: In the passage above, does the pronoun '{span2_text}' refer to "
-                          "'{span1_text}'? Answer: {mask}.", _YES_NO_BOOL)),
+                   Prompt("{text_marked} Question: In the passage above, does the pronoun '*{span2_text}*' refer "
+                          "to '{span1_text}'? Answer: {mask}.", _YES_NO_BOOL), _wsc_out),
         _superglue("axb", "AX-b", "classification", _NLI2, ("mcc",), {"test": "AX-b.jsonl"},
                    _json_task(["sentence1", "sentence2"]), "axb", _hf_generic(["sentence1", "sentence2"], "name"),
-                   _S12_RTE_P, hf_splits={"test": "test"}),
+                   _S12_RTE_P, hf_splits={"test": "test"}, labelled_test=True),
         _superglue("axg", "AX-g", "classification", _NLI2, ("gender_parity", "accuracy"), {"test": "AX-g.jsonl"},
                    _json_task(["premise", "hypothesis"]), "axg", _hf_generic(["premise", "hypothesis"], "name"),
-                   _RTE_P, hf_splits={"test": "test"}),
+                   _RTE_P, hf_splits={"test": "test"}, labelled_test=True, pair_field="hypothesis"),
     ]
 }  # fmt: skip
 

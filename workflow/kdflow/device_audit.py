@@ -6,7 +6,8 @@ On a CPU machine both kinds of tensor are CPU tensors, so the audit keeps its ow
 tensors the runtime moves (``Runtime.to``), a placed model's parameters, buffers and gradients, tensors made
 by factory functions given an explicit ``device=`` (``torch.arange(n, device=x.device)`` in model code), and
 everything computed from any of these. ``.cpu()``, ``.numpy()``, ``.tolist()`` and ``.item()`` leave the device.
-0-dim tensors are allowed to mix, as CUDA allows CPU scalars."""
+0-dim tensors are allowed to mix, as CUDA allows CPU scalars, and so are copies (``copy_``, item assignment),
+which CUDA performs across devices."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from torch.utils.weak import WeakIdKeyDictionary
 _LEAVE = {torch.Tensor.cpu, torch.Tensor.numpy, torch.Tensor.tolist, torch.Tensor.item}
 _FACTORIES = {torch.arange, torch.zeros, torch.ones, torch.full, torch.empty, torch.tensor, torch.as_tensor,
               torch.randn, torch.rand, torch.randint, torch.eye, torch.linspace, torch.tril, torch.triu}  # fmt: skip
+# Copies between devices, which CUDA allows (``dst.copy_(host)``, ``dst[i] = host``, load_state_dict).
+_TRANSFERS = {torch.Tensor.copy_, torch.Tensor.__setitem__}
 # Bookkeeping calls that read no tensor data.
 _NEUTRAL = {torch.Tensor.dim, torch.Tensor.size, torch.Tensor.numel, torch.Tensor.data_ptr,
             torch.Tensor.is_floating_point, torch.Tensor.register_hook, torch.Tensor.requires_grad_,
@@ -57,13 +60,12 @@ class DeviceAudit(TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        if func in _NEUTRAL or getattr(func, "__name__", "") in ("__get__", "__set__"):
+        if func in _LEAVE:
             return out
         tensors = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
         on = [t for t in tensors if t in self._on]
-        if func in _LEAVE:
-            return out
-        if on:
+        neutral = func in _NEUTRAL or getattr(func, "__name__", "") in ("__get__", "__set__")  # .T, .shape, ...
+        if on and not neutral and func not in _TRANSFERS:
             strays = [t for t in tensors if t not in self._on and t.dim() > 0]
             if strays:
                 name = getattr(func, "__qualname__", None) or getattr(func, "__name__", repr(func))

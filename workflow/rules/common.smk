@@ -199,7 +199,7 @@ def rule_threads(rule, default=THREADS):
 def rule_resources(rule, mem_mb=MEM_MB):
     """A rule's resources (local and SLURM): mem_mb, runtime and processes, then `resources.rules.RULE`
     (gpu, gpu_model, gres, cpus_per_task, slurm_partition, ...; see config/README.md). `gpus_per_node: G`
-    gives one process per GPU; with `nodes: N > 1` the job is an srun job of N x G tasks (the SLURM
+    gives one process per GPU; with `nodes: N` the job is an srun job of N x G tasks (the SLURM
     executor's `mpi`, `nodes`, `tasks_per_node`/`tasks` and a per-node `gres`).
     """
     own = config["resources"]["rules"].get(rule, {})
@@ -208,17 +208,17 @@ def rule_resources(rule, mem_mb=MEM_MB):
         **spec,
         **{k: v for k, v in own.items() if k not in ("threads", "gpus_per_node")},
     }
-    per_node, nodes = own.get("gpus_per_node"), own.get("nodes", 1)
+    per_node = own.get("gpus_per_node")
     if per_node:
         out["processes"] = own.get("processes", per_node)
         out["gpu"] = per_node
-    if nodes > 1:
+    if "nodes" in own:  # an srun job: N nodes x processes tasks
         tasks = out["processes"]
-        out.pop(
-            "gpu", None
-        )  # --gpus is per job; a per-node gres gives every node its GPUs
-        out.update(mpi="srun", gres=f"gpu:{per_node or 0}")
-        out.update({"tasks_per_node": tasks} if tasks > 1 else {"tasks": nodes})
+        out["mpi"] = "srun"
+        if per_node:  # --gpus is per job; a per-node gres gives every node its GPUs
+            out.pop("gpu")
+            out["gres"] = f"gpu:{per_node}"
+        out.update({"tasks_per_node": tasks} if tasks > 1 else {"tasks": own["nodes"]})
     return out
 
 
@@ -277,7 +277,7 @@ def launcher(rule):
     srun with one task per GPU (ranks and the rendezvous address come from SLURM's environment).
     """
     resources = rule_resources(rule)
-    if resources.get("nodes", 1) > 1:
+    if "nodes" in resources:
         return "srun --kill-on-bad-exit=1 kdflow"
     if resources["processes"] > 1:
         return (

@@ -26,7 +26,7 @@ if [ -n "$WHEELS" ]; then  # offline: everything from the carried wheels, torch 
   "$PY" -m pip install -q --no-deps -e .
 fi
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONPATH="$PWD/workflow${PYTHONPATH:+:$PYTHONPATH}"
-BIN=$(dirname "$PY")
+export PATH="$(cd "$(dirname "$PY")" && pwd):$PATH"
 mkdir -p "$OUT"
 "$PY" - <<PYEOF
 import torch

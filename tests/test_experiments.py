@@ -69,16 +69,26 @@ def test_experiment_resolves_with_expected_jobs_and_gpus(repo, tool_env, tmp_pat
     for job in jobs:
         spec = wanted.get(job["rule"], {})
         gpus = re.search(r"\bgpu=(\d+)", job["resources"])
+        per_node = re.search(r"\bgres=gpu:(\d+)", job["resources"])
+        if spec.get("nodes", 1) > 1:  # several nodes: a per-node GPU request, one srun task per GPU
+            assert not gpus and int(per_node.group(1)) == spec["gpus_per_node"], (name, job)
+            assert f"nodes={spec['nodes']}" in job["resources"] and "mpi=srun" in job["resources"]
+            assert f"tasks_per_node={spec['gpus_per_node']}" in job["resources"]
+            assert job["shell"].startswith("srun --kill-on-bad-exit=1 kdflow distill"), job["shell"][:120]
+            assert f"--gpus {spec['gpus_per_node']}" in job["shell"]
+            continue
         assert (int(gpus.group(1)) if gpus else 0) == spec.get("gpu", 0), (name, job)
         if spec.get("gpu"):
             assert f"slurm_partition={spec['slurm_partition']}" in job["resources"]
             assert f"mem_mb={spec['mem_mb']}" in job["resources"] and f"runtime={spec['runtime']}" in job["resources"]
+            assert f"--gpus {spec['gpu']}" in job["shell"], job["shell"][-200:]  # the job stops if it finds none
         processes = spec.get("processes", 1)
         if job["rule"].startswith("distill_stage"):
             launch = f"torchrun --standalone --nproc_per_node {processes} -m kdflow" if processes > 1 else "kdflow distill"
             assert job["shell"].startswith(launch), (name, job["shell"][:120])
     if name != "cpu-real":
         assert any(spec.get("gpu") for spec in wanted.values()), f"{name} asks for no GPU"
+        assert cfg["compute"]["precision"] == "bf16" and '"precision": "bf16"' in out  # GPU jobs in bf16
 
 
 def test_gkd_methods_runs_every_registered_method(repo):

@@ -14,6 +14,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 from .data.tasks import Example, TaskType
 from .errors import DataError
 from .modeling import read_metadata
+from .runtime import Runtime
 
 HEAD_KINDS = ("classification", "regression")
 
@@ -56,9 +57,14 @@ def head_inputs(example: Example) -> tuple[str, str | None]:
     return texts[0], (" ".join(texts[1:]) or None)
 
 
-def load_classifier(folder: str | Path) -> tuple[PreTrainedModel, Any]:
-    """A sequence-classification model (eval mode, float32) and its tokenizer."""
-    model = AutoModelForSequenceClassification.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
+def load_classifier(folder: str | Path, runtime: Runtime | None = None,
+                    teacher: bool = False) -> tuple[PreTrainedModel, Any]:  # fmt: skip
+    """A sequence-classification model (eval mode; on the runtime's device, in the teacher dtype when it is a
+    frozen teacher, else fp32) and its tokenizer."""
+    runtime = runtime or Runtime()
+    model = AutoModelForSequenceClassification.from_pretrained(folder, local_files_only=True,
+                                                               **runtime.load_kwargs(teacher))  # fmt: skip
+    model = runtime.place(model, teacher=teacher)
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     if tokenizer.pad_token is None:
@@ -87,14 +93,16 @@ def classify(
     batch_size: int = 16,
     max_length: int = 256,
     progress: bool = True,
+    runtime: Runtime | None = None,
 ) -> list[list[float]]:
     """Head logits of every example (one list per example; one value for a regression head)."""
+    runtime = runtime or Runtime()
     order = sorted(range(len(examples)), key=lambda k: sum(len(t or "") for t in head_inputs(examples[k])))
     out: list[list[float]] = [[] for _ in examples]
     bar = tqdm(total=len(examples), desc="classifying", unit="ex", disable=not progress)
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        enc = encode_pairs(tokenizer, [examples[k] for k in chunk], max_length)
+        enc = runtime.to(encode_pairs(tokenizer, [examples[k] for k in chunk], max_length))
         logits = model(**enc).logits.float()
         for k, row in zip(chunk, logits.tolist(), strict=True):
             out[k] = row

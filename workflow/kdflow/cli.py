@@ -22,6 +22,15 @@ def _json(text: str) -> Any:
         raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
 
 
+def _runtime(a: argparse.Namespace) -> Any:
+    """This job's runtime (device, precision, ranks) from ``--compute`` and ``--gpus``, logged once."""
+    from .runtime import Runtime
+
+    runtime = Runtime.create(a.compute, a.gpus)
+    runtime.log_once()
+    return runtime
+
+
 def _build_model(a: argparse.Namespace) -> None:
     from .assets.models import build_model
 
@@ -84,18 +93,18 @@ def _finetune(a: argparse.Namespace) -> None:
     from .finetune import finetune_classifier, finetune_teacher
 
     run = finetune_classifier if a.head == "classification" else finetune_teacher
-    info = run(a.teacher, a.task, a.out, a.work, a.settings, a.deepspeed, a.seed)
+    info = run(a.teacher, a.task, a.out, a.work, a.settings, a.deepspeed, a.seed, _runtime(a))
     log.info("fine-tuned teacher %s: %s steps on %s examples", a.out, info.get("steps"), info.get("training_examples"))
 
 
 def _cache(a: argparse.Namespace) -> None:
     from .cache.build import cache_corpus, cache_task
 
-    vocab = a.vocab_map or None
+    vocab, runtime = a.vocab_map or None, _runtime(a)
     if a.corpus:
-        m = cache_corpus(a.teacher, a.corpus, vocab, a.out, a.settings, a.seed)
+        m = cache_corpus(a.teacher, a.corpus, vocab, a.out, a.settings, a.seed, runtime)
     else:
-        m = cache_task(a.teacher, a.task, vocab, a.out, a.settings)
+        m = cache_task(a.teacher, a.task, vocab, a.out, a.settings, runtime)
     log.info("cache %s: %s positions, %.1f bytes/position", a.out, f"{m['positions']:,}", m["bytes_per_position"] or 0)
 
 
@@ -112,21 +121,22 @@ def _distill(a: argparse.Namespace) -> None:
 
     data = {"cache": a.cache, "corpus": a.corpus, "task": a.task, "teacher": a.teacher}
     recipe = {**a.recipe, "name": a.name} if a.name else a.recipe
-    meta = distill(a.stage, a.student, a.out, a.work, recipe, a.settings, data, a.deepspeed, a.seed)
+    meta = distill(a.stage, a.student, a.out, a.work, recipe, a.settings, data, a.deepspeed, a.seed, _runtime(a))
     log.info("%s of %s -> %s (%s steps)", a.stage, a.student, a.out, meta["steps"])
 
 
 def _evaluate(a: argparse.Namespace) -> None:
     from .evaluate import evaluate
 
-    result = evaluate(a.model, a.task, a.out, a.predictions, a.settings, seed=a.seed, efficiency_out=a.efficiency)
+    result = evaluate(a.model, a.task, a.out, a.predictions, a.settings, seed=a.seed, efficiency_out=a.efficiency,
+                      runtime=_runtime(a))  # fmt: skip
     log.info("%s on %s: %s", a.model, result["task"], result["metrics"])
 
 
 def _submit(a: argparse.Namespace) -> None:
     from .evaluate import submit
 
-    path = submit(a.model, a.task, a.out, a.settings)
+    path = submit(a.model, a.task, a.out, a.settings, _runtime(a))
     log.info("test predictions of %s -> %s", a.model, path)
 
 
@@ -181,9 +191,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdflow", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def add(name: str, func: Callable[[argparse.Namespace], None], help_: str) -> argparse.ArgumentParser:
+    def add(name: str, func: Callable[[argparse.Namespace], None], help_: str,
+            computes: bool = False) -> argparse.ArgumentParser:  # fmt: skip
         p = sub.add_parser(name, help=help_)
         p.set_defaults(func=func)
+        if computes:
+            p.add_argument("--compute", type=_json, default=None,
+                           help="the rule's compute settings (device, precision, teacher_dtype, tf32, "
+                                "attn_implementation, gradient_checkpointing), as JSON")  # fmt: skip
+            p.add_argument("--gpus", type=int, default=0,
+                           help="GPUs the scheduler gave this job: with none visible, the job stops")  # fmt: skip
         return p
 
     p = add("build-model", _build_model, "write a model source as a save_pretrained folder")
@@ -208,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--require", nargs="*", default=[], choices=["train", "dev", "test"],
                    help="splits the experiment uses: a missing file of one is an error")  # fmt: skip
 
-    p = add("evaluate", _evaluate, "score a model on a prepared task (dev metrics, test submission)")
+    p = add("evaluate", _evaluate, "score a model on a prepared task (dev metrics, test submission)", computes=True)
     p.add_argument("--model", required=True)
     p.add_argument("--task", required=True)
     p.add_argument("--out", required=True)
@@ -217,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settings", type=_json, required=True)
     p.add_argument("--seed", type=int, default=0)
 
-    p = add("submit", _submit, "predict a task's test split in the benchmark's submission format")
+    p = add("submit", _submit, "predict a task's test split in the benchmark's submission format", computes=True)
     p.add_argument("--model", required=True)
     p.add_argument("--task", required=True)
     p.add_argument("--out", required=True, help="folder for <TASK>.tsv / <TASK>.jsonl")
@@ -273,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="", help="the vocabulary's name in the config (named in errors)")
     p.add_argument("--out", required=True)
 
-    p = add("finetune-teacher", _finetune, "fine-tune a teacher on a task (cloze prompts, or a classification head)")
+    p = add("finetune-teacher", _finetune, "fine-tune a teacher on a task (cloze prompts, or a classification head)", computes=True)
     p.add_argument("--teacher", required=True)
     p.add_argument("--task", required=True, help="prepared task folder")
     p.add_argument("--out", required=True, help="fine-tuned model folder")
@@ -284,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deepspeed", type=_json, default=None)
     p.add_argument("--seed", type=int, default=0)
 
-    p = add("cache-logits", _cache, "run the teacher once and cache sparse targets (corpus or task)")
+    p = add("cache-logits", _cache, "run the teacher once and cache sparse targets (corpus or task)", computes=True)
     p.add_argument("--teacher", required=True)
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--corpus", help="preprocessed corpus folder (stage 1)")
@@ -301,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
 
-    p = add("distill", _distill, "train a student with a run's losses (stage1: corpus, stage2: task)")
+    p = add("distill", _distill, "train a student with a run's losses (stage1: corpus, stage2: task)", computes=True)
     p.add_argument("--stage", choices=["stage1", "stage2"], required=True)
     p.add_argument("--student", required=True, help="the student folder to start from")
     p.add_argument("--recipe", type=_json, required=True, help="the run's config entry, as JSON")

@@ -37,7 +37,8 @@ from .prepare import load_prepared
 from .preprocess import open_blocks
 from .safeio import atomic_folder
 from .scoring import candidate_scores, pad_id
-from .train.loop import TrainSettings, World, deepspeed_environment, seed_everything, steps_for, train
+from .runtime import Runtime
+from .train.loop import TrainSettings, deepspeed_environment, seed_everything, steps_for, train
 from .train.workdir import WorkDir
 from .vocab.compress import special_token_ids
 from .vocab.vmap import VocabMap
@@ -80,10 +81,11 @@ def _pad(rows: list[torch.Tensor], pad: int) -> tuple[torch.Tensor, torch.Tensor
     return ids, mask
 
 
-def _teacher(teacher_dir: str | Path, ds_config: dict[str, Any] | None) -> torch.nn.Module:
-    model, _, _ = load_lm(teacher_dir, keep_architecture=True)
+def _teacher(teacher_dir: str | Path, ds_config: dict[str, Any] | None, runtime: Runtime) -> torch.nn.Module:
+    """The frozen teacher on the runtime's device in ``compute.teacher_dtype`` (or in a ZeRO inference engine)."""
+    model, _, _ = load_lm(teacher_dir, keep_architecture=True, runtime=runtime, teacher=True)
     model.requires_grad_(False)
-    return zero_inference(model, ds_config) if ds_config else model
+    return zero_inference(model, ds_config, runtime) if ds_config else model
 
 
 class _Stage1Data:
@@ -92,7 +94,8 @@ class _Stage1Data:
 
     def __init__(self, cache_dir, corpus_dir, vocab_map, teacher_dir, online: bool, seed: int,
                  teacher_deepspeed: dict[str, Any] | None = None, words: bool = True,
-                 teacher: torch.nn.Module | None = None) -> None:  # fmt: skip
+                 teacher: torch.nn.Module | None = None, runtime: Runtime | None = None) -> None:  # fmt: skip
+        self.runtime = runtime or Runtime()
         self.online = online or not words
         self.words = words
         self.vmap = VocabMap.load(vocab_map) if vocab_map else None
@@ -100,7 +103,7 @@ class _Stage1Data:
             from transformers import AutoTokenizer
 
             self.blocks = open_blocks(corpus_dir, "train")
-            self.teacher = teacher if teacher is not None else _teacher(teacher_dir, teacher_deepspeed)
+            self.teacher = teacher if teacher is not None else _teacher(teacher_dir, teacher_deepspeed, self.runtime)
             tok = AutoTokenizer.from_pretrained(teacher_dir, local_files_only=True)
             masked = words and "CausalLM" not in type(self.teacher).__name__
             self.mask = (seed, tok.mask_token_id, len(tok), special_token_ids(tok)) if masked else None
@@ -129,9 +132,10 @@ class _Stage1Data:
         return {"input_ids": student_ids, "teacher_ids": teacher_ids, "positions": torch.from_numpy(positions)}
 
     def word_labels(self, indices: list[int], positions: list[torch.Tensor]) -> torch.Tensor:
-        """The true token at each word-prediction position (the next one for causal models), student ids."""
+        """The true token at each word-prediction position (the next one for causal models), student ids, on
+        the device."""
         rows = []
-        for i, p in zip(indices, positions, strict=True):
+        for i, p in zip(indices, [p.cpu() for p in positions], strict=True):
             block = torch.from_numpy(np.asarray(self.blocks[i]).astype(np.int64))
             if self.family == "causal":
                 shifted = torch.cat([block[1:], torch.tensor([-100])])
@@ -142,7 +146,7 @@ class _Stage1Data:
             if self.vmap is not None:
                 labels[keep] = torch.as_tensor(self.vmap.remap(labels[keep]))
             rows.append(labels)
-        return torch.cat(rows)
+        return self.runtime.to(torch.cat(rows))
 
     @torch.no_grad()
     def teacher_forward(self, ids: torch.Tensor, logits: bool, flags: dict[str, bool]) -> Features:
@@ -151,14 +155,19 @@ class _Stage1Data:
 
     def batch(self, indices: list[int], teacher_flags: dict[str, bool] | None = None
               ) -> tuple[torch.Tensor, list[torch.Tensor], dict[str, torch.Tensor]]:  # fmt: skip
-        """(student ids, positions, word targets); the teacher's Features in ``self.last_teacher`` when asked."""
+        """(student ids, positions, word targets) on the device; the teacher's Features in ``self.last_teacher``
+        when asked. The one place where a stage-1 batch goes to the device."""
         items = [self._item(i) for i in indices]
-        ids = torch.stack([it["input_ids"] for it in items])
-        positions = [it["positions"] for it in items]
+        batch = self.runtime.to({
+            "ids": torch.stack([it["input_ids"] for it in items]),
+            "teacher_ids": torch.stack([it["teacher_ids"] for it in items]),
+            "positions": [it["positions"] for it in items],
+            "targets": {} if self.online else _stack_targets(items, ("values", "ids", "log_norm", "dense", "hidden")),
+        })  # fmt: skip
+        ids, positions, teacher_ids = batch["ids"], batch["positions"], batch["teacher_ids"]
         self.last_teacher = None
         flags = teacher_flags or {}
         if self.online:
-            teacher_ids = torch.stack([it["teacher_ids"] for it in items])
             feats = self.teacher_forward(teacher_ids, logits=self.words, flags=flags)
             self.last_teacher = feats if any(flags.values()) else None
             if not self.words:
@@ -170,22 +179,22 @@ class _Stage1Data:
             rows = torch.cat([logits[r, p] for r, p in enumerate(positions)])
             targets = {"logits": self.vmap.project_logits(rows) if self.vmap is not None else rows}
             return ids, positions, targets
-        targets = _stack_targets(items, ("values", "ids", "log_norm", "dense", "hidden"))
+        targets = batch["targets"]
         if "hidden" in targets:
             targets = {"logits": self.data.teacher_logits(targets.pop("hidden"))}
         if any(flags.values()):
             if self.teacher is None:
                 raise ConfigError("representation losses need the teacher online")
-            self.last_teacher = self.teacher_forward(torch.stack([it["teacher_ids"] for it in items]), False, flags)
+            self.last_teacher = self.teacher_forward(teacher_ids, False, flags)
         return ids, positions, targets
 
 
-def zero_inference(model: torch.nn.Module, ds_config: dict[str, Any]) -> torch.nn.Module:
+def zero_inference(model: torch.nn.Module, ds_config: dict[str, Any], runtime: Runtime) -> torch.nn.Module:
     """The teacher in a DeepSpeed engine for inference only (ZeRO-3 partitions and, with
     ``offload_param``, keeps its weights in CPU memory between uses): teachers larger than memory."""
     import deepspeed
 
-    deepspeed_environment(World.from_env())
+    deepspeed_environment(runtime)
     config = {"train_micro_batch_size_per_gpu": 1, **ds_config}
     engine, _, _, _ = deepspeed.initialize(model=model, config=config)
     engine.eval()
@@ -193,15 +202,16 @@ def zero_inference(model: torch.nn.Module, ds_config: dict[str, Any]) -> torch.n
 
 
 def _stage1(all_needs: frozenset[str], data: dict[str, Any], vocab_map: Path | None, settings: dict[str, Any],
-            seed: int) -> tuple[int, Produce, torch.nn.Module | None, None]:  # fmt: skip
+            seed: int, runtime: Runtime) -> tuple[int, Produce, torch.nn.Module | None, None]:  # fmt: skip
     if all_needs & {"student_scores", "teacher_scores", "labels", "hybrid_scores"}:
         raise ConfigError(f"stage 1 has no task: its losses need {sorted(all_needs)}")
     words = "word_targets" in all_needs
     online = settings.get("teacher", "cached") == "online"
     wants_teacher = any(_flags(all_needs, "teacher").values())
-    teacher = _teacher(data["teacher"], settings.get("teacher_deepspeed")) if wants_teacher or online or not words else None
+    teacher = (_teacher(data["teacher"], settings.get("teacher_deepspeed"), runtime)
+               if wants_teacher or online or not words else None)  # fmt: skip
     source = _Stage1Data(data.get("cache"), data["corpus"], vocab_map, data["teacher"], online, seed,
-                         settings.get("teacher_deepspeed"), words=words, teacher=teacher)  # fmt: skip
+                         settings.get("teacher_deepspeed"), words=words, teacher=teacher, runtime=runtime)  # fmt: skip
 
     def produce(module: torch.nn.Module, indices: list[int], tensors: dict[str, Any], needs: frozenset[str]) -> int:
         ids, positions, targets = source.batch(indices, _flags(needs, "teacher"))
@@ -242,7 +252,7 @@ def classifier_student(student_dir: str | Path, teacher: torch.nn.Module) -> tor
 
 def _stage2(student: torch.nn.Module, tokenizer: Any, family: str, classifier: bool,
             teacher: torch.nn.Module | None, all_needs: frozenset[str], data: dict[str, Any],
-            vocab_map: Path | None, settings: dict[str, Any], theseus: Loss | None, seed: int
+            vocab_map: Path | None, settings: dict[str, Any], theseus: Loss | None, seed: int, runtime: Runtime
             ) -> tuple[int, Produce, tuple[int, ...] | None]:  # fmt: skip
     task_dir = Path(data["task"])
     prepared = load_prepared(task_dir, "train")
@@ -266,44 +276,62 @@ def _stage2(student: torch.nn.Module, tokenizer: Any, family: str, classifier: b
         label_ids = tuple(label_names.index(ex["label"]) for ex in prepared.examples)
     max_length = settings["max_length"]
 
-    def produce(module: torch.nn.Module, indices: list[int], tensors: dict[str, Any], needs: frozenset[str]) -> int:
+    def batch(indices: list[int], needs: frozenset[str]) -> dict[str, Any]:
+        """Everything a step reads from the task and its cache, built on the host and moved to the device at
+        once (the one place where a stage-2 batch goes there)."""
         examples = [prepared.examples[i] for i in indices]
-        clozes = [prepared.clozes[i] for i in indices]
         items = [cache[i] for i in indices] if cache is not None else []
+        out: dict[str, Any] = {}
+        if "word_logits" in needs:
+            out["ids"], out["mask"] = _pad([it["input_ids"] for it in items], pad_id(tokenizer))
+            out["positions"] = [it["positions"] for it in items]
+            out["targets"] = _stack_targets(items, ("values", "ids", "log_norm", "dense", "hidden"))
+        if classifier or any(_flags(needs, "student").values()) or "hybrid_scores" in needs:
+            out["encoded"] = encode_pairs(tokenizer, examples, max_length)
+        if teacher is not None and (any(_flags(needs, "teacher").values()) or (classifier and "teacher_scores" in needs)):
+            out["teacher_encoded"] = encode_pairs(teacher_tok, examples, max_length)
+        if "teacher_scores" in needs and not classifier:
+            out["teacher_scores"] = [it["candidate_scores"] for it in items]
+        if "labels" in needs:
+            out["labels"] = [gold_target(prepared.task, label_names, ex) for ex in examples]
+        return runtime.to(out)
+
+    def produce(module: torch.nn.Module, indices: list[int], tensors: dict[str, Any], needs: frozenset[str]) -> int:
+        clozes = [prepared.clozes[i] for i in indices]
+        b = batch(indices, needs)
         tokens = 0
         if "word_logits" in needs:
-            ids, mask = _pad([it["input_ids"] for it in items], pad_id(tokenizer))
-            targets = _stack_targets(items, ("values", "ids", "log_norm", "dense", "hidden"))
+            targets = b["targets"]
             if "hidden" in targets:
                 targets = {"logits": cache.teacher_logits(targets.pop("hidden"))}
-            logits = module(input_ids=ids, attention_mask=mask).logits
-            tensors.update(word_logits=torch.cat([logits[r, it["positions"]] for r, it in enumerate(items)]),
+            logits = module(input_ids=b["ids"], attention_mask=b["mask"]).logits
+            tensors.update(word_logits=torch.cat([logits[r, p] for r, p in enumerate(b["positions"])]),
                            word_targets=targets, cache_temperatures=cache.settings["temperatures"])  # fmt: skip
-            tokens += int(mask.sum())
+            tokens += int(b["mask"].sum())
         flags = _flags(needs, "student")
-        encoded = None
+        encoded = b.get("encoded")
         if classifier or any(flags.values()):
-            encoded = encode_pairs(tokenizer, examples, max_length)
             feats = forward_features(module if classifier else _body(module), dict(encoded), **flags)
             tensors["student_features"] = feats
             if classifier:
                 tensors["student_scores"] = list(feats.output.logits.float())
             tokens += int(feats.mask.sum())
         if not classifier and "student_scores" in needs:
-            tensors["student_scores"], n_tokens = candidate_scores(module, tokenizer, family, clozes, max_length)
+            tensors["student_scores"], n_tokens = candidate_scores(module, tokenizer, family, clozes, max_length,
+                                                                   runtime)  # fmt: skip
             tokens += n_tokens
         t_flags = _flags(needs, "teacher")
-        if teacher is not None and (any(t_flags.values()) or (classifier and "teacher_scores" in needs)):
+        if "teacher_encoded" in b:
             with torch.no_grad():
-                t_enc = encode_pairs(teacher_tok, examples, max_length)
-                feats = forward_features(teacher if classifier else _body(teacher), dict(t_enc), **t_flags)
+                feats = forward_features(teacher if classifier else _body(teacher), dict(b["teacher_encoded"]),
+                                         **t_flags)  # fmt: skip
             tensors["teacher_features"] = feats
             if classifier:
                 tensors["teacher_scores"] = list(feats.output.logits.float())
         if "teacher_scores" in needs and not classifier:
-            tensors["teacher_scores"] = [it["candidate_scores"] for it in items]
+            tensors["teacher_scores"] = b["teacher_scores"]
         if "labels" in needs:
-            tensors["labels"] = [gold_target(prepared.task, label_names, ex) for ex in examples]
+            tensors["labels"] = b["labels"]
         if "hybrid_scores" in needs:
             generator = torch.Generator().manual_seed(seed * 7_919 + int(tensors["step"]))
             p_student = theseus.replace_probability(tensors["progress"])
@@ -311,7 +339,8 @@ def _stage2(student: torch.nn.Module, tokenizer: Any, family: str, classifier: b
                 if classifier:
                     tensors["hybrid_scores"] = list(module(**dict(encoded)).logits.float())
                 else:
-                    tensors["hybrid_scores"], _ = candidate_scores(module, tokenizer, family, clozes, max_length)
+                    tensors["hybrid_scores"], _ = candidate_scores(module, tokenizer, family, clozes, max_length,
+                                                                   runtime)  # fmt: skip
         return tokens
 
     return n_examples, produce, label_ids
@@ -338,8 +367,11 @@ def distill(
     data: dict[str, Any],
     deepspeed: dict[str, Any] | None,
     seed: int,
+    runtime: Runtime | None = None,
 ) -> dict[str, Any]:
-    """Train ``student_dir`` with the run's losses for ``stage`` (stage1: corpus, stage2: task)."""
+    """Train ``student_dir`` with the run's losses for ``stage`` (stage1: corpus, stage2: task), on the
+    runtime's device (default: resolved from the environment, `device: auto`)."""
+    runtime = runtime or Runtime.create()
     seed_everything(seed)  # loss projections, memory banks and heads start from the seed, not the clock
     losses = build_losses(run[stage]["losses"], stage)
     _check_windows(losses, stage)
@@ -349,15 +381,15 @@ def distill(
     theseus = next((loss for loss in losses if hasattr(loss, "replace_probability")), None)
     wants_teacher = classifier or theseus is not None or any(_flags(all_needs, "teacher").values())
 
-    model, tokenizer, family = load_lm(student_dir, keep_architecture=True)
+    model, tokenizer, family = load_lm(student_dir, keep_architecture=True)  # placed with its losses by train()
     if stage == "stage1":
-        n_examples, produce, teacher, label_ids = _stage1(all_needs, data, vocab_map, settings, seed)
+        n_examples, produce, teacher, label_ids = _stage1(all_needs, data, vocab_map, settings, seed, runtime)
     else:
-        teacher = _teacher(data["teacher"], settings.get("teacher_deepspeed")) if wants_teacher else None
+        teacher = _teacher(data["teacher"], settings.get("teacher_deepspeed"), runtime) if wants_teacher else None
         if classifier:
             model = classifier_student(student_dir, teacher)
         n_examples, produce, label_ids = _stage2(model, tokenizer, family, classifier, teacher, all_needs, data,
-                                                 vocab_map, settings, theseus, seed)  # fmt: skip
+                                                 vocab_map, settings, theseus, seed, runtime)  # fmt: skip
     if all_needs & {"student_attentions", "teacher_attentions"}:
         require_attentions(model)
         if teacher is not None:
@@ -377,7 +409,8 @@ def distill(
             progress = step / steps
             active = [loss for loss in module.losses if loss.active(progress)]
             needs = frozenset().union(*(loss.needs for loss in active))
-            tensors: dict[str, Any] = {"step": step, "progress": progress, "example_ids": torch.tensor(indices)}
+            tensors: dict[str, Any] = {"step": step, "progress": progress,
+                                       "example_ids": runtime.to(torch.tensor(indices))}  # fmt: skip
             tokens = produce(module.student, indices, tensors, needs)
             s, t = tensors.get("student_features"), tensors.get("teacher_features")
             if s is not None and t is not None and s.mask.shape != t.mask.shape and any(
@@ -398,9 +431,10 @@ def distill(
                              "corpus": data.get("corpus") if stage == "stage1" else None,
                              "task": data.get("task") if stage == "stage2" else None},
                             job=f"distill_{stage}", recipe=run, settings=settings, deepspeed=deepspeed, seed=seed)  # fmt: skip
-    main = World.from_env().main
+    main = runtime.ranks.main
     with WorkDir(work_dir, identity, main) as work:
-        trained = train(wrapper, loss_fn, n_examples, TrainSettings.from_config(settings, steps, seed), work, deepspeed)
+        trained = train(wrapper, loss_fn, n_examples, TrainSettings.from_config(settings, steps, seed), work, deepspeed,
+                        runtime)  # fmt: skip
         trained = getattr(trained, "student", trained)
         if not main:  # data-parallel helpers: the main process writes the student
             return {"stage": stage, "steps": steps}
@@ -419,7 +453,7 @@ def save_student(model: torch.nn.Module, parent: str | Path, out_dir: str | Path
     """The student folder (written whole or not at all): weights, the parent's tokenizer and vocabulary map,
     the training log and kdflow.json."""
     parent = Path(parent)
-    model.eval()
+    model = model.float().eval()  # fp32 whatever the training precision
     with atomic_folder(out_dir) as tmp:
         model.save_pretrained(tmp)
         for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",

@@ -24,6 +24,7 @@ from .jsonio import read_json, write_json
 from .metrics import bootstrap_ci, compute
 from .modeling import load_lm
 from .prepare import PreparedTask, load_prepared
+from .runtime import Runtime
 from .scoring import context_length, score_clozes
 
 log = logging.getLogger(__name__)
@@ -62,20 +63,22 @@ class Scorer:
     tokenizer: Any
     mode: str
     family: str
+    runtime: Runtime
 
     @classmethod
-    def load(cls, model_dir: str | Path, data: PreparedTask, task_dir: str | Path) -> Scorer:
+    def load(cls, model_dir: str | Path, data: PreparedTask, task_dir: str | Path, runtime: Runtime) -> Scorer:
+        """The model on the runtime's device, in its frozen-model dtype (``compute.teacher_dtype``)."""
         model_dir = Path(model_dir)
         if not model_dir.is_dir():
             raise AssetError(f"{model_dir}: model folder does not exist (is the model name right, and did the rule "
                              f"that makes it run?)")  # fmt: skip
         if (model_dir / "config.json").exists() and has_classification_head(model_dir):
-            model, tokenizer = load_classifier(model_dir)
+            model, tokenizer = load_classifier(model_dir, runtime, teacher=True)
             check_head_matches(model_dir, model, data.task, task_dir)
-            return cls(model, tokenizer, HEAD, "classifier")
-        model, tokenizer, family = load_lm(model_dir)
+            return cls(model, tokenizer, HEAD, "classifier", runtime)
+        model, tokenizer, family = load_lm(model_dir, runtime=runtime, teacher=True)
         mode = "continuation log-likelihood" if family == "causal" else "mask filling"
-        return cls(model, tokenizer, mode, family)
+        return cls(model, tokenizer, mode, family, runtime)
 
     def scores(self, data: PreparedTask, indices: Sequence[int], settings: dict[str, Any], progress: bool = True,
                truncated: list[int] | None = None) -> list[list[float]]:  # fmt: skip
@@ -84,17 +87,23 @@ class Scorer:
         batch = settings["batch_size"]
         length = context_length(self.model, self.tokenizer, settings.get("max_length"))
         if self.mode == HEAD:
-            return classify(self.model, self.tokenizer, [data.examples[i] for i in indices], batch, length, progress)
-        return score_clozes(self.model, self.tokenizer, self.family, [data.clozes[i] for i in indices],
-                            batch_size=batch, max_length=length, progress=progress, truncated=truncated,
-                            add_special_tokens=settings.get("add_special_tokens", True))  # fmt: skip
+            out = classify(self.model, self.tokenizer, [data.examples[i] for i in indices], batch, length, progress,
+                           self.runtime)  # fmt: skip
+        else:
+            out = score_clozes(self.model, self.tokenizer, self.family, [data.clozes[i] for i in indices],
+                               batch_size=batch, max_length=length, progress=progress, truncated=truncated,
+                               add_special_tokens=settings.get("add_special_tokens", True),
+                               runtime=self.runtime)  # fmt: skip
+        self.runtime.synchronize()  # timings around this call measure finished work
+        return out
 
 
-def predict_split(model_dir: str | Path, task_dir: str | Path, split: str | None, settings: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+def predict_split(model_dir: str | Path, task_dir: str | Path, split: str | None, settings: dict[str, Any],
+                  runtime: Runtime | None = None) -> dict[str, Any]:  # fmt: skip
     """Load the model and the prepared split (None: the split `evaluate` scores, dev or a labelled test file),
     score every example; returns what evaluate/submit need."""
     data = load_prepared(task_dir, split or evaluation_split(task_dir))
-    scorer = Scorer.load(model_dir, data, task_dir)
+    scorer = Scorer.load(model_dir, data, task_dir, runtime or Runtime())
     started = time.perf_counter()
     truncated: list[int] = []
     scores = scorer.scores(data, range(len(data.examples)), settings, truncated=truncated)
@@ -126,13 +135,14 @@ def evaluate(
     settings: dict[str, Any],
     seed: int = 0,
     efficiency_out: str | Path | None = None,
+    runtime: Runtime | None = None,
 ) -> dict[str, Any]:
     """Official metrics on the evaluation split (dev; AX-b and AX-g: their labelled test file) with a bootstrap
     CI and per-example predictions; with ``efficiency_out``, also
     the model's size, batch-1 latency (median over ``settings['latency_examples']`` examples) and throughput."""
     model_dir = Path(model_dir)
     split = evaluation_split(task_dir)
-    r = predict_split(model_dir, task_dir, split, settings)
+    r = predict_split(model_dir, task_dir, split, settings, runtime)
     data, preds = r["data"], r["preds"]
     task, examples, meta = data.task, data.examples, data.meta
     golds = [ex["label"] for ex in examples]
@@ -166,11 +176,13 @@ def evaluate(
         count = min(settings.get("latency_examples", 16), len(examples))
         report = efficiency_report(scorer.model, model_dir, lambda i: scorer.scores(data, [i], settings, False), count,
                                    len(examples), r["seconds"], settings["batch_size"])  # fmt: skip
-        write_json(efficiency_out, {"task": meta["name"], "scoring": scorer.mode, **report})
+        write_json(efficiency_out, {"task": meta["name"], "scoring": scorer.mode, **report,
+                                    "compute": scorer.runtime.describe()})  # fmt: skip
     return result
 
 
-def submit(model_dir: str | Path, task_dir: str | Path, out_dir: str | Path, settings: dict[str, Any]) -> Path:
+def submit(model_dir: str | Path, task_dir: str | Path, out_dir: str | Path, settings: dict[str, Any],
+           runtime: Runtime | None = None) -> Path:  # fmt: skip
     """Predict the test split and write it in the benchmark's submission format."""
-    r = predict_split(model_dir, task_dir, "test", settings)
+    r = predict_split(model_dir, task_dir, "test", settings, runtime)
     return write_submission(r["data"].task, r["data"].examples, r["preds"], out_dir)

@@ -22,7 +22,8 @@ from .losses.prediction import GoldCE
 from .prepare import load_prepared
 from .safeio import atomic_folder
 from .scoring import candidate_scores
-from .train.loop import TrainSettings, World, seed_everything, steps_for, train
+from .runtime import Runtime
+from .train.loop import TrainSettings, seed_everything, steps_for, train
 from .train.workdir import WorkDir
 
 
@@ -58,27 +59,31 @@ def finetune_teacher(
     settings: dict[str, Any],
     deepspeed: dict[str, Any] | None,
     seed: int,
+    runtime: Runtime | None = None,
 ) -> dict[str, Any]:
+    """Prompt fine-tuning of the teacher on a task: the loss is the cross-entropy of the candidates' scores."""
     task_dir, out_dir = Path(task_dir), Path(out_dir)
+    runtime = runtime or Runtime.create()
     data = load_prepared(task_dir, "train", settings.get("max_examples"))
     meta, task, examples, clozes = data.meta, data.task, data.examples, data.clozes
     targets = [gold_target(task, data.labels, ex) for ex in examples]
-    model, tokenizer, family = load_lm(teacher_dir)
+    model, tokenizer, family = load_lm(teacher_dir, runtime=runtime)
     gold_ce = GoldCE()
 
     def loss_fn(module: torch.nn.Module, indices: list[int], step: int) -> tuple[torch.Tensor, dict[str, float], int]:
         scores, tokens = candidate_scores(module, tokenizer, family, [clozes[i] for i in indices],
-                                          settings["max_length"])  # fmt: skip
-        loss = gold_ce({"student_scores": scores, "labels": [targets[i] for i in indices]})
+                                          settings["max_length"], runtime)  # fmt: skip
+        loss = gold_ce({"student_scores": scores, "labels": runtime.to([targets[i] for i in indices])})
         return loss, {"cloze_ce": loss.item()}, tokens
 
     steps = steps_for(len(examples), settings["epochs"], settings["batch_size"], settings["grad_accum"],
                       settings.get("max_steps"))  # fmt: skip
     identity = job_identity({"model": teacher_dir, "task": task_dir}, job="finetune_teacher", settings=settings,
                             deepspeed=deepspeed, seed=seed)  # fmt: skip
-    with WorkDir(work_dir, identity, World.from_env().main) as work:
-        trained = train(model, loss_fn, len(examples), TrainSettings.from_config(settings, steps, seed), work, deepspeed)
-        if not World.from_env().main:  # data-parallel helpers: the main process writes the model
+    with WorkDir(work_dir, identity, runtime.ranks.main) as work:
+        trained = train(model, loss_fn, len(examples), TrainSettings.from_config(settings, steps, seed), work, deepspeed,
+                        runtime)  # fmt: skip
+        if not runtime.ranks.main:  # data-parallel helpers: the main process writes the model
             return {}
         info = {"task": meta["name"], "steps": steps, "training_examples": len(examples), "settings": settings,
                 "deepspeed": deepspeed}  # fmt: skip
@@ -95,10 +100,12 @@ def finetune_classifier(
     settings: dict[str, Any],
     deepspeed: dict[str, Any] | None,
     seed: int,
+    runtime: Runtime | None = None,
 ) -> dict[str, Any]:
     """Fine-tune ``model_dir`` with a classification (or regression) head on a task: the encoder track's
     teacher, scored by `evaluate` through its head."""
     task_dir, out_dir = Path(task_dir), Path(out_dir)
+    runtime = runtime or Runtime.create()
     data = load_prepared(task_dir, "train", settings.get("max_examples"))
     task, examples = data.task, data.examples
     if task.kind not in HEAD_KINDS:
@@ -111,8 +118,8 @@ def finetune_classifier(
     if not regression:
         head = {"num_labels": len(labels), "id2label": dict(enumerate(labels)), "problem_type": "single_label_classification",
                 "label2id": {lab: i for i, lab in enumerate(labels)}}  # fmt: skip
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, local_files_only=True, dtype=torch.float32,
-                                                               **head)  # fmt: skip
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, local_files_only=True, **head,
+                                                               **runtime.load_kwargs())  # fmt: skip
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     if regression:
         targets = torch.tensor([float(ex["label"]) for ex in examples])
@@ -120,21 +127,23 @@ def finetune_classifier(
         targets = torch.tensor([labels.index(str(ex["label"])) for ex in examples])
 
     def loss_fn(module: torch.nn.Module, indices: list[int], step: int) -> tuple[torch.Tensor, dict[str, float], int]:
-        enc = encode_pairs(tokenizer, [examples[i] for i in indices], settings["max_length"])
+        enc, gold = runtime.to((encode_pairs(tokenizer, [examples[i] for i in indices], settings["max_length"]),
+                                targets[indices]))  # fmt: skip
         logits = module(**enc).logits.float()
         if regression:
-            loss = torch.nn.functional.mse_loss(logits[:, 0], targets[indices])
+            loss = torch.nn.functional.mse_loss(logits[:, 0], gold)
         else:
-            loss = torch.nn.functional.cross_entropy(logits, targets[indices])
+            loss = torch.nn.functional.cross_entropy(logits, gold)
         return loss, {"head_loss": loss.item()}, int(enc["attention_mask"].sum())
 
     steps = steps_for(len(examples), settings["epochs"], settings["batch_size"], settings["grad_accum"],
                       settings.get("max_steps"))  # fmt: skip
     identity = job_identity({"model": model_dir, "task": task_dir}, job="finetune_classifier", settings=settings,
                             deepspeed=deepspeed, seed=seed)  # fmt: skip
-    with WorkDir(work_dir, identity, World.from_env().main) as work:
-        trained = train(model, loss_fn, len(examples), TrainSettings.from_config(settings, steps, seed), work, deepspeed)
-        if not World.from_env().main:
+    with WorkDir(work_dir, identity, runtime.ranks.main) as work:
+        trained = train(model, loss_fn, len(examples), TrainSettings.from_config(settings, steps, seed), work, deepspeed,
+                        runtime)  # fmt: skip
+        if not runtime.ranks.main:
             return {}
         info = {"task": data.meta["name"], "task_type": task.name, "head": "classification", "steps": steps,
                 "training_examples": len(examples), "settings": settings, "deepspeed": deepspeed, "family": "masked"}  # fmt: skip
@@ -145,8 +154,8 @@ def finetune_classifier(
 
 def _save_teacher(model: torch.nn.Module, tokenizer: Any, parent_dir: str | Path, out_dir: Path, work: WorkDir,
                   info: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
-    """The fine-tuned model folder, its training log and kdflow.json (provenance + training facts)."""
-    model.eval()
+    """The fine-tuned model folder (fp32, whatever the training precision), its training log and kdflow.json."""
+    model = model.float().eval()
     with atomic_folder(out_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

@@ -21,6 +21,7 @@ from transformers import (
 )
 
 from .errors import AssetError
+from .runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +63,14 @@ def read_metadata(folder: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def load_lm(folder: str | Path, keep_architecture: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
-    """Load a word-prediction model folder for scoring; returns (model, tokenizer, family).
+def load_lm(folder: str | Path, keep_architecture: bool = False, runtime: Runtime | None = None,
+            teacher: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:  # fmt: skip
+    """Load a word-prediction model folder for scoring; returns (model, tokenizer, family), the model in eval
+    mode on the runtime's device: in the teacher dtype when ``teacher`` (frozen), else in fp32.
 
     With ``keep_architecture``, a folder is loaded as what it is: a classification model with its head,
     an encoder without an LM head as the bare encoder (representation-only distillation)."""
+    runtime = runtime or Runtime()
     folder = Path(folder)
     if not (folder / "config.json").exists():
         raise AssetError(f"{folder}: not a model folder (config.json is missing)")
@@ -81,7 +85,7 @@ def load_lm(folder: str | Path, keep_architecture: bool = False) -> tuple[PreTra
         cls = AutoModel
     elif family == "masked" and not has_lm_head:
         log.warning("%s has no masked-LM head (%s): its head is randomly initialised", folder, archs)
-    model = cls.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
+    model = runtime.place(cls.from_pretrained(folder, local_files_only=True, **runtime.load_kwargs(teacher)), teacher)
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     if tokenizer.pad_token is None:

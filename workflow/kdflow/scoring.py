@@ -18,6 +18,7 @@ from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .prompts import Cloze
+from .runtime import Runtime
 
 
 @dataclass
@@ -119,14 +120,21 @@ def _logits_at(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor):
     return lambda r, positions: logits[r, positions]
 
 
-def forward_items(model: PreTrainedModel, items: list[_Item], pad: int) -> list[tuple[int, int, torch.Tensor]]:
+def pad_batch(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and attention mask of token-id rows (on the CPU)."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        ids[r, : len(row)] = torch.tensor(row)
+        mask[r, : len(row)] = 1
+    return ids, mask
+
+
+def forward_items(model: PreTrainedModel, items: list[_Item], pad: int,
+                  runtime: Runtime | None = None) -> list[tuple[int, int, torch.Tensor]]:  # fmt: skip
     """(example, candidate, summed log-probability) for every target of a batch of items; keeps the graph."""
-    width = max(len(it.input_ids) for it in items)
-    ids = torch.full((len(items), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(items), width), dtype=torch.long)
-    for r, it in enumerate(items):
-        ids[r, : len(it.input_ids)] = torch.tensor(it.input_ids)
-        mask[r, : len(it.input_ids)] = 1
+    ids, mask = (runtime or Runtime()).to(pad_batch([it.input_ids for it in items], pad))
     logits_at = _logits_at(model, ids, mask)
     out = []
     for r, it in enumerate(items):
@@ -134,19 +142,20 @@ def forward_items(model: PreTrainedModel, items: list[_Item], pad: int) -> list[
         logp = torch.log_softmax(logits_at(r, positions).float(), dim=-1)
         row = {p: k for k, p in enumerate(positions)}
         for j, pairs in it.targets:
-            index_p = torch.tensor([row[p] for p, _ in pairs])
-            index_t = torch.tensor([t for _, t in pairs])
+            index_p = torch.tensor([row[p] for p, _ in pairs], device=logp.device)
+            index_t = torch.tensor([t for _, t in pairs], device=logp.device)
             out.append((it.example, j, logp[index_p, index_t].sum()))
     return out
 
 
 def candidate_scores(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, family: str, clozes: list[Cloze], max_length: int
-) -> tuple[list[torch.Tensor], int]:
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, family: str, clozes: list[Cloze], max_length: int,
+    runtime: Runtime | None = None,
+) -> tuple[list[torch.Tensor], int]:  # fmt: skip
     """Differentiable candidate scores of a batch of clozes (one tensor per cloze) and the tokens processed."""
     items = build_items(clozes, tokenizer, family, max_length)
     rows: list[dict[int, torch.Tensor]] = [{} for _ in clozes]
-    for example, j, value in forward_items(model, items, pad_id(tokenizer)):
+    for example, j, value in forward_items(model, items, pad_id(tokenizer), runtime):
         rows[example][j] = value
     scores = [torch.stack([row[j] for j in range(len(c.candidates))]) for row, c in zip(rows, clozes, strict=True)]
     return scores, sum(len(it.input_ids) for it in items)
@@ -167,6 +176,7 @@ def score_clozes(
     progress: bool = True,
     add_special_tokens: bool = True,
     truncated: list[int] | None = None,
+    runtime: Runtime | None = None,
 ) -> list[list[float]]:
     """Summed log-probability of every candidate of every cloze (one list per cloze). ``max_length`` None:
     the model's context length; ``truncated``, when given, receives the clozes whose context was cut."""
@@ -180,7 +190,7 @@ def score_clozes(
     done: set[int] = set()
     for start in range(0, len(order), batch_size):
         batch = [items[k] for k in order[start : start + batch_size]]
-        for example, j, value in forward_items(model, batch, pad_id(tokenizer)):
+        for example, j, value in forward_items(model, batch, pad_id(tokenizer), runtime):
             scores[example][j] = float(value)
             if example not in done:
                 done.add(example)

@@ -1,5 +1,7 @@
 # Config validation, paths and input functions shared by every rule file.
 import json
+import re
+import shlex
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -203,36 +205,92 @@ def rule_threads(rule, default=THREADS):
 
 def rule_resources(rule, mem_mb=MEM_MB):
     """A rule's resources (local and SLURM): mem_mb, runtime and processes, then `resources.rules.RULE`
-    (gpu, gpu_model, gres, cpus_per_task, slurm_partition, ...; see config/README.md).
+    (gpu, gpu_model, gres, cpus_per_task, slurm_partition, ...; see config/README.md). `gpus_per_node: G`
+    gives one process per GPU; with `nodes: N` the job is an srun job of N x G tasks (the SLURM
+    executor's `mpi`, `nodes`, `tasks_per_node`/`tasks` and a per-node `gres`).
     """
     own = config["resources"]["rules"].get(rule, {})
     spec = {"mem_mb": mem_mb, "runtime": config["resources"]["runtime"], "processes": 1}
-    return {**spec, **{k: v for k, v in own.items() if k != "threads"}}
+    out = {
+        **spec,
+        **{k: v for k, v in own.items() if k not in ("threads", "gpus_per_node")},
+    }
+    per_node = own.get("gpus_per_node")
+    if per_node:
+        out["processes"] = own.get("processes", per_node)
+        out["gpu"] = per_node
+    if "nodes" in own:  # an srun job: N nodes x processes tasks
+        tasks = out["processes"]
+        out["mpi"] = "srun"
+        if per_node:  # --gpus is per job; a per-node gres gives every node its GPUs
+            out.pop("gpu")
+            out["gres"] = f"gpu:{per_node}"
+        out.update({"tasks_per_node": tasks} if tasks > 1 else {"tasks": own["nodes"]})
+    return out
+
+
+def rule_gpus(rule):
+    """GPUs per node a rule asked the scheduler for (the job stops if it finds none)."""
+    own = config["resources"]["rules"].get(rule, {})
+    gres = re.match(r"gpu(?::[^:]+)?:(\d+)$", own.get("gres", ""))
+    return (
+        own.get("gpus_per_node")
+        or own.get("gpu")
+        or (int(gres.group(1)) if gres else 0)
+    )
+
+
+def compute_args(rule):
+    """`--compute JSON --gpus N` for a computing job (`compute`, then `compute.rules.RULE`)."""
+    base = {k: v for k, v in config["compute"].items() if k != "rules"}
+    settings = {**base, **config["compute"]["rules"].get(rule, {})}
+    return f"--compute {shlex.quote(as_json(settings))} --gpus {rule_gpus(rule)}"
 
 
 def check_rule_resources(rule_names):
     """Refuse `resources.rules` entries for rules this workflow lacks, and processes where nothing launches them."""
     given = config["resources"]["rules"]
-    unknown = sorted(set(given) - set(rule_names))
-    if unknown:
-        raise WorkflowError(
-            f"config resources.rules: unknown rule(s) {', '.join(unknown)}; "
-            f"expected some of: {', '.join(sorted(rule_names))}"
-        )
-    trainers = {"distill_stage1", "distill_stage2"}
-    several = sorted(r for r, v in given.items() if v.get("processes", 1) > 1)
+    for section, entries in (
+        ("resources", given),
+        ("compute", config["compute"]["rules"]),
+    ):
+        unknown = sorted(set(entries) - set(rule_names))
+        if unknown:
+            raise WorkflowError(
+                f"config {section}.rules: unknown rule(s) {', '.join(unknown)}; "
+                f"expected some of: {', '.join(sorted(rule_names))}"
+            )
+    trainers = {
+        "distill_stage1",
+        "distill_stage2",
+        "finetune_teacher",
+        "finetune_classifier",
+    }
+    several = sorted(
+        r
+        for r, v in given.items()
+        if max(v.get("processes", 1), v.get("gpus_per_node", 1), v.get("nodes", 1)) > 1
+    )
     if set(several) - trainers:
         raise WorkflowError(
-            f"config resources.rules: processes > 1 only launches {' and '.join(sorted(trainers))}, "
+            f"config resources.rules: several processes, GPUs per node or nodes launch only "
+            f"{', '.join(sorted(trainers))}, "
             f"not {', '.join(sorted(set(several) - trainers))}"
         )
 
 
-def launcher(processes):
-    """`kdflow`, or torchrun starting `processes` data-parallel kdflow processes (the rule's resources)."""
-    if processes == 1:
-        return "kdflow"
-    return f"torchrun --standalone --nproc_per_node {processes} -m kdflow"
+def launcher(rule):
+    """`kdflow`; on one node with `processes` > 1, torchrun with one process per GPU; on several nodes,
+    srun with one task per GPU (ranks and the rendezvous address come from SLURM's environment).
+    """
+    resources = rule_resources(rule)
+    if "nodes" in resources:
+        return "srun --kill-on-bad-exit=1 kdflow"
+    if resources["processes"] > 1:
+        return (
+            f"torchrun --standalone --nproc_per_node {resources['processes']} -m kdflow"
+        )
+    return "kdflow"
 
 
 def vocab_inputs(vocab):

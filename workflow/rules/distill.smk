@@ -36,7 +36,8 @@ rule distill_stage1:
     resources:
         **rule_resources("distill_stage1"),
     params:
-        launcher=lambda w, resources: launcher(resources.processes),
+        launcher=launcher("distill_stage1"),
+        compute=compute_args("distill_stage1"),
         run=lambda w: as_json(run_recipe(config, w.run, None)),
         settings=task_settings(config["distill"]["stage1"], None),
         cache=lambda w, input: str(Path(input.cache[0]).parent) if input.cache else "",
@@ -47,7 +48,7 @@ rule distill_stage1:
         "{params.launcher} distill --stage stage1 --student {input.student} --recipe {params.run:q} --name {wildcards.run} "
         "--settings {params.settings:q} --cache '{params.cache}' --corpus {input.corpus} "
         "--teacher {input.teacher} --out {output} --work {params.work} --deepspeed {params.deepspeed:q} "
-        "--seed {params.seed} > {log} 2>&1"
+        "--seed {params.seed} {params.compute} > {log} 2>&1"
 
 
 rule distill_stage2:
@@ -65,7 +66,8 @@ rule distill_stage2:
     resources:
         **rule_resources("distill_stage2"),
     params:
-        launcher=lambda w, resources: launcher(resources.processes),
+        launcher=launcher("distill_stage2"),
+        compute=compute_args("distill_stage2"),
         run=lambda w: as_json(run_recipe(config, w.run, w.task)),
         settings=lambda w: task_settings(config["distill"]["stage2"], w.task),
         cache=lambda w, input: str(Path(input.cache[0]).parent) if input.cache else "",
@@ -76,4 +78,4 @@ rule distill_stage2:
         "{params.launcher} distill --stage stage2 --student {input.student} --recipe {params.run:q} --name {wildcards.run} "
         "--settings {params.settings:q} --cache '{params.cache}' --task {input.task} "
         "--teacher {input.teacher} --out {output} --work {params.work} --deepspeed {params.deepspeed:q} "
-        "--seed {params.seed} > {log} 2>&1"
+        "--seed {params.seed} {params.compute} > {log} 2>&1"

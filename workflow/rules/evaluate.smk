@@ -21,9 +21,11 @@ rule evaluate:
     params:
         settings=scoring_settings(),
         seed=config["seed"],
+        compute=compute_args("evaluate"),
     shell:
         "kdflow evaluate --model {input.model} --task {input.task} --out {output.metrics} "
-        "--predictions {output.predictions} --efficiency {output.efficiency} --settings {params.settings:q} --seed {params.seed} > {log} 2>&1"
+        "--predictions {output.predictions} --efficiency {output.efficiency} --settings {params.settings:q} --seed {params.seed} "
+        "{params.compute} > {log} 2>&1"
 
 
 rule submit:
@@ -43,6 +45,7 @@ rule submit:
         **rule_resources("submit"),
     params:
         settings=scoring_settings(),
+        compute=compute_args("submit"),
     shell:
         "kdflow submit --model {input.model} --task {input.task} --out {output} "
-        "--settings {params.settings:q} > {log} 2>&1"
+        "--settings {params.settings:q} {params.compute} > {log} 2>&1"

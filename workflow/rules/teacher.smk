@@ -21,10 +21,12 @@ rule finetune_teacher:
         settings=lambda w: task_settings(config["teacher_finetune"], w.task),
         deepspeed=as_json(config["deepspeed"]),
         seed=config["seed"],
+        launcher=launcher("finetune_teacher"),
+        compute=compute_args("finetune_teacher"),
     shell:
-        "kdflow finetune-teacher --teacher {input.teacher} --task {input.task} --out {output} "
+        "{params.launcher} finetune-teacher --teacher {input.teacher} --task {input.task} --out {output} "
         "--work {params.work} --settings {params.settings:q} --deepspeed {params.deepspeed:q} "
-        "--seed {params.seed} > {log} 2>&1"
+        "--seed {params.seed} {params.compute} > {log} 2>&1"
 
 
 rule finetune_classifier:
@@ -47,10 +49,12 @@ rule finetune_classifier:
         settings=lambda w: task_settings(config["classifier_finetune"], w.task),
         deepspeed=as_json(config["deepspeed"]),
         seed=config["seed"],
+        launcher=launcher("finetune_classifier"),
+        compute=compute_args("finetune_classifier"),
     shell:
-        "kdflow finetune-teacher --head classification --teacher {input.model} --task {input.task} "
+        "{params.launcher} finetune-teacher --head classification --teacher {input.model} --task {input.task} "
         "--out {output} --work {params.work} --settings {params.settings:q} "
-        "--deepspeed {params.deepspeed:q} --seed {params.seed} > {log} 2>&1"
+        "--deepspeed {params.deepspeed:q} --seed {params.seed} {params.compute} > {log} 2>&1"
 
 
 rule cache_logits_corpus:
@@ -71,10 +75,11 @@ rule cache_logits_corpus:
     params:
         out=lambda w: f"{R}/cache/corpus/{w.corpus}/{w.vocab}",
         settings=as_json(config["cache"]),
+        compute=compute_args("cache_logits_corpus"),
         seed=config["seed"],
     shell:
         "kdflow cache-logits --teacher {input.teacher} --corpus {input.corpus} --vocab-map '{input.vmap}' "
-        "--settings {params.settings:q} --out {params.out} --seed {params.seed} > {log} 2>&1"
+        "--settings {params.settings:q} --out {params.out} --seed {params.seed} {params.compute} > {log} 2>&1"
 
 
 rule cache_logits_task:
@@ -95,6 +100,7 @@ rule cache_logits_task:
     params:
         out=lambda w: f"{R}/cache/task/{w.task}/{w.vocab}",
         settings=as_json(config["cache"]),
+        compute=compute_args("cache_logits_task"),
     shell:
         "kdflow cache-logits --teacher {input.teacher} --task {input.task} --vocab-map '{input.vmap}' "
-        "--settings {params.settings:q} --out {params.out} > {log} 2>&1"
+        "--settings {params.settings:q} --out {params.out} {params.compute} > {log} 2>&1"

@@ -30,6 +30,16 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _runtime(a: dict[str, Any]) -> Any:
+    from ..runtime import Runtime
+
+    return Runtime.create(a.get("compute"))
+
+
+def _peak_gpu_mb() -> float | None:
+    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+
+
 def _settings(a: dict[str, Any], teacher: str) -> dict[str, Any]:
     return {"epochs": 1000, "max_steps": a["steps"], "batch_size": a["batch_size"], "grad_accum": 1, "lr": 1e-4,
             "warmup_ratio": 0.0, "weight_decay": 0.0, "max_grad_norm": 1.0, "checkpoint_every": 10**9,
@@ -41,13 +51,15 @@ def stage1(a: dict[str, Any]) -> dict[str, Any]:
 
     run = {"student": "s", "stage1": {"losses": {"word_kl": {"weight": 1.0, "temperature": a["temperature"]}}}}
     mode = "cached" if a.get("cache") else "online"
+    runtime = _runtime(a)
     with tempfile.TemporaryDirectory() as tmp:
         data = {"cache": a.get("cache"), "corpus": a["corpus"], "teacher": a["teacher"]}
-        distill("stage1", a["student"], Path(tmp) / "out", Path(tmp) / "work", run, _settings(a, mode), data, None,
-                seed=0)  # fmt: skip
+        distill("stage1", a["student"], Path(tmp) / "out", Path(tmp) / "work", run, _settings(a, mode), data,
+                a.get("deepspeed"), seed=0, runtime=runtime)  # fmt: skip
         with open(Path(tmp) / "out" / "train_log.csv") as fh:
             rates = [float(r["tokens_per_second"]) for r in csv.DictReader(fh)]
-    return {"tokens_per_second": statistics.median(rates[1:] or rates), "steps": len(rates)}
+    return {"tokens_per_second": statistics.median(rates[1:] or rates), "steps": len(rates),
+            "device_name": runtime.device_name()}  # fmt: skip
 
 
 def trl(a: dict[str, Any]) -> dict[str, Any]:
@@ -95,7 +107,8 @@ def trl(a: dict[str, Any]) -> dict[str, Any]:
 def cache(a: dict[str, Any]) -> dict[str, Any]:
     from ..cache.build import cache_corpus
 
-    m = cache_corpus(a["teacher"], a["corpus"], a.get("vocab_map"), a["out"], a["settings"], seed=0)
+    m = cache_corpus(a["teacher"], a["corpus"], a.get("vocab_map"), a["out"], a["settings"], seed=0,
+                     runtime=_runtime(a))  # fmt: skip
     return {"seconds": m["seconds_this_run"], "forward_seconds": m["teacher_forward_seconds_this_run"],
             "positions": m["positions"], "bytes": m["bytes"]}  # fmt: skip
 
@@ -105,14 +118,15 @@ def forward(a: dict[str, Any]) -> dict[str, Any]:
     from ..modeling import load_lm
     from ..preprocess import open_blocks
 
-    model, _, _ = load_lm(a["teacher"])
-    model.eval()
+    runtime = _runtime(a)
+    model, _, _ = load_lm(a["teacher"], runtime=runtime, teacher=True)
     data = open_blocks(a["corpus"], "train")
     blocks = min(a["blocks"], len(data))
     started = time.perf_counter()
     for b in range(0, blocks, a["batch_size"]):
         ids = torch.from_numpy(np.asarray(data[b : min(b + a["batch_size"], blocks)]).astype(np.int64))
-        model(input_ids=ids, attention_mask=torch.ones_like(ids))
+        model(*runtime.to((ids, torch.ones_like(ids))))
+    runtime.synchronize()
     return {"seconds": time.perf_counter() - started, "positions": blocks * data.shape[1]}
 
 
@@ -125,7 +139,9 @@ def main() -> None:
     name, args = sys.argv[1], json.loads(sys.argv[2])
     torch.set_num_threads(args.get("threads", torch.get_num_threads()))
     result = WORKLOADS[name](args)
-    print(json.dumps({**result, "peak_rss_mb": round(_peak_rss_mb(), 1)}))
+    gpu = _peak_gpu_mb()
+    print(json.dumps({**result, "peak_rss_mb": round(_peak_rss_mb(), 1),
+                      "peak_gpu_mb": round(gpu, 1) if gpu is not None else None}))  # fmt: skip
 
 
 if __name__ == "__main__":

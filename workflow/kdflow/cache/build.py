@@ -16,7 +16,8 @@ from ..modeling import load_lm
 from ..prepare import load_prepared
 from ..preprocess import open_blocks
 from ..prompts import Cloze
-from ..scoring import _wrap, build_items, pad_id, score_clozes
+from ..runtime import Runtime
+from ..scoring import _wrap, build_items, pad_batch, pad_id, score_clozes
 from ..vocab.compress import special_token_ids
 from ..vocab.vmap import VocabMap
 from .format import encode_values, file_sha256, id_dtype, log_normalisers, sparse_targets
@@ -38,8 +39,8 @@ def vocab_fingerprint(vocab_map: str | Path | None) -> str:
     return file_sha256(vocab_map) if vocab_map else "full"
 
 
-def _load(teacher_dir: str | Path, vocab_map: str | Path | None):
-    model, tokenizer, family = load_lm(teacher_dir)
+def _load(teacher_dir: str | Path, vocab_map: str | Path | None, runtime: Runtime):
+    model, tokenizer, family = load_lm(teacher_dir, runtime=runtime, teacher=True)
     vmap = VocabMap.load(vocab_map, tokenizer_fingerprint(teacher_dir)) if vocab_map else None
     return model, tokenizer, family, vmap
 
@@ -57,13 +58,13 @@ def _targets_arrays(outputs: torch.Tensor, settings: dict[str, Any], vocab_size:
         logprobs = torch.log_softmax(outputs.float(), -1)
         return {
             "dense": encode_values(logprobs, settings["value_dtype"]),
-            "log_norm": log_normalisers(logprobs, temps).numpy(),
+            "log_norm": log_normalisers(logprobs, temps).cpu().numpy(),
         }
     t = sparse_targets(outputs, settings["k"], temps)
     return {
         "topk_values": encode_values(t["values"], settings["value_dtype"]),
-        "topk_ids": t["ids"].numpy().astype(id_dtype(vocab_size)),
-        "log_norm": t["log_norm"].numpy().astype(np.float32),
+        "topk_ids": t["ids"].cpu().numpy().astype(id_dtype(vocab_size)),
+        "log_norm": t["log_norm"].cpu().numpy().astype(np.float32),
     }
 
 
@@ -97,9 +98,9 @@ def _save_head(model: torch.nn.Module, out_dir: str | Path) -> str:
     from safetensors.torch import save_file
 
     head = model.get_output_embeddings()
-    tensors = {"weight": head.weight.detach().float().contiguous()}
+    tensors = {"weight": head.weight.detach().float().cpu().contiguous()}
     if head.bias is not None:
-        tensors["bias"] = head.bias.detach().float().contiguous()
+        tensors["bias"] = head.bias.detach().float().cpu().contiguous()
     path = Path(out_dir) / "head.safetensors"
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path))
@@ -129,9 +130,11 @@ def cache_corpus(
     out_dir: str | Path,
     settings: dict[str, Any],
     seed: int,
+    runtime: Runtime | None = None,
 ) -> dict[str, Any]:
     """Stage 1: targets at every position (causal) or at the deterministic masked positions (masked)."""
-    model, tokenizer, family, vmap = _load(teacher_dir, vocab_map)
+    runtime = runtime or Runtime()
+    model, tokenizer, family, vmap = _load(teacher_dir, vocab_map, runtime)
     blocks = open_blocks(corpus_dir, "train")
     n_blocks = min(len(blocks), settings["max_blocks"] or len(blocks))
     block_size = blocks.shape[1]
@@ -161,11 +164,13 @@ def cache_corpus(
                 ids = torch.from_numpy(np.stack([m[0] for m in masked]))
                 positions = [m[1] for m in masked]
             t0 = time.perf_counter()
-            _, logits = _teacher_forward(model, ids, torch.ones_like(ids), capture)
+            _, logits = _teacher_forward(model, *runtime.to((ids, torch.ones_like(ids))), capture)
+            if positions is not None:
+                positions = runtime.to([torch.as_tensor(p) for p in positions])
             forward_seconds += time.perf_counter() - t0
             if positions is not None:
                 logits = torch.cat([logits[r, p] for r, p in enumerate(positions)])
-                flat = np.concatenate([(b + r) * block_size + p for r, p in enumerate(positions)])
+                flat = np.concatenate([(b + r) * block_size + p.cpu().numpy() for r, p in enumerate(positions)])
             else:
                 logits = logits.reshape(-1, logits.shape[-1])
                 flat = None
@@ -230,9 +235,11 @@ def cache_task(
     vocab_map: str | Path | None,
     out_dir: str | Path,
     settings: dict[str, Any],
+    runtime: Runtime | None = None,
 ) -> dict[str, Any]:
     """Stage 2: word-prediction targets on the task inputs + the teacher's candidate scores, per example."""
-    model, tokenizer, family, vmap = _load(teacher_dir, vocab_map)
+    runtime = runtime or Runtime()
+    model, tokenizer, family, vmap = _load(teacher_dir, vocab_map, runtime)
     prepared = load_prepared(task_dir, "train")
     meta, examples = prepared.meta, prepared.examples
     student_vocab = vmap.size if vmap else model.config.vocab_size
@@ -253,24 +260,20 @@ def cache_task(
         inputs, positions, shared = _task_inputs(clozes, tokenizer, family, settings["max_length"])
         parts, scores = [], [None] * len(chunk)
         for b in range(0, len(chunk), batch):
-            rows = inputs[b : b + batch]
-            width = max(map(len, rows))
-            ids = torch.full((len(rows), width), pad, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for r, row in enumerate(rows):
-                ids[r, : len(row)], mask[r, : len(row)] = torch.tensor(row), 1
+            ids, mask = runtime.to(pad_batch(inputs[b : b + batch], pad))
+            where = runtime.to([torch.as_tensor(p) for p in positions[b : b + batch]])
             t0 = time.perf_counter()
             logits, outputs = _teacher_forward(model, ids, mask, capture)
             forward_seconds += time.perf_counter() - t0
-            picked = torch.cat([outputs[r, torch.as_tensor(p)] for r, p in enumerate(positions[b : b + batch])])
+            picked = torch.cat([outputs[r, p] for r, p in enumerate(where)])
             parts.append(_targets_arrays(picked if capture else _project(picked, vmap), settings, student_vocab))
             for r, slot in enumerate(shared[b : b + batch]):
                 if slot is not None:  # single-token candidates: scored from this very forward pass
-                    scores[b + r] = torch.log_softmax(logits[r, slot[0]].float(), -1)[slot[1]].tolist()
+                    scores[b + r] = torch.log_softmax(logits[r, slot[0]].float(), -1).cpu()[slot[1]].tolist()
         rest = [i for i, s in enumerate(scores) if s is None]
         if rest:
             scored = score_clozes(model, tokenizer, family, [clozes[i] for i in rest], batch_size=batch,
-                                  max_length=settings["max_length"], progress=False)  # fmt: skip
+                                  max_length=settings["max_length"], progress=False, runtime=runtime)  # fmt: skip
             for i, row in zip(rest, scored):
                 scores[i] = row
         arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

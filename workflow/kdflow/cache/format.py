@@ -32,9 +32,10 @@ def id_dtype(vocab_size: int) -> np.dtype:
 
 
 def encode_values(values: torch.Tensor, dtype: str) -> np.ndarray:
+    """Values as stored (host memory): bf16 bits as int16, or fp16 / fp32."""
     if dtype == "bf16":
-        return values.to(torch.bfloat16).view(torch.int16).numpy()
-    return values.to(torch.float16 if dtype == "fp16" else torch.float32).numpy()
+        return values.detach().to(torch.bfloat16).cpu().view(torch.int16).numpy()
+    return values.detach().to(torch.float16 if dtype == "fp16" else torch.float32).cpu().numpy()
 
 
 def decode_values(array: np.ndarray, dtype: str) -> torch.Tensor:
@@ -47,7 +48,7 @@ def decode_values(array: np.ndarray, dtype: str) -> torch.Tensor:
 def log_normalisers(logprobs: torch.Tensor, temperatures: list[float]) -> torch.Tensor:
     """``c_T = logsumexp(lp / T)`` for every T, shape (..., len(temperatures)), float32 (``c_1`` is 0)."""
     return torch.stack(
-        [torch.zeros(logprobs.shape[:-1]) if t == 1 else torch.logsumexp(logprobs.float() / t, dim=-1)
+        [torch.zeros(logprobs.shape[:-1], device=logprobs.device) if t == 1 else torch.logsumexp(logprobs.float() / t, dim=-1)
          for t in temperatures], dim=-1,
     )  # fmt: skip
 

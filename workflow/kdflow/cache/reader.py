@@ -58,7 +58,7 @@ class _CacheDataset(Dataset):
             path = self.reader.dir / "head.safetensors"
             if file_sha256(path) != self.manifest.get("head_sha256"):
                 raise DataError(f"{path}: teacher head is missing or does not match the cache manifest")
-            self._head = load_file(str(path))
+            self._head = {k: v.to(hidden.device) for k, v in load_file(str(path)).items()}  # decoded where the batch is
         logits = hidden.float() @ self._head["weight"].T
         if "bias" in self._head:
             logits = logits + self._head["bias"]

@@ -122,8 +122,9 @@ class CoDIR(Loss):
         own = tensors["example_ids"]
         f_s, f_t = self.features(tensors)
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + int(tensors["step"]))
-        negatives = sample_negatives(own, self.label_ids, len(self.memory_student), self.k, generator, self.pools)
-        indices = torch.cat([own[:, None], negatives], 1)
+        negatives = sample_negatives(own.cpu(), self.label_ids, len(self.memory_student), self.k, generator,
+                                     self.pools)  # fmt: skip  (drawn on the host: one generator on every device)
+        indices = torch.cat([own[:, None], negatives.to(own.device)], 1)
         n = len(self.memory_student)
         # student-anchored (against the teacher bank) and teacher-anchored (against the student bank)
         raw = [nce_scores(f_s, self.memory_teacher, indices, self.temperature),

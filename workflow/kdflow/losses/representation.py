@@ -272,7 +272,7 @@ class InBatchContrastive(_Layered):
             s = F.normalize(self.project(k, pool(s, s_mask, self.pooling)).float(), dim=-1)
             t = F.normalize(pool(t, t_mask, self.pooling).float(), dim=-1)
             logits = s @ t.T / self.temperature
-            terms.append(F.cross_entropy(logits, torch.arange(len(s))))
+            terms.append(F.cross_entropy(logits, torch.arange(len(s), device=logits.device)))
         return torch.stack(terms).mean()
 
 

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import logging
@@ -34,6 +35,7 @@ from tqdm import tqdm
 from .. import faults
 from ..errors import KdflowError
 from ..safeio import atomic_path, write_error
+from ..runtime import Runtime
 from .workdir import WorkDir
 
 LossFn = Callable[[torch.nn.Module, Sequence[int], int], tuple[torch.Tensor, dict[str, float], int]]  # (module, batch, step)
@@ -44,35 +46,6 @@ log = logging.getLogger(__name__)
 
 class TrainingError(KdflowError):
     """Training stopped (non-finite loss, bad settings)."""
-
-
-@dataclass(frozen=True)
-class World:
-    """This process's place among the data-parallel processes (torchrun / deepspeed launcher env)."""
-
-    rank: int = 0
-    size: int = 1
-
-    @classmethod
-    def from_env(cls) -> World:
-        return cls(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")))
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def mean(self, values: dict[str, float], tokens: int) -> tuple[dict[str, float], int]:
-        """Loss parts averaged and token counts summed over all processes."""
-        if self.size == 1:
-            return values, tokens
-        keys = sorted(values)
-        packed = torch.tensor([values[k] for k in keys] + [float(tokens)], dtype=torch.float64)
-        torch.distributed.all_reduce(packed)
-        return {k: float(v) / self.size for k, v in zip(keys, packed[:-1])}, int(packed[-1])
-
-    def barrier(self) -> None:
-        if self.size > 1:
-            torch.distributed.barrier()
 
 
 @dataclass(frozen=True)
@@ -129,25 +102,41 @@ def _schedule(settings: TrainSettings) -> Callable[[int], float]:
 
 
 class _Plain:
-    def __init__(self, model: torch.nn.Module, settings: TrainSettings, world: World) -> None:
-        self.model, self.world = model, world
-        self.wrapped = model
-        if world.size > 1:
-            if not torch.distributed.is_initialized():
-                torch.distributed.init_process_group("gloo")
-            self.wrapped = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
-        params = [p for p in model.parameters() if p.requires_grad]
+    """Plain PyTorch: the model on the runtime's device in fp32, autocast to ``compute.precision`` (a GradScaler
+    with fp16), DDP over several processes (NCCL on CUDA, gloo on the CPU), fused AdamW."""
+
+    def __init__(self, model: torch.nn.Module, settings: TrainSettings, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.model = runtime.place(model)
+        self.wrapped = self.model
+        if runtime.ranks.size > 1:
+            runtime.init_distributed()
+            ids = [runtime.device.index] if runtime.cuda else None
+            self.wrapped = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids,
+                                                                     find_unused_parameters=True)  # fmt: skip
+        params = [p for p in self.model.parameters() if p.requires_grad]
         # the fused kernel updates every tensor in one pass (CPU and CUDA); the default loops over tensors
         self.optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay, fused=True)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _schedule(settings))
+        self.scaler = runtime.grad_scaler()
         self.settings = settings
 
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return self.runtime.autocast()
+
     def backward(self, loss: torch.Tensor) -> None:
-        (loss / self.settings.grad_accum).backward()
+        loss = loss / self.settings.grad_accum
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
     def step(self) -> None:
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.max_grad_norm)
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
@@ -155,32 +144,35 @@ class _Plain:
         return self.scheduler.get_last_lr()[0]
 
     def save(self, folder: Path, step: int) -> None:
-        if not self.world.main:
-            self.world.barrier()
+        if not self.runtime.ranks.main:
+            self.runtime.barrier()
             return
         state = {
             "step": step,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "rng": torch.get_rng_state(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "rng": self.runtime.rng_state(),
         }
         with atomic_path(folder / "checkpoint.pt") as tmp:
             torch.save(state, tmp)
-        self.world.barrier()
+        self.runtime.barrier()
 
     def load(self, folder: Path) -> int | None:
         path = folder / "checkpoint.pt"
         if not path.exists():
             return None
-        try:
-            state = torch.load(path, weights_only=False)
+        try:  # to host memory first: the RNG states must stay there; load_state_dict copies to the device
+            state = torch.load(path, map_location="cpu", weights_only=False)
         except (RuntimeError, EOFError, OSError) as exc:
             raise TrainingError(f"{path}: checkpoint cannot be read ({exc}); delete it to start over") from None
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.runtime.set_rng_state(state["rng"])
         return int(state["step"])
 
     def module(self) -> torch.nn.Module:
@@ -193,13 +185,23 @@ class _Plain:
         return self.model
 
 
-def deepspeed_environment(world: World) -> None:
+def deepspeed_environment(runtime: Runtime) -> None:
     """Accelerator and, for a single process, a local rendezvous, as DeepSpeed expects them."""
-    os.environ.setdefault("DS_ACCELERATOR", "cpu" if not torch.cuda.is_available() else "cuda")
-    if world.size == 1:
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if runtime.cuda else "cpu")
+    runtime.ranks.export()
+    if runtime.ranks.size == 1:
         for key, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(_free_port())), ("RANK", "0"),
                            ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):  # fmt: skip
             os.environ.setdefault(key, value)
+
+
+def deepspeed_precision(ds_config: dict[str, Any], precision: str) -> dict[str, Any]:
+    """DeepSpeed's own mixed precision from ``compute.precision`` unless the DeepSpeed config sets it (no autocast
+    on top: one cast, DeepSpeed's)."""
+    out = dict(ds_config)
+    for key, name in (("bf16", "bf16"), ("fp16", "fp16")):
+        out.setdefault(key, {"enabled": precision == name})
+    return out
 
 
 def _free_port() -> int:
@@ -211,16 +213,18 @@ def _free_port() -> int:
 
 
 class _DeepSpeed:
-    def __init__(self, model: torch.nn.Module, settings: TrainSettings, ds_config: dict[str, Any], world: World) -> None:
-        deepspeed_environment(world)
+    def __init__(self, model: torch.nn.Module, settings: TrainSettings, ds_config: dict[str, Any],
+                 runtime: Runtime) -> None:  # fmt: skip
+        deepspeed_environment(runtime)
         import deepspeed
 
+        self.runtime = runtime
         config = {
-            "train_micro_batch_size_per_gpu": settings.batch_size // world.size,
+            "train_micro_batch_size_per_gpu": settings.batch_size // runtime.ranks.size,
             "gradient_accumulation_steps": settings.grad_accum,
             "gradient_clipping": settings.max_grad_norm,
             "steps_per_print": 10**9,
-            **ds_config,
+            **deepspeed_precision(ds_config, runtime.precision),
         }
         params = [p for p in model.parameters() if p.requires_grad]
         offload = config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device") == "cpu"
@@ -236,6 +240,9 @@ class _DeepSpeed:
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config
         )
         self.settings = settings
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
 
     def backward(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss)
@@ -269,25 +276,32 @@ class _DeepSpeed:
         return self.engine.module
 
     def final_module(self) -> torch.nn.Module:
-        """The trained model with full weights (ZeRO-3 partitions them: gather into a plain copy; of a
-        wrapper with a ``student``, the student only)."""
+        """The trained model with full fp32 weights on the CPU (ZeRO-3 partitions them: gathered one submodule
+        at a time straight into a plain copy, never two full copies; of a wrapper with a ``student``, the
+        student only)."""
         module = self.engine.module
+        target = getattr(module, "student", module)
         if self.engine.zero_optimization_stage() != 3:
-            return module
+            return target.float()
         import deepspeed
 
-        target = getattr(module, "student", module)
-        prefix = "student." if target is not module else ""
-        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-            state = {k[len(prefix) :]: v.detach().clone() for k, v in module.state_dict().items() if k.startswith(prefix)}
-        module = target
-        plain = type(module)(module.config)
-        result = plain.load_state_dict(state, strict=False)
+        main = self.runtime.ranks.main  # the others only take part in the gathers
+        plain = type(target)(target.config).float() if main else None
+        mine = dict(plain.named_modules()) if main else {}
+        for name, sub in target.named_modules():
+            params = list(sub.parameters(recurse=False))
+            if not params:
+                continue
+            with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+                for pname, p in sub.named_parameters(recurse=False):
+                    if main:
+                        getattr(mine[name], pname).data.copy_(p.detach().float().cpu())
+        if not main:
+            return target
+        for name, buf in target.named_buffers():
+            owner, _, bname = name.rpartition(".")
+            getattr(mine[owner], bname).data.copy_(buf.detach().cpu())
         plain.tie_weights()
-        missing = [k for k in result.missing_keys if plain.state_dict()[k].data_ptr() not in
-                   {v.data_ptr() for n, v in plain.state_dict().items() if n in state}]  # fmt: skip
-        if missing or result.unexpected_keys:
-            raise TrainingError(f"ZeRO-3 gather lost weights: missing {missing}, unexpected {result.unexpected_keys}")
         return plain
 
 
@@ -399,15 +413,17 @@ def train(
     settings: TrainSettings,
     work: WorkDir,
     deepspeed: dict[str, Any] | None = None,
+    runtime: Runtime | None = None,
 ) -> torch.nn.Module:
     """Run ``settings.steps`` optimizer steps of ``loss_fn`` over ``n_examples``; returns the trained module.
     ``work`` (entered) holds the checkpoint and the log; a checkpoint of another identity was cleared."""
     seed_everything(settings.seed)
     model.train()
-    world = World.from_env()
+    runtime = runtime or Runtime.create()
+    world = runtime.ranks
     if settings.batch_size % world.size:
         raise TrainingError(f"batch size {settings.batch_size} does not split over {world.size} processes")
-    engine = _DeepSpeed(model, settings, deepspeed, world) if deepspeed else _Plain(model, settings, world)
+    engine = _DeepSpeed(model, settings, deepspeed, runtime) if deepspeed else _Plain(model, settings, runtime)
     start = (engine.load(work.checkpoint) or 0) if work.resumable() else 0
     if start:
         log.info("resuming %s at step %d of %d", work.checkpoint, start + 1, settings.steps)
@@ -420,7 +436,8 @@ def train(
             t0, tokens, parts_sum = time.perf_counter(), 0, {}
             for micro in range(settings.grad_accum):
                 indices = batch_indices(n_examples, step - 1, micro, settings)[world.rank :: world.size]
-                loss, parts, n_tokens = loss_fn(engine.module(), indices, step - 1)
+                with engine.autocast():
+                    loss, parts, n_tokens = loss_fn(engine.module(), indices, step - 1)
                 if not torch.isfinite(loss):
                     raise TrainingError(f"non-finite loss {loss.item()} at step {step} (parts {parts}); "
                                         f"{_checkpoint_note(work, saved)}")  # fmt: skip
@@ -432,7 +449,7 @@ def train(
             if faults.armed("nan_weights", step):
                 with torch.no_grad():
                     next(engine.module().parameters()).fill_(float("nan"))
-            parts_sum, tokens = world.mean(parts_sum, tokens)
+            parts_sum, tokens = runtime.mean(parts_sum, tokens)
             seconds = time.perf_counter() - t0
             train_log.write({"step": step, **{k: round(v, 6) for k, v in parts_sum.items()},
                              "lr": engine.lr(), "tokens_per_second": round(tokens / seconds, 1)})  # fmt: skip

@@ -39,6 +39,7 @@ from .preprocess import open_blocks
 from .scoring import candidate_scores, pad_id
 from .train.loop import TrainSettings, World, deepspeed_environment, seed_everything, steps_for, train
 from .vocab.compress import special_token_ids
+from .vocab.factorised import FactorisedEmbedding, merge_factorised, refactorise
 from .vocab.vmap import VocabMap
 
 Produce = Callable[[torch.nn.Module, list[int], dict[str, Any], frozenset[str]], int]
@@ -396,6 +397,11 @@ def _train_phase(stage: str, student_dir: str | Path, out_dir: str | Path, work_
     wants_teacher = classifier or theseus is not None or any(_flags(all_needs, "teacher").values())
 
     model, tokenizer, family = load_lm(student_dir, keep_architecture=True)
+    model = refactorise(model, student_dir)
+    if isinstance(model.get_input_embeddings(), FactorisedEmbedding) and (deepspeed or {}).get(
+            "zero_optimization", {}).get("stage") == 3:  # fmt: skip
+        raise ConfigError("a student with factorised vocabulary rows (vocabularies.*.embedding_dim) cannot train "
+                          "under ZeRO-3, whose gathered weights are rebuilt as the plain architecture: use ZeRO 0-2")  # fmt: skip
     if stage == "stage1":
         n_examples, produce, teacher, label_ids = _stage1(all_needs, data, vocab_map, settings, seed)
     else:
@@ -447,6 +453,7 @@ def _train_phase(stage: str, student_dir: str | Path, out_dir: str | Path, work_
     if not World.from_env().main:  # data-parallel helpers: the main process writes the student
         return {"stage": stage, "steps": steps}
     release_attentions(trained)
+    trained = merge_factorised(trained)
     trained.requires_grad_(True)
     info = {"run": run.get("name"), "stage": stage, "description": run.get("description"),
             "losses": spec, "steps": steps, "training_examples": n_examples, "settings": settings}  # fmt: skip

@@ -9,7 +9,7 @@ independent implementation of that reference, and README.md's methods table list
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +42,8 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class _Layered(Loss):
     """A loss over matched student/teacher layers, with projections where the widths differ."""
 
+    projection_bias: ClassVar[bool] = False
+
     def __init__(self, weight: float = 1.0, layers: str | list[int] = "uniform", pooling: str = "auto",
                  **window: float) -> None:  # fmt: skip
         super().__init__(weight, **window)
@@ -59,7 +61,8 @@ class _Layered(Loss):
             self.pooling = default_pooling(s)
         if s.hidden_size != t.hidden_size:
             self.projections = torch.nn.ModuleList(
-                [torch.nn.Linear(s.hidden_size, t.hidden_size, bias=False) for _ in range(self.n_projections())]
+                [torch.nn.Linear(s.hidden_size, t.hidden_size, bias=self.projection_bias)
+                 for _ in range(self.n_projections())]  # fmt: skip
             )
 
     def n_projections(self) -> int:
@@ -124,6 +127,7 @@ class TinyBERTEmbedding(_Layered):
     name = "tinybert_embedding"
     needs = frozenset({"student_hidden", "teacher_hidden"})
     token_aligned = True
+    projection_bias = True  # TinyBERT's fit_dense is an nn.Linear with bias
 
     def n_projections(self) -> int:
         return 1
@@ -141,6 +145,7 @@ class TinyBERTHidden(_Layered):
     name = "tinybert_hidden"
     needs = frozenset({"student_hidden", "teacher_hidden"})
     token_aligned = True
+    projection_bias = True  # TinyBERT's fit_dense is an nn.Linear with bias
 
     def __init__(self, weight: float = 1.0, layers: str | list[int] = "uniform", embeddings: bool = False,
                  **window: float) -> None:  # fmt: skip

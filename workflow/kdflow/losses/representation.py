@@ -199,14 +199,14 @@ class TinyBERTAttention(_Layered):
 
 
 @preset("tinybert")
-def tinybert_preset(weight: float, stage: str, switch: float = 0.5, temperature: float = 1.0,
+def tinybert_preset(weight: float, stage: str, switch: float | None = None, temperature: float = 1.0,
                     layers: str | list[int] = "uniform") -> dict[str, dict[str, Any]]:  # fmt: skip
     """TinyBERT's phases. Stage 1 (general distillation): the intermediate layers only (embeddings and
     hidden states with one projection, attention scores), no prediction layer. Stage 2 (task distillation):
-    the intermediate layers for the first ``switch`` of the steps, then the prediction layer, TinyBERT's
-    soft cross-entropy at ``temperature`` averaged over examples and candidates (``switch: 1.0`` keeps only
-    the intermediate phase)."""
-    switch = number("switch", switch)
+    the intermediate layers for the first ``switch`` (default 0.5) of the steps, then the prediction layer,
+    TinyBERT's soft cross-entropy at ``temperature`` averaged over examples and candidates (``switch: 1.0``
+    keeps only the intermediate phase)."""
+    switch = number("switch", switch if switch is not None else (1.0 if stage == "stage1" else 0.5))
     if not 0.0 < switch <= 1.0:
         raise SettingError("switch", f"expected a fraction of the steps in (0, 1], got {switch:g}")
     if stage == "stage1" and switch < 1.0:

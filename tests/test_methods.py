@@ -41,7 +41,7 @@ CASES = [
     ("mse_logits", {}, "encoder", "stage2"),
     ("pkd", {}, "encoder", "stage2"),
     ("hidden_cosine", {}, "encoder", "stage1"),
-    ("tinybert_embedding", {}, "encoder", "stage2"),
+    ("tinybert_hidden", {"embeddings": True}, "encoder", "stage2"),
     ("tinybert_hidden", {}, "decoder", "stage2"),
     ("tinybert_attention", {}, "encoder", "stage2"),
     ("tinybert", {"switch": 0.5}, "encoder", "stage2"),

@@ -120,27 +120,10 @@ class HiddenCosine(_Layered):
         return _masked_mean(1.0 - cos, s.mask)
 
 
-class TinyBERTEmbedding(_Layered):
-    """TinyBERT: MSE between the projected student embedding output and the teacher's (alone; the preset
-    matches the embeddings inside ``tinybert_hidden``, with TinyBERT's one shared projection)."""
-
-    name = "tinybert_embedding"
-    needs = frozenset({"student_hidden", "teacher_hidden"})
-    token_aligned = True
-    projection_bias = True  # TinyBERT's fit_dense is an nn.Linear with bias
-
-    def n_projections(self) -> int:
-        return 1
-
-    def forward(self, tensors: dict[str, Any]) -> torch.Tensor:
-        s, t = tensors["student_features"], tensors["teacher_features"]
-        return _masked_mean((self.project(0, s.hidden[0]) - t.hidden[0]) ** 2, s.mask)
-
-
 class TinyBERTHidden(_Layered):
     """TinyBERT (huawei-noah TinyBERT ``rep_loss``): the sum over matched layers (and, with ``embeddings:
-    true``, the embedding outputs) of the MSE between the student's states, mapped by one projection
-    shared by all layers (TinyBERT's ``fit_dense``), and the teacher's, averaged over real tokens."""
+    true``, as in the preset, the embedding outputs) of the MSE between the student's states, mapped by one
+    projection shared by all of them (TinyBERT's ``fit_dense``), and the teacher's, averaged over real tokens."""
 
     name = "tinybert_hidden"
     needs = frozenset({"student_hidden", "teacher_hidden"})

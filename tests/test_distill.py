@@ -183,3 +183,32 @@ def test_online_teacher_under_zero3_inference_with_offload(setup, tiny_llama):
     a, b = plain.batch([0, 3]), zero3.batch([0, 3])
     assert torch.equal(a[0], b[0])
     assert torch.allclose(a[2]["logits"], b[2]["logits"], atol=1e-5)
+
+
+def test_glmd_stage2_phases_train_one_after_the_other(setup, tiny_llama, tmp_path):
+    """GLMD's reference stage 2: word_kl alone for the stage's schedule, then candidate_kd alone from that
+    student, each with its own optimizer and warm-up; a finished phase is not redone on a rerun."""
+    run = {"student": "s", "stage2": {"phases": [{"losses": {"word_kl": {"temperature": 15.0}}},
+                                                 {"losses": {"candidate_kd": {"temperature": 1.0}}}]}}  # fmt: skip
+    data = {"cache": setup / "tcache", "task": setup / "task", "teacher": tiny_llama}
+    settings = {**TRAIN, "warmup_ratio": 0.5}
+    meta = distill("stage2", setup / "student", tmp_path / "out", tmp_path / "w", run, settings, data, None, seed=0)
+    assert meta["phase_steps"] == [4, 4] and meta["steps"] == 8 and len(meta["losses"]) == 2
+    with open(tmp_path / "out" / "train_log.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["phase"]) for r in rows] == [1] * 4 + [2] * 4 and [int(r["step"]) for r in rows] == list(range(1, 9))
+    for phase, (mine, other) in enumerate((("word_kl", "candidate_kd"), ("candidate_kd", "word_kl")), 1):
+        with open(tmp_path / "w" / f"phase{phase}" / "train_log.csv") as fh:
+            header = next(csv.reader(fh))
+        assert mine in header and other not in header  # each phase trains its loss alone
+    assert all(float(r["candidate_kd"]) > 0 for r in rows[4:])
+    assert float(rows[4]["lr"]) == pytest.approx(float(rows[0]["lr"]))  # a fresh warm-up in phase 2
+    assert float(rows[3]["lr"]) < float(rows[4]["lr"])  # phase 1 decayed, phase 2 starts its own schedule
+    first = load_file(tmp_path / "w" / "phase1" / "student" / "model.safetensors")
+    start = load_file(setup / "student" / "model.safetensors")
+    assert not all(torch.equal(first[k], start[k]) for k in first)  # phase 2 started from phase 1's student
+    stamp = (tmp_path / "w" / "phase1" / "student" / "model.safetensors").stat().st_mtime_ns
+    again = distill("stage2", setup / "student", tmp_path / "out2", tmp_path / "w", run, settings, data, None, seed=0)
+    assert (tmp_path / "w" / "phase1" / "student" / "model.safetensors").stat().st_mtime_ns == stamp
+    final, rerun = load_file(tmp_path / "out" / "model.safetensors"), load_file(tmp_path / "out2" / "model.safetensors")
+    assert again["steps"] == 8 and all(torch.equal(final[k], rerun[k]) for k in final)

@@ -45,7 +45,8 @@ CHECKED = {
     "tinybert_attention": "test_tinybert_attention_equals_att_loss_on_scores", "minilm": "test_minilm_equals_the_paper",
     "minilmv2": "test_minilmv2_equals_the_paper", "lrc": "test_lrc_is_in_batch_infonce_documented_difference",
     "theseus": "test_theseus_schedule_loss_and_trained_modules", "codir": "test_codir_equals_crd_loss_and_memory",
-    "distilbert": "test_distilbert_preset_equals_distiller_step", "tinybert": "test_tinybert_preset_equals_task_distill",
+    "distilbert": "test_distilbert_preset_equals_distiller_step",
+    "tinybert": "test_tinybert_preset_equals_task_distill",
 }  # fmt: skip
 
 
@@ -227,7 +228,8 @@ def test_lm_equals_distilbert_mlm():
 
 
 def test_lm_on_a_masked_lm_student_masks_its_inputs(tiny_bert, tmp_path):
-    """Item 9: `lm` alone on a BERT student is MLM: masked inputs, the original tokens as labels (not the next token)."""
+    """Item 9: `lm` alone on a BERT student is MLM: masked inputs, the original tokens as labels (not the next
+    token)."""
     from conftest import pack_text
 
     from kdflow.distill import _Stage1Data
@@ -251,6 +253,10 @@ def test_lm_on_a_masked_lm_student_masks_its_inputs(tiny_bert, tmp_path):
 # ---- hidden states: PKD, DistilBERT cosine, TinyBERT ---------------------------------------------------
 
 
+def _pair(mask: torch.Tensor, s_hidden: tuple, t_hidden: tuple) -> dict[str, Features]:
+    return {"student_features": Features(mask, hidden=s_hidden), "teacher_features": Features(mask, hidden=t_hidden)}
+
+
 def _states(n_layers: int, batch: int, length: int, width: int, seed: int) -> tuple[torch.Tensor, ...]:
     g = _gen(seed)
     return tuple(torch.randn(batch, length, width, generator=g) for _ in range(n_layers + 1))
@@ -272,7 +278,7 @@ def test_pkd_equals_patience_loss():
     s_hidden = tuple(h.requires_grad_() for h in _states(6, 3, 9, 768, 10))
     t_hidden = _states(12, 3, 9, 768, 11)
     loss = _bind(_one("pkd"), student_cfg, teacher_cfg)
-    got = loss({"student_features": Features(mask, hidden=s_hidden), "teacher_features": Features(mask, hidden=t_hidden)})
+    got = loss(_pair(mask, s_hidden, t_hidden))
     # PKD-skip (the paper's 6-of-12 student): student layers 1..5 <-> teacher layers 2, 4, ..., 10 ([CLS]);
     # "student_patience = torch.stack(full_output[:-1])" leaves the student's last layer to the KD term
     student = torch.stack([s_hidden[i][:, 0] for i in range(1, 6)], 1)
@@ -291,10 +297,11 @@ def test_pkd_pools_the_mean_for_decoders_documented_difference():
     the mean over real tokens for decoders (the reference's formula on mean-pooled states)."""
     cfg = LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, architectures=["LlamaForCausalLM"])
     loss = _bind(_one("pkd"), cfg, LlamaConfig(hidden_size=64, num_hidden_layers=4, num_attention_heads=4))
-    assert loss.pooling == "mean" and _bind(_one("pkd"), BertConfig(num_hidden_layers=2), BertConfig()).pooling == "first"
+    assert loss.pooling == "mean"
+    assert _bind(_one("pkd"), BertConfig(num_hidden_layers=2), BertConfig()).pooling == "first"
     mask = _padding_mask([5, 3], 5)
     s_hidden, t_hidden = _states(2, 2, 5, 64, 12), _states(4, 2, 5, 64, 13)
-    got = loss({"student_features": Features(mask, hidden=s_hidden), "teacher_features": Features(mask, hidden=t_hidden)})
+    got = loss(_pair(mask, s_hidden, t_hidden))
     w = mask[..., None].float()
     mean = lambda h: (h * w).sum(1) / w.sum(1)  # noqa: E731
     assert torch.allclose(got, ref_patience_loss(mean(t_hidden[2])[:, None], mean(s_hidden[1])[:, None]), rtol=1e-5)
@@ -305,7 +312,7 @@ def test_hidden_cosine_equals_distilbert():
     s_hidden, t_hidden = _states(2, 3, 8, 768, 14), _states(4, 3, 8, 768, 15)
     cfg = BertConfig(hidden_size=768, num_hidden_layers=2)
     loss = _bind(_one("hidden_cosine", "stage1"), cfg, BertConfig(hidden_size=768, num_hidden_layers=4), "stage1")
-    got = loss({"student_features": Features(mask, hidden=s_hidden), "teacher_features": Features(mask, hidden=t_hidden)})
+    got = loss(_pair(mask, s_hidden, t_hidden))
     # HF distiller.py (alpha_cos): masked_select of the last hidden states by the attention mask, then
     # nn.CosineEmbeddingLoss(reduction="mean")(s_slct, t_slct, target=ones)
     sel = mask.bool()
@@ -350,7 +357,7 @@ def test_tinybert_mse_padding_documented_difference():
     s_hidden, t_hidden = _states(2, 2, 7, 64, 18), _states(2, 2, 7, 64, 19)
     s_hidden = tuple(torch.where(mask[..., None].bool(), h, 5 * h) for h in s_hidden)  # padded states differ more
     loss = _bind(_one("tinybert_hidden", embeddings=True), cfg, cfg)
-    got = loss({"student_features": Features(mask, hidden=s_hidden), "teacher_features": Features(mask, hidden=t_hidden)})
+    got = loss(_pair(mask, s_hidden, t_hidden))
     sel = mask.bool()
     on_real = sum(F.mse_loss(s[sel], t[sel]) for s, t in zip(s_hidden, t_hidden))
     padded = sum(F.mse_loss(s, t) for s, t in zip(s_hidden, t_hidden))
@@ -524,7 +531,8 @@ def ref_minilm(teacher: torch.nn.Module, student: torch.nn.Module, examples: lis
 
 
 def _value_relation(values: torch.Tensor, config) -> torch.Tensor:
-    """Per attention head a: log softmax(V_a V_a^T / sqrt(d_k)); a key/value head's values for each of its query heads."""
+    """Per attention head a: log softmax(V_a V_a^T / sqrt(d_k)); under grouped-query attention, the values of the
+    key/value head that query head a uses."""
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     per_kv = values.view(values.shape[0], -1, head_dim)
@@ -582,7 +590,8 @@ def test_minilmv2_equals_the_paper(family):
 def test_minilmv2_default_relation_heads_follow_the_paper():
     """48 relation heads for base-size teachers, 64 for large ones (the paper; GLMKD's --minilmv2_relation_heads=48),
     checked against every width, also grouped-query ones (SmolLM2: 9 heads of 64, 3 key/value heads: 576 and 192)."""
-    base, large = BertConfig(hidden_size=768, num_attention_heads=12), BertConfig(hidden_size=1024, num_attention_heads=16)
+    base = BertConfig(hidden_size=768, num_attention_heads=12)
+    large = BertConfig(hidden_size=1024, num_attention_heads=16)
     assert _bind(_one("minilmv2"), base, base).relation_heads == 48
     assert _bind(_one("minilmv2"), BertConfig(hidden_size=512, num_attention_heads=8), large).relation_heads == 64
     smol = LlamaConfig(hidden_size=576, num_attention_heads=9, num_key_value_heads=3, num_hidden_layers=30)

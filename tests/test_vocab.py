@@ -216,8 +216,9 @@ def test_vocabulary_embedding_dim_builds_trains_and_exports_a_factorised_student
                 "weight_decay": 0.0, "max_grad_norm": 1.0, "checkpoint_every": 2, "teacher": "online"}  # fmt: skip
     run = {"student": "s", "stage1": {"losses": {"word_kl": {"temperature": 2.0}}}}
     data = {"cache": None, "corpus": tmp_path / "corpus", "teacher": tiny_llama}
-    out = distill("stage1", tmp_path / "student", tmp_path / "out", tmp_path / "work", run, settings, data, None, seed=0)
+    out = distill("stage1", tmp_path / "student", tmp_path / "out", tmp_path / "w", run, settings, data, None, seed=0)
     assert out["embedding_dim"] == 8
-    trained = AutoModelForCausalLM.from_pretrained(tmp_path / "out", local_files_only=True).get_input_embeddings().weight
+    trained = AutoModelForCausalLM.from_pretrained(tmp_path / "out", local_files_only=True)
+    trained = trained.get_input_embeddings().weight
     assert torch.linalg.matrix_rank(trained.detach()) <= 8
     assert not torch.allclose(trained, plain.get_input_embeddings().weight)

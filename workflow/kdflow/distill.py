@@ -206,7 +206,8 @@ def _stage1(all_needs: frozenset[str], data: dict[str, Any], vocab_map: Path | N
     words = "word_targets" in all_needs
     online = settings.get("teacher", "cached") == "online"
     wants_teacher = any(_flags(all_needs, "teacher").values())
-    teacher = _teacher(data["teacher"], settings.get("teacher_deepspeed")) if wants_teacher or (online and words) else None
+    needed = wants_teacher or (online and words)
+    teacher = _teacher(data["teacher"], settings.get("teacher_deepspeed")) if needed else None
     source = _Stage1Data(data.get("cache"), data["corpus"], vocab_map, data["teacher"], online, seed,
                          settings.get("teacher_deepspeed"), words=words, teacher=teacher,
                          labels="word_labels" in all_needs)  # fmt: skip

@@ -34,7 +34,7 @@ def maps_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tens
                    **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Eager attention [b, heads, l, d] returning (output [b, l, heads, d], probabilities before dropout);
     appends the scores + mask [b, heads, q, k] to ``kwargs[SCORES_KWARG]`` when that list is given."""
-    for feature in ("sinks", "softcap", "sliding_window"):
+    for feature in ("sinks", "softcap"):  # computed inside other models' eager attention: not reproduced here
         if kwargs.get(feature) is not None:
             raise ConfigError(f"{type(module).__name__}: attention maps with '{feature}' are not supported")
     groups = query.shape[1] // key.shape[1]

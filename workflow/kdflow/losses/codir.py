@@ -134,7 +134,8 @@ class CoDIR(Loss):
             self.layer_map = list(range(1, t.num_hidden_layers + 1, 2))
         elif isinstance(self.layer_spec, list):
             if not self.layer_spec or any(not 1 <= j <= t.num_hidden_layers for j in self.layer_spec):
-                raise ConfigError(f"codir.layers {self.layer_spec}: expected teacher layers in 1..{t.num_hidden_layers}")
+                raise ConfigError(f"codir.layers {self.layer_spec}: expected teacher layers in "
+                                  f"1..{t.num_hidden_layers}")  # fmt: skip
             self.layer_map = list(self.layer_spec)
         else:
             self.layer_map = map_layers(s.num_hidden_layers, t.num_hidden_layers, self.layer_spec)

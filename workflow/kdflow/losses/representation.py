@@ -357,7 +357,8 @@ class Theseus(Loss):
     def __init__(self, weight: float = 1.0, replace_start: float = 0.5, replace_full_at: float = 0.8,
                  **window: float) -> None:  # fmt: skip
         super().__init__(weight, **window)
-        replace_start, replace_full_at = number("replace_start", replace_start), number("replace_full_at", replace_full_at)
+        replace_start = number("replace_start", replace_start)
+        replace_full_at = number("replace_full_at", replace_full_at)
         if not 0.0 <= replace_start <= 1.0:
             raise SettingError("replace_start", f"expected a value in [0, 1], got {replace_start:g}")
         if not 0.0 < replace_full_at <= 1.0:

@@ -5,7 +5,7 @@ scale matters. A deliberate difference is pinned by a test named ``..._documente
 README.md's methods table.
 
 References (read in the public repositories at the commits below; line numbers are of those files, counted
-in the stored copies; where a file was too long to count reliably, the quoted line locates the code):
+by hand in the stored copies; where a file was too long to count reliably, the quoted code locates it):
 - GLMKD      aitsc/GLMKD @2f42ff7 distill/distill_model.py, @262b169 distill/custom_loss.py,
              @7f97461 distill/ft_logs/GLMD_110M-66M.json (the recorded two-phase stage-2 commands)
 - CoDIR      intersun/CoDIR @bb225c5 crd/criterion.py, crd/memory.py, fairseq/criterions/sentence_prediction_crd.py,
@@ -82,8 +82,8 @@ def ref_glmkd_kl_div(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature
     # GLMKD distill/distill_model.py LogitsDistil.inter_loss: with --logitsdistil_mask_pad the logits of padded
     # positions are multiplied by 0 ("s_logits = s_logits * mask"), then
     # "l = CustomLoss.kl_div(s_logits_ / T, t_logits_ / T, ...) * T ** 2";
-    # distill/custom_loss.py lines 69-80 (kl_div): F.kl_div(log_softmax(input), softmax(target), "none").sum(-1),
-    # lines 36-55 (loss_handling): then .mean() over every remaining dimension (all positions)
+    # distill/custom_loss.py lines 76-87 (kl_div): F.kl_div(log_softmax(input), softmax(target), "none").sum(-1),
+    # lines 33-59 (loss_handling): then .mean() over every remaining dimension (all positions)
     if pad_mask is not None:
         s_logits, t_logits = s_logits * pad_mask[..., None], t_logits * pad_mask[..., None]
     kl = F.kl_div(F.log_softmax(s_logits / temperature, -1), F.softmax(t_logits / temperature, -1), reduction="none")
@@ -150,7 +150,7 @@ def test_reserved_column_is_a_temperature_one_bucket_documented_difference():
 
 
 def ref_soft_cross_entropy_glmkd(s: torch.Tensor, t: torch.Tensor, temperature: float) -> torch.Tensor:
-    # GLMKD distill/custom_loss.py lines 82-90 (cross_entropy): (-softmax(target) * log_softmax(input)).sum(-1),
+    # GLMKD distill/custom_loss.py lines 89-98 (cross_entropy): (-softmax(target) * log_softmax(input)).sum(-1),
     # then loss_handling's .mean() over examples; distill_model.py pre_loss (--distill_ft_soft, not _kl):
     # "l = CustomLoss.cross_entropy(s_logits / T, t_logits / T, ...)"
     return (-F.softmax(t / temperature, -1) * F.log_softmax(s / temperature, -1)).sum(-1).mean()
@@ -191,7 +191,7 @@ def test_kd_equals_codir_and_distilbert():
 
 @pytest.mark.filterwarnings("ignore:reduction. 'mean' divides")
 def test_kd_pkd_repository_documented_difference():
-    """PKD's repository (src/KD_loss.py lines 7-13, distillation_loss) uses KLDivLoss(reduction='mean'), a mean
+    """PKD's repository (src/KD_loss.py lines 7-22, distillation_loss) uses KLDivLoss(reduction='mean'), a mean
     over examples *and classes*: its KD term is kdflow's `kd` divided by the number of classes."""
     g = _gen(6)
     t, s = torch.randn(6, 3, generator=g), torch.randn(6, 3, generator=g)
@@ -263,7 +263,7 @@ def _states(n_layers: int, batch: int, length: int, width: int, seed: int) -> tu
 
 
 def ref_patience_loss(teacher_patience: torch.Tensor, student_patience: torch.Tensor) -> torch.Tensor:
-    # PKD src/KD_loss.py lines 23-28 (patience_loss, normalized_patience=True):
+    # PKD src/KD_loss.py lines 25-30 (patience_loss, normalized_patience=True):
     # F.normalize(p=2, dim=2) on [batch, layers, hidden], then F.mse_loss(teacher, student) (a mean over all)
     teacher_patience = F.normalize(teacher_patience, p=2, dim=2)
     student_patience = F.normalize(student_patience, p=2, dim=2)

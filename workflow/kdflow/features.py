@@ -2,10 +2,10 @@
 (probabilities before dropout and pre-softmax scores) and query/key/value projections of one forward pass,
 plus pooling and layer mapping.
 
-Attention maps come from ``MAPS_ATTENTION``, an eager attention implementation registered with transformers:
-the library's own eager attention returns the probabilities *after* dropout in train mode (rows no longer sum
-to 1), while TinyBERT and MiniLM compare the maps before dropout; TinyBERT also needs the scores before the
-softmax. The implementation computes softmax(q k^T * scale + mask) like eager attention (grouped-query
+Attention maps come from ``MAPS_ATTENTION``, an eager attention implementation registered with transformers
+on first use: the library's own eager attention returns the probabilities *after* dropout in train mode
+(rows no longer sum to 1), while TinyBERT and MiniLM compare the maps before dropout; TinyBERT also needs
+the scores before the softmax. The implementation computes softmax(q k^T * scale + mask) like eager attention (grouped-query
 keys/values repeated per query head), applies dropout only to what multiplies the values, returns the
 undropped probabilities as the layer's attention weights and hands the masked scores to a list passed
 in the forward call."""
@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import AttentionInterface
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
 from .errors import ConfigError
 
@@ -51,8 +49,14 @@ def maps_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tens
     return torch.matmul(dropped, value).transpose(1, 2).contiguous(), probs
 
 
-AttentionInterface.register(MAPS_ATTENTION, maps_attention)
-AttentionMaskInterface.register(MAPS_ATTENTION, ALL_MASK_ATTENTION_FUNCTIONS["eager"])
+def _register_maps_attention() -> None:
+    """Make ``MAPS_ATTENTION`` known to transformers (idempotent; imported here, not at start-up: config
+    validation imports this module and should not pay for transformers)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+    AttentionInterface.register(MAPS_ATTENTION, maps_attention)
+    AttentionMaskInterface.register(MAPS_ATTENTION, ALL_MASK_ATTENTION_FUNCTIONS["eager"])
 
 
 @dataclass
@@ -123,6 +127,7 @@ def require_attentions(model: torch.nn.Module) -> None:
     current = getattr(model.config, "_attn_implementation", None)
     if current == MAPS_ATTENTION:
         return
+    _register_maps_attention()
     try:
         model.set_attn_implementation(MAPS_ATTENTION)
     except Exception as exc:  # noqa: BLE001 - the library's reason is passed on

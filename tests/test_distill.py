@@ -183,3 +183,63 @@ def test_online_teacher_under_zero3_inference_with_offload(setup, tiny_llama):
     a, b = plain.batch([0, 3]), zero3.batch([0, 3])
     assert torch.equal(a[0], b[0])
     assert torch.allclose(a[2]["logits"], b[2]["logits"], atol=1e-5)
+
+
+def test_glmd_stage2_phases_train_one_after_the_other(setup, tiny_llama, tmp_path, monkeypatch):
+    """GLMD's reference stage 2: word_kl alone for the stage's schedule, then candidate_kd alone from that
+    student, each with its own optimizer and warm-up. After a failure in phase 2, a rerun reuses the finished
+    phase 1 under the same identity and retrains it under another (a changed lr)."""
+    import kdflow.distill as engine
+
+    run = {"student": "s", "stage2": {"phases": [{"losses": {"word_kl": {"temperature": 15.0}}},
+                                                 {"losses": {"candidate_kd": {"temperature": 1.0}}}]}}  # fmt: skip
+    data = {"cache": setup / "tcache", "task": setup / "task", "teacher": tiny_llama}
+    settings = {**TRAIN, "warmup_ratio": 0.5}
+    meta = distill("stage2", setup / "student", tmp_path / "out", tmp_path / "w", run, settings, data, None, seed=0)
+    assert meta["phase_steps"] == [4, 4] and meta["steps"] == 8 and len(meta["losses"]) == 2
+    assert not (tmp_path / "w").exists()  # a finished stage leaves nothing to resume
+    with open(tmp_path / "out" / "train_log.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["phase"]) for r in rows] == [1] * 4 + [2] * 4 and [int(r["step"]) for r in rows] == list(range(1, 9))
+    assert all(float(r["candidate_kd"]) == 0 and float(r["word_kl"]) > 0 for r in rows[:4])  # each phase alone
+    assert all(float(r["candidate_kd"]) > 0 and float(r["word_kl"]) == 0 for r in rows[4:])
+    assert float(rows[4]["lr"]) == pytest.approx(float(rows[0]["lr"]))  # a fresh warm-up in phase 2
+    assert float(rows[3]["lr"]) < float(rows[4]["lr"])  # phase 1 decayed, phase 2 starts its own schedule
+
+    real = engine._train_phase
+
+    def fail_in_phase_2(*args, phase=None, **kwargs):
+        if phase == 2:
+            raise RuntimeError("killed in phase 2")
+        return real(*args, phase=phase, **kwargs)
+
+    monkeypatch.setattr(engine, "_train_phase", fail_in_phase_2)
+    with pytest.raises(RuntimeError, match="phase 2"):
+        distill("stage2", setup / "student", tmp_path / "out2", tmp_path / "w", run, settings, data, None, seed=0)
+    first = load_file(tmp_path / "w" / "phase1.student" / "model.safetensors")
+    start = load_file(setup / "student" / "model.safetensors")
+    assert not all(torch.equal(first[k], start[k]) for k in first)  # phase 1 trained the student
+    trained: list[int] = []
+
+    def record(*args, phase=None, **kwargs):
+        trained.append(phase)
+        return real(*args, phase=phase, **kwargs)
+
+    monkeypatch.setattr(engine, "_train_phase", record)
+    again = distill("stage2", setup / "student", tmp_path / "out2", tmp_path / "w", run, settings, data, None, seed=0)
+    final, rerun = load_file(tmp_path / "out" / "model.safetensors"), load_file(tmp_path / "out2" / "model.safetensors")
+    assert again["steps"] == 8 and all(torch.equal(final[k], rerun[k]) for k in final)
+    assert trained == [2]  # phase 1 reused: same identity
+    # the same failure, then a changed lr: phase 1 is not reused, the result is a clean run of the new lr
+    monkeypatch.setattr(engine, "_train_phase", fail_in_phase_2)
+    with pytest.raises(RuntimeError):
+        distill("stage2", setup / "student", tmp_path / "out3", tmp_path / "w", run, settings, data, None, seed=0)
+    monkeypatch.setattr(engine, "_train_phase", record)
+    trained.clear()
+    changed = {**settings, "lr": 5e-3}
+    distill("stage2", setup / "student", tmp_path / "out3", tmp_path / "w", run, changed, data, None, seed=0)
+    assert trained == [1, 2]  # phase 1 trained again under the new identity
+    monkeypatch.setattr(engine, "_train_phase", real)
+    distill("stage2", setup / "student", tmp_path / "clean", tmp_path / "wc", run, changed, data, None, seed=0)
+    a, b = load_file(tmp_path / "out3" / "model.safetensors"), load_file(tmp_path / "clean" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

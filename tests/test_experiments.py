@@ -122,6 +122,20 @@ def test_glmd_superglue_has_the_papers_schedule(repo):
     assert {t["name"] for t in cfg["tasks"].values()} == superglue
 
 
+@pytest.mark.parametrize("name", ["config.yaml", "experiments/glmd-superglue.yaml", "experiments/glmd-10b.yaml",
+                                  "experiments/cpu-real.yaml", "experiments/cpu-long.yaml"])  # fmt: skip
+def test_glmd_runs_follow_the_reference_stage2_schedule(repo, name):
+    """GLMKD's recorded commands (distill/ft_logs/GLMD_110M-66M.json): word KL alone at T = 15 for the task's
+    epochs, then from that student the candidates' soft cross-entropy alone at T = 1 for the same epochs."""
+    cfg = yaml.safe_load((repo / "config" / name).read_text())
+    runs = {k: r for k, r in cfg["runs"].items() if k.startswith("glmd")}
+    assert runs
+    for run in runs.values():
+        assert run["stage1"]["losses"] == {"word_kl": {"weight": 1.0, "temperature": 15.0}}
+        assert [p["losses"] for p in run["stage2"]["phases"]] == [{"word_kl": {"weight": 1.0, "temperature": 15.0}},
+                                                                  {"candidate_kd": {"weight": 1.0, "temperature": 1.0}}]
+
+
 def _base(repo) -> dict:
     return yaml.safe_load((repo / "tests" / "config" / "tiny.yaml").read_text())
 

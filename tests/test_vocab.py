@@ -187,3 +187,38 @@ def test_factorised_embedding_full_rank_is_exact_and_merges(fixture, request, tm
     with torch.no_grad():
         reloaded = auto.from_pretrained(tmp_path / "m", local_files_only=True)(input_ids=ids).logits
     assert torch.allclose(reloaded, factorised_logits, atol=1e-5)
+
+
+def test_vocabulary_embedding_dim_builds_trains_and_exports_a_factorised_student(tiny_llama, tmp_path):
+    """`vocabularies.*.embedding_dim`: init_student factorises the student's rows (saved as their rank-e
+    product, loadable as a plain model), distillation trains the N*e + e*d factors, the result loads again."""
+    from conftest import pack_text
+
+    from kdflow.distill import distill
+    from kdflow.students import init_student
+    from kdflow.vocab.factorised import FactorisedEmbedding, refactorise
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    vmap = build_vocab_map(_zipf_counts(len(tok)), tok, ANSWERS, {"size": 256, "round_to": 64})
+    vmap.meta.update(tokenizer_sha256=tokenizer_fingerprint(tiny_llama), embedding_dim=8)
+    vmap.save(tmp_path / "map.json")
+    meta = init_student(tiny_llama, {"layers": {"strategy": "last", "count": 1}}, tmp_path / "map.json",
+                        tmp_path / "student", seed=0)  # fmt: skip
+    hidden = AutoModelForCausalLM.from_pretrained(tmp_path / "student").config.hidden_size
+    assert meta["embedding_dim"] == 8 and meta["factorised_parameters"]["embedding"] == 256 * 8 + 8 * hidden
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "student", local_files_only=True)
+    assert torch.linalg.matrix_rank(plain.get_input_embeddings().weight.detach()) <= 8
+    model = refactorise(plain, tmp_path / "student")
+    assert isinstance(model.get_input_embeddings(), FactorisedEmbedding)
+    assert count_parameters(model)["embedding"] == 256 * 8 + 8 * hidden
+    pack_text(tmp_path, tiny_llama, name="corpus")
+    settings = {"epochs": 1, "max_steps": 2, "batch_size": 4, "grad_accum": 1, "lr": 1e-2, "warmup_ratio": 0.0,
+                "weight_decay": 0.0, "max_grad_norm": 1.0, "checkpoint_every": 2, "teacher": "online"}  # fmt: skip
+    run = {"student": "s", "stage1": {"losses": {"word_kl": {"temperature": 2.0}}}}
+    data = {"cache": None, "corpus": tmp_path / "corpus", "teacher": tiny_llama}
+    out = distill("stage1", tmp_path / "student", tmp_path / "out", tmp_path / "w", run, settings, data, None, seed=0)
+    assert out["embedding_dim"] == 8
+    trained = AutoModelForCausalLM.from_pretrained(tmp_path / "out", local_files_only=True)
+    trained = trained.get_input_embeddings().weight
+    assert torch.linalg.matrix_rank(trained.detach()) <= 8
+    assert not torch.allclose(trained, plain.get_input_embeddings().weight)

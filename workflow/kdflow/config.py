@@ -160,8 +160,9 @@ def _check_references(config: dict[str, Any]) -> list[str]:
             problems.append(f"config key 'students.{name}.layers.list': needed with strategy 'explicit'")
         elif layers.get("strategy", "uniform") != "explicit" and "count" not in layers:
             problems.append(f"config key 'students.{name}.layers.count': needed with strategy '{layers.get('strategy', 'uniform')}'")
-    from .losses import PRESETS, REGISTRY, expand_presets
+    from .losses import REGISTRY, check_losses, expand_presets
 
+    classifiers = set(config.get("classifier_finetune", {}).get("models", []))
     for name, run in config.get("runs", {}).items():
         if run.get("student") not in students:
             problems.append(f"config key 'runs.{name}.student': unknown student '{run.get('student')}'")
@@ -169,22 +170,33 @@ def _check_references(config: dict[str, Any]) -> list[str]:
             problems.append(f"config key 'runs.{name}.stage2': every run needs a stage 2 (the task)")
         if "task_losses" in run.get("stage1", {}):
             problems.append(f"config key 'runs.{name}.stage1.task_losses': stage 1 trains on a corpus, not a task")
+        encoder_track = run.get("student") in students and student_teacher(config, run["student"]) in classifiers
         for stage in ("stage1", "stage2"):
-            spec = run.get(stage, {})
-            groups = {"losses": spec.get("losses", {})}
+            spec = run.get(stage)
+            if spec is None:
+                continue
+            if ("losses" in spec) == ("phases" in spec):
+                problems.append(f"config key 'runs.{name}.{stage}': give either 'losses' or 'phases' (a list of "
+                                "{losses: ...} trained one after the other), not both or neither")  # fmt: skip
+                continue
+            groups = {f"phases[{i}].losses": p["losses"] for i, p in enumerate(spec.get("phases", []))}
+            groups.update({"losses": spec["losses"]} if "losses" in spec else {})
             groups.update({f"task_losses.{t}": losses for t, losses in spec.get("task_losses", {}).items()})
             for task in spec.get("task_losses", {}):
                 if task not in config.get("tasks", {}):
                     problems.append(f"config key 'runs.{name}.{stage}.task_losses.{task}': unknown task '{task}'")
             for key, losses in groups.items():
-                for loss in losses:
-                    if loss not in REGISTRY and loss not in PRESETS:
-                        problems.append(f"config key 'runs.{name}.{stage}.{key}.{loss}': unknown loss "
-                                        f"(registered: {', '.join(sorted([*REGISTRY, *PRESETS]))})")  # fmt: skip
-                try:
-                    expand_presets(losses, stage)
-                except ConfigError as exc:
-                    problems.append(f"config key 'runs.{name}.{stage}.{key}': {exc}")
+                where = f"runs.{name}.{stage}.{key}"
+                found = check_losses(losses, stage)[1]
+                problems += [f"config key '{where}{'.' + k if k else ''}': {message}" for k, message in found]
+                if found or not (stage == "stage2" and encoder_track):
+                    continue
+                words = [loss for loss in expand_presets(losses, stage)
+                         if REGISTRY[loss].needs & {"word_logits", "word_targets", "word_labels"}]  # fmt: skip
+                if words:
+                    problems.append(f"config key '{where}': {', '.join(words)} learn(s) word predictions, and the "
+                                    f"student of run '{name}' is a classifier in stage 2 (its teacher "
+                                    f"'{student_teacher(config, run['student'])}' is in classifier_finetune.models)")  # fmt: skip
         corpus = run.get("stage1", {}).get("corpus")
         if corpus is not None and corpus not in corpora:
             problems.append(f"config key 'runs.{name}.stage1.corpus': unknown corpus '{corpus}'")
@@ -259,14 +271,21 @@ def stage1_corpus(config: dict[str, Any], run: str) -> str | None:
 
 
 def run_recipe(config: dict[str, Any], run: str, task: str | None) -> dict[str, Any]:
-    """A run as its distill job sees it: on `task`, stage 2's `task_losses[task]` replaces its losses."""
+    """A run as its distill job sees it: on `task`, stage 2's `task_losses[task]` replaces its losses (or
+    its phases, by one phase)."""
     recipe = copy.deepcopy(config["runs"][run])
     for stage in ("stage1", "stage2"):
         if stage in recipe:
             per_task = recipe[stage].pop("task_losses", {})
             if task in per_task:
+                recipe[stage].pop("phases", None)
                 recipe[stage]["losses"] = per_task[task]
     return recipe
+
+
+def stage_phases(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """A stage's loss specs in training order: its ``phases`` one after the other, or ``losses`` alone."""
+    return [phase["losses"] for phase in spec["phases"]] if "phases" in spec else [spec["losses"]]
 
 
 def validate_config(config: dict[str, Any], source: str = "config") -> dict[str, Any]:

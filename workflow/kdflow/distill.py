@@ -12,6 +12,8 @@ pass per batch, which is why the encoder track has no cache."""
 
 from __future__ import annotations
 
+import csv
+import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -24,10 +26,11 @@ from transformers import AutoModelForSequenceClassification
 from .cache.masking import mask_block
 from .cache.reader import CorpusCacheDataset, TaskCacheDataset
 from .classify import encode_pairs, has_classification_head
+from .config import stage_phases
 from .errors import ConfigError
-from .features import Features, forward_features, require_attentions
-from .finetune import gold_target
+from .features import Features, forward_features, is_causal, release_attentions, require_attentions
 from . import faults
+from .finetune import gold_target
 from .fingerprint import job_identity, weights_fingerprint
 from .hybrid import theseus_layers
 from .jsonio import read_json, write_json
@@ -35,12 +38,13 @@ from .losses import Loss, LossContext, build_losses
 from .modeling import count_parameters, load_lm
 from .prepare import load_prepared
 from .preprocess import open_blocks
-from .safeio import atomic_folder
-from .scoring import candidate_scores, pad_id
 from .runtime import Runtime
+from .safeio import atomic_folder, atomic_path
+from .scoring import candidate_scores, pad_id
 from .train.loop import TrainSettings, deepspeed_environment, seed_everything, steps_for, train
-from .train.workdir import WorkDir
+from .train.workdir import IDENTITY, WorkDir
 from .vocab.compress import special_token_ids
+from .vocab.factorised import FactorisedEmbedding, merge_factorised, refactorise
 from .vocab.vmap import VocabMap
 
 Produce = Callable[[torch.nn.Module, list[int], dict[str, Any], frozenset[str]], int]
@@ -94,18 +98,22 @@ class _Stage1Data:
 
     def __init__(self, cache_dir, corpus_dir, vocab_map, teacher_dir, online: bool, seed: int,
                  teacher_deepspeed: dict[str, Any] | None = None, words: bool = True,
-                 teacher: torch.nn.Module | None = None, runtime: Runtime | None = None) -> None:  # fmt: skip
+                 teacher: torch.nn.Module | None = None, labels: bool = False,
+                 runtime: Runtime | None = None) -> None:  # fmt: skip
         self.runtime = runtime or Runtime()
         self.online = online or not words
         self.words = words
         self.vmap = VocabMap.load(vocab_map) if vocab_map else None
         if self.online:
-            from transformers import AutoTokenizer
+            from transformers import AutoConfig, AutoTokenizer
 
             self.blocks = open_blocks(corpus_dir, "train")
-            self.teacher = teacher if teacher is not None else _teacher(teacher_dir, teacher_deepspeed, self.runtime)
+            if teacher is None and words:
+                teacher = _teacher(teacher_dir, teacher_deepspeed, self.runtime)
+            self.teacher = teacher
             tok = AutoTokenizer.from_pretrained(teacher_dir, local_files_only=True)
-            masked = words and "CausalLM" not in type(self.teacher).__name__
+            # masked-LM inputs wherever word predictions or true tokens are learnt (MLM for `lm`, not next tokens)
+            masked = (words or labels) and not is_causal(AutoConfig.from_pretrained(teacher_dir, local_files_only=True))
             self.mask = (seed, tok.mask_token_id, len(tok), special_token_ids(tok)) if masked else None
             self.family = "masked" if masked else "causal"
             self.temperatures: list[float] = []
@@ -168,6 +176,10 @@ class _Stage1Data:
         self.last_teacher = None
         flags = teacher_flags or {}
         if self.online:
+            if not self.words and not any(flags.values()):
+                return ids, positions, {}  # no teacher output wanted (e.g. `lm` alone)
+            if self.teacher is None:
+                raise ConfigError("representation losses need the teacher online")
             feats = self.teacher_forward(teacher_ids, logits=self.words, flags=flags)
             self.last_teacher = feats if any(flags.values()) else None
             if not self.words:
@@ -208,10 +220,11 @@ def _stage1(all_needs: frozenset[str], data: dict[str, Any], vocab_map: Path | N
     words = "word_targets" in all_needs
     online = settings.get("teacher", "cached") == "online"
     wants_teacher = any(_flags(all_needs, "teacher").values())
-    teacher = (_teacher(data["teacher"], settings.get("teacher_deepspeed"), runtime)
-               if wants_teacher or online or not words else None)  # fmt: skip
+    needed = wants_teacher or (online and words)
+    teacher = _teacher(data["teacher"], settings.get("teacher_deepspeed"), runtime) if needed else None
     source = _Stage1Data(data.get("cache"), data["corpus"], vocab_map, data["teacher"], online, seed,
-                         settings.get("teacher_deepspeed"), words=words, teacher=teacher, runtime=runtime)  # fmt: skip
+                         settings.get("teacher_deepspeed"), words=words, teacher=teacher,
+                         labels="word_labels" in all_needs, runtime=runtime)  # fmt: skip
 
     def produce(module: torch.nn.Module, indices: list[int], tensors: dict[str, Any], needs: frozenset[str]) -> int:
         ids, positions, targets = source.batch(indices, _flags(needs, "teacher"))
@@ -346,17 +359,6 @@ def _stage2(student: torch.nn.Module, tokenizer: Any, family: str, classifier: b
     return n_examples, produce, label_ids
 
 
-def _check_windows(losses: list[Loss], stage: str) -> None:
-    """Some loss must be active at every step."""
-    edge = 0.0
-    for start, stop in sorted((loss.start, loss.stop) for loss in losses):
-        if start > edge:
-            break
-        edge = max(edge, stop)
-    if edge < 1.0:
-        raise ConfigError(f"{stage}: no loss is active from {edge:.2f} of the steps on (check start/stop)")
-
-
 def distill(
     stage: str,
     student_dir: str | Path,
@@ -370,11 +372,79 @@ def distill(
     runtime: Runtime | None = None,
 ) -> dict[str, Any]:
     """Train ``student_dir`` with the run's losses for ``stage`` (stage1: corpus, stage2: task), on the
-    runtime's device (default: resolved from the environment, `device: auto`)."""
+    runtime's device (default: resolved from the environment, `device: auto`). A stage with ``phases`` trains
+    them one after the other, each for the stage's full schedule (its own optimizer, warm-up and decay) from
+    the previous phase's student, as GLMD's reference runs its two stage-2 fine-tunings. A finished phase's
+    student is kept in ``work_dir/phaseN.student`` with the identity it was trained under, and reused on a
+    rerun only under the same identity (so a changed setting retrains it); a finished stage leaves nothing."""
     runtime = runtime or Runtime.create()
+    phases = stage_phases(run[stage])
+    for spec in phases:
+        build_losses(spec, stage)  # every phase's recipe is checked before the first one trains
+    work_dir = Path(work_dir)
+    if len(phases) == 1:
+        return _train_phase(stage, student_dir, out_dir, work_dir, phases[0], run, settings, data, deepspeed, seed,
+                            runtime)  # fmt: skip
+    current, metas = Path(student_dir), []
+    for i, spec in enumerate(phases, 1):
+        last = i == len(phases)
+        target = Path(out_dir) if last else work_dir / f"phase{i}.student"
+        identity = _identity(stage, current, data, run, settings, deepspeed, seed, phase=i)
+        done = target / IDENTITY
+        if not last and done.exists() and read_json(done) == identity:
+            metas.append(read_json(target / "kdflow.json"))
+        else:
+            metas.append(_train_phase(stage, current, target, work_dir / f"phase{i}", spec, run, settings, data,
+                                      deepspeed, seed, runtime, phase=i))  # fmt: skip
+            if runtime.ranks.main and not last:
+                write_json(done, identity)
+            runtime.barrier()  # helpers load the phase's student only once the main process wrote it
+        current = target
+    if not runtime.ranks.main:
+        return {"stage": stage, "steps": sum(m["steps"] for m in metas)}
+    _merge_logs([work_dir / f"phase{i}.student" / "train_log.csv" for i in range(1, len(phases))]
+                + [Path(out_dir) / "train_log.csv"], Path(out_dir) / "train_log.csv")  # fmt: skip
+    meta = {**metas[-1], "losses": phases, "phase_steps": [m["steps"] for m in metas],
+            "steps": sum(m["steps"] for m in metas), "parent": str(student_dir)}  # fmt: skip
+    write_json(Path(out_dir) / "kdflow.json", meta)
+    shutil.rmtree(work_dir, ignore_errors=True)  # a finished stage is never resumed
+    return meta
+
+
+def _merge_logs(logs: list[Path], out: Path) -> None:
+    """One CSV of every phase's steps (a ``phase`` column, steps numbered on across phases)."""
+    rows, fields, offset = [], ["phase", "step"], 0
+    for phase, log in enumerate(logs, 1):
+        with open(log, newline="", encoding="utf-8") as fh:
+            part = list(csv.DictReader(fh))
+        for row in part:
+            rows.append({**row, "phase": phase, "step": offset + int(row["step"])})
+            fields += [k for k in row if k not in fields]
+        offset += len(part)
+    with atomic_path(out) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields, restval=0.0)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _identity(stage: str, student_dir: str | Path, data: dict[str, Any], run: dict[str, Any],
+              settings: dict[str, Any], deepspeed: dict[str, Any] | None, seed: int,
+              phase: int | None = None) -> dict[str, Any]:  # fmt: skip
+    """Everything that determines one training of a stage (or of one of its phases)."""
+    inputs = {"student": student_dir, "teacher": data.get("teacher"), "cache": data.get("cache"),
+              "corpus": data.get("corpus") if stage == "stage1" else None,
+              "task": data.get("task") if stage == "stage2" else None}  # fmt: skip
+    return json.loads(json.dumps(job_identity(inputs, job=f"distill_{stage}", phase=phase, recipe=run,
+                                              settings=settings, deepspeed=deepspeed, seed=seed), default=str))  # fmt: skip
+
+
+def _train_phase(stage: str, student_dir: str | Path, out_dir: str | Path, work_dir: Path, spec: dict[str, Any],
+                 run: dict[str, Any], settings: dict[str, Any], data: dict[str, Any],
+                 deepspeed: dict[str, Any] | None, seed: int, runtime: Runtime,
+                 phase: int | None = None) -> dict[str, Any]:  # fmt: skip
+    """One training of ``student_dir`` on the losses ``spec``; the student is written to ``out_dir``."""
     seed_everything(seed)  # loss projections, memory banks and heads start from the seed, not the clock
-    losses = build_losses(run[stage]["losses"], stage)
-    _check_windows(losses, stage)
+    losses = build_losses(spec, stage)
     all_needs = frozenset().union(*(loss.needs for loss in losses))
     vocab_map = Path(student_dir) / "vocab_map.json" if (Path(student_dir) / "vocab_map.json").exists() else None
     classifier = stage == "stage2" and has_classification_head(data["teacher"])
@@ -382,6 +452,11 @@ def distill(
     wants_teacher = classifier or theseus is not None or any(_flags(all_needs, "teacher").values())
 
     model, tokenizer, family = load_lm(student_dir, keep_architecture=True)  # placed with its losses by train()
+    model = refactorise(model, student_dir)
+    if isinstance(model.get_input_embeddings(), FactorisedEmbedding) and (deepspeed or {}).get(
+            "zero_optimization", {}).get("stage") == 3:  # fmt: skip
+        raise ConfigError("a student with factorised vocabulary rows (vocabularies.*.embedding_dim) cannot train "
+                          "under ZeRO-3, whose gathered weights are rebuilt as the plain architecture: use ZeRO 0-2")  # fmt: skip
     if stage == "stage1":
         n_examples, produce, teacher, label_ids = _stage1(all_needs, data, vocab_map, settings, seed, runtime)
     else:
@@ -402,6 +477,7 @@ def distill(
         if loss.needs & {"student_hidden", "teacher_hidden", "student_qkv", "teacher_qkv"} and teacher is None:
             raise ConfigError(f"loss '{loss.name}' needs the teacher's internals, and no teacher is loaded")
         loss.bind(context)
+        loss.prepare_student(model)
     wrapper = DistillModule(model, losses)
 
     def step_fn(indices: list[int], step: int) -> Callable[[DistillModule], Any]:
@@ -427,10 +503,7 @@ def distill(
     def loss_fn(module: torch.nn.Module, indices: list[int], step: int) -> tuple[torch.Tensor, dict[str, float], int]:
         return module(step_fn(indices, step))
 
-    identity = job_identity({"student": student_dir, "teacher": data.get("teacher"), "cache": data.get("cache"),
-                             "corpus": data.get("corpus") if stage == "stage1" else None,
-                             "task": data.get("task") if stage == "stage2" else None},
-                            job=f"distill_{stage}", recipe=run, settings=settings, deepspeed=deepspeed, seed=seed)  # fmt: skip
+    identity = _identity(stage, student_dir, data, run, settings, deepspeed, seed, phase)
     main = runtime.ranks.main
     with WorkDir(work_dir, identity, main) as work:
         trained = train(wrapper, loss_fn, n_examples, TrainSettings.from_config(settings, steps, seed), work, deepspeed,
@@ -438,8 +511,11 @@ def distill(
         trained = getattr(trained, "student", trained)
         if not main:  # data-parallel helpers: the main process writes the student
             return {"stage": stage, "steps": steps}
+        release_attentions(trained)
+        trained = merge_factorised(trained)
+        trained.requires_grad_(True)
         info = {"run": run.get("name"), "stage": stage, "description": run.get("description"),
-                "losses": run[stage]["losses"], "steps": steps, "training_examples": n_examples, "settings": settings}  # fmt: skip
+                "losses": spec, "steps": steps, "training_examples": n_examples, "settings": settings}  # fmt: skip
         if classifier:
             info.update(task_type=load_prepared(data["task"], "dev").task.name, head="classification",
                         teacher=str(data["teacher"]))  # fmt: skip

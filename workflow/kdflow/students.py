@@ -15,6 +15,7 @@ from .fingerprint import tokenizer_fingerprint, weights_fingerprint
 from .jsonio import write_json
 from .modeling import count_parameters, load_lm
 from .safeio import atomic_folder
+from .vocab.factorised import factorise_embeddings, merge_factorised
 from .vocab.model import compress_model
 from .vocab.vmap import VocabMap
 
@@ -78,10 +79,14 @@ def init_student(
     else:
         keep = select_layers(total, spec["layers"])
         model = cut_layers(model, keep)
-    vmap = None
+    vmap, embedding_dim, factorised = None, None, None
     if vocab_map:
         vmap = VocabMap.load(vocab_map, tokenizer_fingerprint(teacher_dir))
         model = compress_model(model, vmap)
+        embedding_dim = vmap.meta.get("embedding_dim")
+        if embedding_dim:  # ALBERT-style rows: saved as their (rank embedding_dim) product, trained factorised
+            factorised = count_parameters(factorise_embeddings(model, int(embedding_dim)))
+            model = merge_factorised(model)
     with atomic_folder(out) as tmp:
         model.save_pretrained(tmp)
         AutoTokenizer.from_pretrained(teacher_dir, local_files_only=True).save_pretrained(tmp)
@@ -96,6 +101,8 @@ def init_student(
             "width": spec.get("width"),
             "vocab_map": "vocab_map.json" if vmap is not None else None,
             "vocab_size": model.config.vocab_size,
+            "embedding_dim": embedding_dim,
+            "factorised_parameters": factorised,
             "parameters": count_parameters(model),
             "teacher_parameters": teacher_params,
             "weights_sha256": weights_fingerprint(tmp),

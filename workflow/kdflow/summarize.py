@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from .config import stage_phases
 from .errors import DataError
 from .jsonio import read_json
 from .leaderboard import BENCHMARK_TASKS, DIAGNOSTICS, benchmark_average, task_score
@@ -148,8 +149,10 @@ def runs_table(manifest: dict[str, Any]) -> pd.DataFrame:
             spec = run.get(stage)
             if not spec:
                 return "–"
-            return " + ".join(f"{w.get('weight', 1.0):g}·{loss}" + (f" (T={w['temperature']:g})" if "temperature" in w else "")
-                              for loss, w in spec["losses"].items())  # fmt: skip
+            phases = [" + ".join(f"{(w or {}).get('weight', 1.0):g}·{loss}"
+                                 + (f" (T={w['temperature']:g})" if "temperature" in (w or {}) else "")
+                                 for loss, w in losses.items()) for losses in stage_phases(spec)]  # fmt: skip
+            return phases[0] if len(phases) == 1 else ", then ".join(f"[{p}]" for p in phases)
 
         rows.append({"run": name, "description": run.get("description") or "", "student": run["student"],
                      "layers": run.get("layers", ""), "vocabulary": run["vocabulary"],

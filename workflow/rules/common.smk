@@ -11,6 +11,7 @@ from kdflow.config import (
     evaluable,
     run_recipe,
     stage1_corpus,
+    stage_phases,
     student_teacher,
     validate_config,
 )
@@ -308,8 +309,9 @@ def run_vocab(run):
 
 
 def run_needs(run, stage):
-    """The tensors a run's losses need in a stage (presets expanded)."""
-    losses = expand_presets(config["runs"][run][stage]["losses"], stage)
+    """The tensors a run's losses need in a stage (presets expanded, every phase)."""
+    phases = stage_phases(config["runs"][run][stage])
+    losses = [name for spec in phases for name in expand_presets(spec, stage)]
     return set().union(*(REGISTRY[name].needs for name in losses))
 
 

@@ -1,17 +1,27 @@
-"""CoDIR (Sun et al., EMNLP 2020): contrastive distillation on intermediate representations.
+"""CoDIR (Sun et al., EMNLP 2020): contrastive distillation on intermediate representations, as the
+reference code computes it (intersun/CoDIR crd/criterion.py, crd/memory.py and
+fairseq/criterions/sentence_prediction_crd.py).
 
-Per example, the pooled hidden states of every student layer (concatenated) and of the matched teacher
-layers are projected to ``dim`` and L2-normalised. Two memory banks hold the student and teacher features
-of every training example (updated with momentum after each step). The objective is the memory-based NCE
-of CRD/CoDIR, symmetric: the student feature must pick the teacher's bank entry of its own example out of
-K negatives, and the teacher feature the student's. Negatives are examples with a different gold label
-(fine-tuning) or any other example, i.e. other corpus blocks (pre-training).
+Per example, the pooled hidden states of every student layer (concatenated) and of the teacher layers
+``[1::2]`` (1, 3, 5, ...: the reference's ``inner_states[1::2]``) are projected to ``dim`` and
+L2-normalised. Two memory banks hold the student and teacher features of every training example; like
+CRD's ContrastMemory they start uniform in [-a, a], a = 1/sqrt(dim/3), and are updated with momentum after
+each step. The objective is CRD's memory-based NCE, symmetric: the student feature must pick the teacher's
+bank entry of its own example out of K negatives, and the teacher feature the student's; the two sides
+are averaged (CRDLoss returns their sum / 2). Negatives are drawn without replacement (as
+``np.random.choice(..., replace=False)`` in the reference; with replacement only when K is not smaller
+than the smallest pool) from the examples with a different gold label (fine-tuning) or from every other
+example, i.e. other corpus blocks (pre-training). The reference's fairseq criterion sums CE and KD over
+the batch and divides the gradient by the batch size, which divides the (already batch-averaged)
+contrastive term by the batch size once more: with ``batch_scaled: true`` (default) this loss does the
+same, so ``weight`` is the reference's ``--crd_weight`` next to batch-averaged ``ce``/``kd``.
 
 The functions below are the objective on explicit tensors (what the numeric tests check); ``CoDIR`` is
 the registered loss that owns the projections, the banks and the negative sampling."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -19,14 +29,15 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..features import default_pooling, map_layers, pool
-from .base import Loss, LossContext
+from .base import Loss, LossContext, SettingError, count, number, positive
+from .representation import check_layer_spec
 
 EPS = 1e-7
 
 
 def nce_scores(anchor: torch.Tensor, memory: torch.Tensor, indices: torch.Tensor, temperature: float) -> torch.Tensor:
     """exp(<memory[indices], anchor> / T): [batch, dim] x [n, dim] x [batch, 1 + K] -> [batch, 1 + K]."""
-    return torch.exp(torch.einsum("bkd,bd->bk", memory[indices], anchor) / temperature)
+    return torch.exp(torch.einsum("bkd,bd->bk", memory[indices].to(anchor.dtype), anchor) / temperature)
 
 
 def nce_loss(scores: torch.Tensor, n_data: int) -> torch.Tensor:
@@ -34,9 +45,10 @@ def nce_loss(scores: torch.Tensor, n_data: int) -> torch.Tensor:
     scores). -[log P(D=1|pos) + sum log P(D=0|neg)], averaged over the batch."""
     k = scores.shape[1] - 1
     noise = k / n_data
-    positive = torch.log(scores[:, 0] / (scores[:, 0] + noise + EPS))
-    negative = torch.log(noise / (scores[:, 1:] + noise + EPS))
-    return -(positive.sum() + negative.sum()) / scores.shape[0]
+    first = torch.where(scores[:, 0] == 0, torch.full_like(scores[:, 0], EPS), scores[:, 0])
+    log_pos = torch.log(first / (first + noise + EPS))
+    log_neg = torch.log(noise / (scores[:, 1:] + noise + EPS))
+    return -(log_pos.sum() + log_neg.sum()) / scores.shape[0]
 
 
 def momentum_update(memory: torch.Tensor, indices: torch.Tensor, features: torch.Tensor, momentum: float) -> None:
@@ -53,20 +65,43 @@ def negative_pools(label_ids: torch.Tensor) -> dict[int, torch.Tensor]:
     return pools
 
 
+def draw_distinct(n: int, k: int, generator: torch.Generator) -> torch.Tensor:
+    """``k`` distinct indices in [0, n), uniformly (sequential draws, repeats skipped), in draw order."""
+    if k > n:
+        raise ValueError(f"cannot draw {k} distinct items from {n}")
+    chosen: dict[int, None] = {}
+    while len(chosen) < k:
+        for i in torch.randint(n, (2 * (k - len(chosen)) + 8,), generator=generator).tolist():
+            chosen.setdefault(i)
+            if len(chosen) == k:
+                break
+    return torch.tensor(list(chosen), dtype=torch.long)
+
+
 def sample_negatives(own: torch.Tensor, label_ids: torch.Tensor | None, n_data: int, k: int,
                      generator: torch.Generator, pools: dict[int, torch.Tensor] | None = None) -> torch.Tensor:  # fmt: skip
-    """[batch, K] indices: examples with another label (when labels are given), else any other example."""
+    """[batch, K] indices: examples with another label (when labels are given), else any other example.
+    Without replacement, as the reference; with replacement where K is not smaller than the smallest pool
+    (the reference's ``replace = nce_k >= min(len(pool))``)."""
     if label_ids is not None and pools is None:
         pools = negative_pools(label_ids)
+    smallest = min(len(p) for p in pools.values()) if label_ids is not None else n_data - 1
+    replace = k >= smallest
     rows = []
     for i in own.tolist():
+        size = len(pools[int(label_ids[i])]) if label_ids is not None else n_data - 1
+        draw = torch.randint(size, (k,), generator=generator) if replace else draw_distinct(size, k, generator)
         if label_ids is not None:
-            pool_ = pools[int(label_ids[i])]
-            rows.append(pool_[torch.randint(len(pool_), (k,), generator=generator)])
+            rows.append(pools[int(label_ids[i])][draw])
         else:
-            draw = torch.randint(n_data - 1, (k,), generator=generator)
             rows.append(draw + (draw >= i).long())  # skip the example itself
     return torch.stack(rows)
+
+
+def memory_init(n: int, dim: int, generator: torch.Generator) -> torch.Tensor:
+    """CRD's ContrastMemory start: uniform in [-a, a], a = 1 / sqrt(dim / 3) (not normalised)."""
+    bound = 1.0 / math.sqrt(dim / 3)
+    return torch.rand(n, dim, generator=generator) * (2 * bound) - bound
 
 
 class CoDIR(Loss):
@@ -76,20 +111,34 @@ class CoDIR(Loss):
     needs = frozenset({"student_hidden", "teacher_hidden", "example_ids"})
 
     def __init__(self, weight: float = 1.0, dim: int = 128, negatives: int = 100, temperature: float = 0.07,
-                 momentum: float = 0.5, layers: str | list[int] = "uniform", pooling: str = "auto",
-                 negatives_from: str = "auto", **window: float) -> None:  # fmt: skip
+                 momentum: float = 0.5, layers: str | list[int] = "odd", pooling: str = "auto",
+                 negatives_from: str = "auto", batch_scaled: bool = True, **window: float) -> None:  # fmt: skip
         super().__init__(weight, **window)
         if negatives_from not in ("auto", "other_label", "any"):
-            raise TypeError(f"negatives_from '{negatives_from}': expected auto, other_label or any")
+            raise SettingError("negatives_from", f"'{negatives_from}': expected auto, other_label or any")
+        momentum = number("momentum", momentum)
         if not 0.0 <= momentum < 1.0:
-            raise TypeError(f"momentum {momentum}: expected a value in [0, 1)")
-        self.dim, self.k, self.temperature, self.momentum = dim, negatives, temperature, momentum
+            raise SettingError("momentum", f"{momentum:g}: expected a value in [0, 1)")
+        if pooling not in ("auto", "first", "mean", "last"):
+            raise SettingError("pooling", f"'{pooling}': expected auto, first, mean or last")
+        check_layer_spec(layers, ("odd", "uniform", "last"))
+        self.dim, self.k = count("dim", dim), count("negatives", negatives)
+        self.temperature, self.momentum = positive("temperature", temperature), momentum
         self.layer_spec, self.pooling, self.negatives_from = layers, pooling, negatives_from
+        self.batch_scaled = batch_scaled
         self.seed = 0
 
     def bind(self, context: LossContext) -> None:
         s, t = context.student_config, context.teacher_config
-        self.layer_map = map_layers(s.num_hidden_layers, t.num_hidden_layers, self.layer_spec)
+        if self.layer_spec == "odd":  # the reference's inner_states[1::2]: teacher layers 1, 3, 5, ...
+            self.layer_map = list(range(1, t.num_hidden_layers + 1, 2))
+        elif isinstance(self.layer_spec, list):
+            if not self.layer_spec or any(not 1 <= j <= t.num_hidden_layers for j in self.layer_spec):
+                raise ConfigError(f"codir.layers {self.layer_spec}: expected teacher layers in "
+                                  f"1..{t.num_hidden_layers}")  # fmt: skip
+            self.layer_map = list(self.layer_spec)
+        else:
+            self.layer_map = map_layers(s.num_hidden_layers, t.num_hidden_layers, self.layer_spec)
         if self.pooling == "auto":
             self.pooling = default_pooling(s)
         n = context.n_examples
@@ -98,8 +147,8 @@ class CoDIR(Loss):
         self.student_proj = torch.nn.Linear(s.num_hidden_layers * s.hidden_size, self.dim)
         self.teacher_proj = torch.nn.Linear(len(self.layer_map) * t.hidden_size, self.dim)
         generator = torch.Generator().manual_seed(context.seed)
-        self.register_buffer("memory_student", F.normalize(torch.randn(n, self.dim, generator=generator), dim=-1))
-        self.register_buffer("memory_teacher", F.normalize(torch.randn(n, self.dim, generator=generator), dim=-1))
+        self.register_buffer("memory_student", memory_init(n, self.dim, generator))
+        self.register_buffer("memory_teacher", memory_init(n, self.dim, generator))
         self.register_buffer("z", torch.full((2,), -1.0))  # NCE normalisers, fixed on the first batch
         use_labels = self.negatives_from == "other_label" or (
             self.negatives_from == "auto" and context.stage == "stage2" and context.label_ids is not None
@@ -115,8 +164,9 @@ class CoDIR(Loss):
         s, t = tensors["student_features"], tensors["teacher_features"]
         student = torch.cat([pool(h, s.mask, self.pooling) for h in s.hidden[1:]], -1)
         teacher = torch.cat([pool(t.hidden[j], t.mask, self.pooling) for j in self.layer_map], -1)
-        return (F.normalize(self.student_proj(student.float()), dim=-1),
-                F.normalize(self.teacher_proj(teacher.float()), dim=-1))  # fmt: skip
+        # in the projections' dtype (bf16 under DeepSpeed's bf16), normalised in fp32
+        return (F.normalize(self.student_proj(student.to(self.student_proj.weight.dtype)).float(), dim=-1),
+                F.normalize(self.teacher_proj(teacher.to(self.teacher_proj.weight.dtype)).float(), dim=-1))  # fmt: skip
 
     def forward(self, tensors: dict[str, Any]) -> torch.Tensor:
         own = tensors["example_ids"]
@@ -133,7 +183,9 @@ class CoDIR(Loss):
             for side, scores in enumerate(raw):
                 if self.z[side] < 0:
                     self.z[side] = scores.mean() * n
-        loss = nce_loss(raw[0] / self.z[0], n) + nce_loss(raw[1] / self.z[1], n)
+        loss = (nce_loss(raw[0] / self.z[0], n) + nce_loss(raw[1] / self.z[1], n)) / 2
+        if self.batch_scaled:  # the reference's fairseq trainer divides it by the batch size again
+            loss = loss / len(own)
         with torch.no_grad():
             all_own, all_s, all_t = _gather(own), _gather(f_s), _gather(f_t)
             momentum_update(self.memory_student, all_own, all_s, self.momentum)

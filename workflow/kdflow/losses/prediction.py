@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from ..cache.kl import dense_kl, sparse_kl
-from .base import Loss
+from .base import Loss, positive
 
 
 def word_kl_per_position(logits: torch.Tensor, targets: dict[str, torch.Tensor], temperature: float,
@@ -31,7 +31,7 @@ class WordKL(Loss):
 
     def __init__(self, weight: float = 1.0, temperature: float = 15.0, **window: float) -> None:
         super().__init__(weight, **window)
-        self.temperature = temperature
+        self.temperature = positive("temperature", temperature)
 
     def forward(self, tensors: dict[str, Any]) -> torch.Tensor:
         kl = word_kl_per_position(tensors["word_logits"], tensors["word_targets"], self.temperature,
@@ -44,18 +44,25 @@ def _soft(scores: list[torch.Tensor], temperature: float) -> list[torch.Tensor]:
 
 
 class CandidateKD(Loss):
-    """GLMD stage 2: soft cross-entropy against the teacher's distribution over candidates/verbalizers."""
+    """GLMD stage 2 (aitsc/GLMKD ``--distill_ft_soft``): soft cross-entropy against the teacher's
+    distribution over candidates/verbalizers at ``temperature``, averaged over examples. With
+    ``per_candidate: true`` each example's cross-entropy is also divided by its number of candidates
+    (TinyBERT's ``soft_cross_entropy``, a mean over the [examples, classes] matrix)."""
 
     name = "candidate_kd"
     needs = frozenset({"student_scores", "teacher_scores"})
+    stages = ("stage2",)
 
-    def __init__(self, weight: float = 1.0, temperature: float = 1.0, **window: float) -> None:
+    def __init__(self, weight: float = 1.0, temperature: float = 1.0, per_candidate: bool = False,
+                 **window: float) -> None:  # fmt: skip
         super().__init__(weight, **window)
-        self.temperature = temperature
+        self.temperature = positive("temperature", temperature)
+        self.per_candidate = per_candidate
 
     def forward(self, tensors: dict[str, Any]) -> torch.Tensor:
         t = _soft(tensors["teacher_scores"], self.temperature)
-        rows = [-(p * torch.log_softmax(s / self.temperature, -1)).sum() for p, s in zip(t, tensors["student_scores"])]
+        rows = [-(p * torch.log_softmax(s.float() / self.temperature, -1)).sum() / (len(p) if self.per_candidate else 1)
+                for p, s in zip(t, tensors["student_scores"])]  # fmt: skip
         return torch.stack(rows).mean()
 
 
@@ -64,10 +71,11 @@ class HintonKD(Loss):
 
     name = "kd"
     needs = frozenset({"student_scores", "teacher_scores"})
+    stages = ("stage2",)
 
     def __init__(self, weight: float = 1.0, temperature: float = 2.0, **window: float) -> None:
         super().__init__(weight, **window)
-        self.temperature = temperature
+        self.temperature = positive("temperature", temperature)
 
     def forward(self, tensors: dict[str, Any]) -> torch.Tensor:
         rows = [dense_kl(t, s, self.temperature) for t, s in zip(tensors["teacher_scores"], tensors["student_scores"])]
@@ -80,6 +88,7 @@ class GoldCE(Loss):
     name = "ce"
     needs = frozenset({"student_scores", "labels"})
     uses_labels = True
+    stages = ("stage2",)
 
     def forward(self, tensors: dict[str, Any]) -> torch.Tensor:
         rows = [-(y * torch.log_softmax(s, -1)).sum() for y, s in zip(tensors["labels"], tensors["student_scores"])]
@@ -91,6 +100,7 @@ class LogitMSE(Loss):
 
     name = "mse_logits"
     needs = frozenset({"student_scores", "teacher_scores"})
+    stages = ("stage2",)
 
     def forward(self, tensors: dict[str, Any]) -> torch.Tensor:
         rows = [((s - t) ** 2).mean() for s, t in zip(tensors["student_scores"], tensors["teacher_scores"])]

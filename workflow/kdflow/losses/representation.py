@@ -3,19 +3,31 @@ MiniLMv2, an LRC-BERT-style in-batch contrastive loss, and BERT-of-Theseus's hyb
 
 Student layer i (1-based) is matched to a teacher layer by ``layers`` (uniform, last or an explicit list,
 see ``features.map_layers``); a learned linear projection maps student widths onto teacher widths where
-they differ."""
+they differ. Each class states the reference it follows; tests/test_fidelity.py checks it against an
+independent implementation of that reference, and README.md's methods table lists the differences."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ..features import default_pooling, map_layers, pool
-from .base import Loss, LossContext, preset
+from ..features import default_pooling, map_layers, pool, transformer_layers
+from .base import Loss, LossContext, SettingError, count, number, positive, preset
+
+SCORE_FLOOR = -100.0  # TinyBERT: attention scores at or below it (the masked ones) count as 0
+
+
+def check_layer_spec(layers: Any, named: tuple[str, ...] = ("uniform", "last")) -> None:
+    """``layers``: one of ``named`` or a list of teacher layers (1-based)."""
+    if isinstance(layers, list):
+        if not layers or any(isinstance(j, bool) or not isinstance(j, int) or j < 1 for j in layers):
+            raise SettingError("layers", f"{layers}: expected a list of teacher layers (integers >= 1)")
+    elif layers not in named:
+        raise SettingError("layers", f"{layers!r}: expected {', '.join(named)} or a list of teacher layers")
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -30,9 +42,14 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class _Layered(Loss):
     """A loss over matched student/teacher layers, with projections where the widths differ."""
 
+    projection_bias: ClassVar[bool] = False
+
     def __init__(self, weight: float = 1.0, layers: str | list[int] = "uniform", pooling: str = "auto",
                  **window: float) -> None:  # fmt: skip
         super().__init__(weight, **window)
+        if pooling not in ("auto", "first", "mean", "last"):
+            raise SettingError("pooling", f"'{pooling}': expected auto, first, mean or last")
+        check_layer_spec(layers)
         self.layer_spec, self.pooling = layers, pooling
         self.layer_map: list[int] = []
         self.projections = torch.nn.ModuleList()
@@ -44,7 +61,8 @@ class _Layered(Loss):
             self.pooling = default_pooling(s)
         if s.hidden_size != t.hidden_size:
             self.projections = torch.nn.ModuleList(
-                [torch.nn.Linear(s.hidden_size, t.hidden_size, bias=False) for _ in range(self.n_projections())]
+                [torch.nn.Linear(s.hidden_size, t.hidden_size, bias=self.projection_bias)
+                 for _ in range(self.n_projections())]  # fmt: skip
             )
 
     def n_projections(self) -> int:
@@ -60,12 +78,15 @@ class _Layered(Loss):
 
 
 class PKD(_Layered):
-    """Patient KD (Sun et al. 2019): squared distance of L2-normalised first-token states of matched layers."""
+    """Patient KD (Sun et al. 2019, intersun/PKD-for-BERT-Model-Compression ``patience_loss``): the mean
+    squared difference (``F.mse_loss``: averaged over examples, layers and hidden units) of the
+    L2-normalised pooled states of matched layers, the student's last layer excluded. Pooling: the first
+    token ([CLS]) for encoders, the mean over real tokens for decoders (``pooling: auto``)."""
 
     name = "pkd"
     needs = frozenset({"student_hidden", "teacher_hidden"})
 
-    def __init__(self, weight: float = 1.0, layers: str | list[int] = "uniform", pooling: str = "first",
+    def __init__(self, weight: float = 1.0, layers: str | list[int] = "uniform", pooling: str = "auto",
                  exclude_last: bool = True, **window: float) -> None:  # fmt: skip
         super().__init__(weight, layers, pooling, **window)
         self.exclude_last = exclude_last
@@ -77,9 +98,9 @@ class PKD(_Layered):
             pairs = pairs[:-1]
         terms = []
         for k, s, t in pairs:
-            s = F.normalize(self.project(k, pool(s, mask, self.pooling)), dim=-1)
-            t = F.normalize(pool(t, tensors["teacher_features"].mask, self.pooling), dim=-1)
-            terms.append(((s - t) ** 2).sum(-1).mean())
+            s = F.normalize(self.project(k, pool(s, mask, self.pooling)).float(), dim=-1)
+            t = F.normalize(pool(t, tensors["teacher_features"].mask, self.pooling).float(), dim=-1)
+            terms.append(((s - t) ** 2).mean())
         return torch.stack(terms).mean()
 
 
@@ -99,31 +120,29 @@ class HiddenCosine(_Layered):
         return _masked_mean(1.0 - cos, s.mask)
 
 
-class TinyBERTEmbedding(_Layered):
-    """TinyBERT: MSE between the projected student embedding output and the teacher's."""
+class TinyBERTHidden(_Layered):
+    """TinyBERT (huawei-noah TinyBERT ``rep_loss``): the sum over matched layers (and, with ``embeddings:
+    true``, as in the preset, the embedding outputs) of the MSE between the student's states, mapped by one
+    projection shared by all of them (TinyBERT's ``fit_dense``), and the teacher's, averaged over real tokens."""
 
-    name = "tinybert_embedding"
+    name = "tinybert_hidden"
     needs = frozenset({"student_hidden", "teacher_hidden"})
     token_aligned = True
+    projection_bias = True  # TinyBERT's fit_dense is an nn.Linear with bias
+
+    def __init__(self, weight: float = 1.0, layers: str | list[int] = "uniform", embeddings: bool = False,
+                 **window: float) -> None:  # fmt: skip
+        super().__init__(weight, layers, **window)
+        self.embeddings = embeddings
 
     def n_projections(self) -> int:
         return 1
 
     def forward(self, tensors: dict[str, Any]) -> torch.Tensor:
         s, t = tensors["student_features"], tensors["teacher_features"]
-        return _masked_mean((self.project(0, s.hidden[0]) - t.hidden[0]) ** 2, s.mask)
-
-
-class TinyBERTHidden(_Layered):
-    """TinyBERT: MSE between projected student layer outputs and the matched teacher layers."""
-
-    name = "tinybert_hidden"
-    needs = frozenset({"student_hidden", "teacher_hidden"})
-    token_aligned = True
-
-    def forward(self, tensors: dict[str, Any]) -> torch.Tensor:
-        mask = tensors["student_features"].mask
-        return torch.stack([_masked_mean((self.project(k, s) - t) ** 2, mask) for k, s, t in self.pairs(tensors)]).sum()
+        pairs = [(s.hidden[0], t.hidden[0])] if self.embeddings else []
+        pairs += [(sh, th) for _, sh, th in self.pairs(tensors)]
+        return torch.stack([_masked_mean((self.project(0, a) - b) ** 2, s.mask) for a, b in pairs]).sum()
 
 
 def _heads_alike(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,9 +152,17 @@ def _heads_alike(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.
     return a, b
 
 
+def floor_masked(scores: torch.Tensor) -> torch.Tensor:
+    """TinyBERT's treatment of masked attention scores: entries <= -100 (mask added) become 0."""
+    scores = scores.float()
+    return torch.where(scores <= SCORE_FLOOR, torch.zeros_like(scores), scores)
+
+
 class TinyBERTAttention(_Layered):
-    """TinyBERT: MSE between student attention maps and the matched teacher layers' (probabilities; maps
-    with different head counts are head-averaged). Needs the eager attention implementation."""
+    """TinyBERT (huawei-noah TinyBERT ``att_loss``): the sum over matched layers of the MSE between the
+    student's and the teacher's attention *scores* (q k^T / sqrt(d) + mask, before the softmax; masked
+    entries set to 0), averaged over the (query, key) pairs of real tokens and heads; maps with different
+    head counts are head-averaged."""
 
     name = "tinybert_attention"
     needs = frozenset({"student_attentions", "teacher_attentions"})
@@ -149,25 +176,32 @@ class TinyBERTAttention(_Layered):
         pair_mask = (s.mask[:, None, :, None] * s.mask[:, None, None, :]).float()
         terms = []
         for i, j in enumerate(self.layer_map):
-            a, b = _heads_alike(s.attentions[i], t.attentions[j - 1])
+            a, b = _heads_alike(floor_masked(s.scores[i]), floor_masked(t.scores[j - 1]))
             terms.append((((a - b) ** 2) * pair_mask).sum() / (pair_mask.sum() * a.shape[1]))
         return torch.stack(terms).sum()
 
 
 @preset("tinybert")
-def tinybert_preset(weight: float, stage: str, switch: float = 0.5, temperature: float = 1.0,
+def tinybert_preset(weight: float, stage: str, switch: float | None = None, temperature: float = 1.0,
                     layers: str | list[int] = "uniform") -> dict[str, dict[str, Any]]:  # fmt: skip
-    """TinyBERT's two phases in one stage: intermediate layers (embeddings, hidden states, attentions)
-    for the first ``switch`` of the steps, then the prediction layer (word KL in stage 1, KD in stage 2).
-    ``switch: 1.0`` keeps only the intermediate phase (then add a prediction loss yourself)."""
+    """TinyBERT's phases. Stage 1 (general distillation): the intermediate layers only (embeddings and
+    hidden states with one projection, attention scores), no prediction layer. Stage 2 (task distillation):
+    the intermediate layers for the first ``switch`` (default 0.5) of the steps, then the prediction layer,
+    TinyBERT's soft cross-entropy at ``temperature`` averaged over examples and candidates (``switch: 1.0``
+    keeps only the intermediate phase)."""
+    switch = number("switch", switch if switch is not None else (1.0 if stage == "stage1" else 0.5))
+    if not 0.0 < switch <= 1.0:
+        raise SettingError("switch", f"expected a fraction of the steps in (0, 1], got {switch:g}")
+    if stage == "stage1" and switch < 1.0:
+        raise SettingError("switch", "TinyBERT's general distillation (stage 1) has no prediction layer: leave "
+                                     "'switch' out (or 1.0) in stage1")  # fmt: skip
     window = {"stop": switch} if switch < 1.0 else {}
     parts: dict[str, dict[str, Any]] = {
-        name: {"weight": weight, "layers": layers, **window}
-        for name in ("tinybert_embedding", "tinybert_hidden", "tinybert_attention")
+        "tinybert_hidden": {"weight": weight, "layers": layers, "embeddings": True, **window},
+        "tinybert_attention": {"weight": weight, "layers": layers, **window},
     }
     if switch < 1.0:
-        prediction = "word_kl" if stage == "stage1" else "kd"
-        parts[prediction] = {"weight": weight, "temperature": temperature, "start": switch}
+        parts["candidate_kd"] = {"weight": weight, "temperature": temperature, "per_candidate": True, "start": switch}
     return parts
 
 
@@ -199,8 +233,25 @@ def relation_kl(teacher_logp: torch.Tensor, student_logp: torch.Tensor, mask: to
     return (kl * rows).sum() / rows.sum().clamp_min(1.0)
 
 
+def _widths(config: Any) -> tuple[int, int]:
+    """(query width, key/value width) of a model's attention: fewer key/value heads under grouped-query attention."""
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return heads * head_dim, (getattr(config, "num_key_value_heads", None) or heads) * head_dim
+
+
+def _check_heads(key: str, heads: int, widths: dict[str, int]) -> None:
+    for what, width in widths.items():
+        if width % heads:
+            raise ConfigError(f"{key} {heads} does not divide the {what} width {width}: set {key} to a divisor")
+
+
 class MiniLM(Loss):
-    """MiniLM (Wang et al. 2020): last-layer self-attention distributions (KL) + value relations (KL)."""
+    """MiniLM (Wang et al. 2020, eqs. 7-9): KL between the teacher's and the student's last-layer
+    self-attention distributions (before dropout) plus KL between their value relations softmax(V V^T /
+    sqrt(d)), each averaged over heads and real query tokens. Value relations are split into
+    ``relation_heads`` (default: the teacher's key/value heads, i.e. its attention heads without
+    grouped-query attention, where each key/value head serves several query heads)."""
 
     name = "minilm"
     needs = frozenset({"student_attentions", "teacher_attentions", "student_qkv", "teacher_qkv"})
@@ -208,23 +259,32 @@ class MiniLM(Loss):
 
     def __init__(self, weight: float = 1.0, relation_heads: int | None = None, **window: float) -> None:
         super().__init__(weight, **window)
-        self.relation_heads = relation_heads
+        self.relation_heads = None if relation_heads is None else count("relation_heads", relation_heads)
 
     def bind(self, context: LossContext) -> None:
-        self.relation_heads = self.relation_heads or context.teacher_config.num_attention_heads
+        s, t = context.student_config, context.teacher_config
+        self.relation_heads = self.relation_heads or getattr(t, "num_key_value_heads", None) or t.num_attention_heads
+        _check_heads("minilm.relation_heads", self.relation_heads,
+                     {"student value": _widths(s)[1], "teacher value": _widths(t)[1]})  # fmt: skip
 
     def forward(self, tensors: dict[str, Any]) -> torch.Tensor:
         s, t = tensors["student_features"], tensors["teacher_features"]
-        a_s, a_t = _heads_alike(s.attentions[-1], t.attentions[-1])
-        attention = relation_kl(a_t.float().clamp_min(1e-12).log(), a_s.float().clamp_min(1e-12).log(), s.mask)
+        if s.scores[-1].shape[1] == t.scores[-1].shape[1]:
+            logp_s, logp_t = torch.log_softmax(s.scores[-1].float(), -1), torch.log_softmax(t.scores[-1].float(), -1)
+        else:  # different head counts: the head-averaged distributions
+            a_s, a_t = _heads_alike(s.attentions[-1].float(), t.attentions[-1].float())
+            logp_s, logp_t = a_s.clamp_min(1e-12).log(), a_t.clamp_min(1e-12).log()
+        attention = relation_kl(logp_t, logp_s, s.mask)
         values = relation_kl(relation_logprobs(t.qkv[-1][2], self.relation_heads, t.mask),
                              relation_logprobs(s.qkv[-1][2], self.relation_heads, s.mask), s.mask)  # fmt: skip
         return attention + values
 
 
 class MiniLMv2(Loss):
-    """MiniLMv2 (Wang et al. 2021): query-query, key-key and value-value relations of the student's last
-    layer and a teacher layer (``teacher_layer``, 1-based, default the last), split into relation heads."""
+    """MiniLMv2 (Wang et al. 2021, eqs. 4-6): query-query, key-key and value-value relations of the
+    student's last layer and a teacher layer (``teacher_layer``, 1-based, default the last), each split into
+    ``relation_heads`` (default 48, the paper's choice for base-size teachers; 64 for teachers 1024 wide or
+    wider), KL averaged over heads and real query tokens, summed over the three relations."""
 
     name = "minilmv2"
     needs = frozenset({"student_qkv", "teacher_qkv"})
@@ -233,11 +293,16 @@ class MiniLMv2(Loss):
     def __init__(self, weight: float = 1.0, relation_heads: int | None = None, teacher_layer: int | None = None,
                  **window: float) -> None:  # fmt: skip
         super().__init__(weight, **window)
-        self.relation_heads, self.teacher_layer = relation_heads, teacher_layer
+        self.relation_heads = None if relation_heads is None else count("relation_heads", relation_heads)
+        self.teacher_layer = None if teacher_layer is None else count("teacher_layer", teacher_layer)
 
     def bind(self, context: LossContext) -> None:
-        self.relation_heads = self.relation_heads or context.student_config.num_attention_heads
-        n = context.teacher_config.num_hidden_layers
+        s, t = context.student_config, context.teacher_config
+        self.relation_heads = self.relation_heads or (64 if t.hidden_size >= 1024 else 48)
+        (sq, skv), (tq, tkv) = _widths(s), _widths(t)
+        _check_heads("minilmv2.relation_heads", self.relation_heads,
+                     {"student query": sq, "student key/value": skv, "teacher query": tq, "teacher key/value": tkv})
+        n = t.num_hidden_layers
         self.teacher_layer = self.teacher_layer or n
         if not 1 <= self.teacher_layer <= n:
             raise ConfigError(f"minilmv2.teacher_layer {self.teacher_layer}: the teacher has layers 1..{n}")
@@ -263,7 +328,7 @@ class InBatchContrastive(_Layered):
     def __init__(self, weight: float = 1.0, layers: str | list[int] = "uniform", pooling: str = "auto",
                  temperature: float = 0.1, **window: float) -> None:  # fmt: skip
         super().__init__(weight, layers, pooling, **window)
-        self.temperature = temperature
+        self.temperature = positive("temperature", temperature)
 
     def forward(self, tensors: dict[str, Any]) -> torch.Tensor:
         s_mask, t_mask = tensors["student_features"].mask, tensors["teacher_features"].mask
@@ -277,10 +342,12 @@ class InBatchContrastive(_Layered):
 
 
 class Theseus(Loss):
-    """BERT-of-Theseus (Xu et al. 2020): the task loss of a hybrid model in which each student layer is
-    replaced, with probability 1 - p, by the teacher layers it stands for. p grows linearly from
-    ``replace_start`` to 1 at ``replace_full_at`` (fractions of the steps); the plain student's own
-    losses (``ce``, ``kd``) then carry on. Stage 2 only; the student and teacher widths must match."""
+    """BERT-of-Theseus (Xu et al. 2020, JetRunner/BERT-of-Theseus): the task loss of a hybrid model in which
+    each student layer is replaced, with probability 1 - p, by the teacher layers it stands for. p grows
+    linearly from ``replace_start`` to 1 at ``replace_full_at`` (fractions of the steps); the plain
+    student's own losses (``ce``, ``kd``) then carry on. As in the reference, only the student's
+    transformer layers (the successor modules) train: its embeddings and output head stay as initialised
+    (from the teacher). Stage 2 only; the student and teacher widths must match."""
 
     name = "theseus"
     needs = frozenset({"hybrid_scores", "labels"})
@@ -290,14 +357,23 @@ class Theseus(Loss):
     def __init__(self, weight: float = 1.0, replace_start: float = 0.5, replace_full_at: float = 0.8,
                  **window: float) -> None:  # fmt: skip
         super().__init__(weight, **window)
-        if not 0.0 <= replace_start <= 1.0 or not 0.0 < replace_full_at <= 1.0:
-            raise TypeError("replace_start must be in [0, 1] and replace_full_at in (0, 1]")
+        replace_start = number("replace_start", replace_start)
+        replace_full_at = number("replace_full_at", replace_full_at)
+        if not 0.0 <= replace_start <= 1.0:
+            raise SettingError("replace_start", f"expected a value in [0, 1], got {replace_start:g}")
+        if not 0.0 < replace_full_at <= 1.0:
+            raise SettingError("replace_full_at", f"expected a value in (0, 1], got {replace_full_at:g}")
         self.replace_start, self.replace_full_at = replace_start, replace_full_at
 
     def bind(self, context: LossContext) -> None:
         if context.student_config.hidden_size != context.teacher_config.hidden_size:
             raise ConfigError(f"theseus swaps teacher layers into the student: widths must match (student "
                               f"{context.student_config.hidden_size}, teacher {context.teacher_config.hidden_size})")  # fmt: skip
+
+    def prepare_student(self, student: torch.nn.Module) -> None:
+        """Only the successor modules (the student's transformer layers) train."""
+        student.requires_grad_(False)
+        transformer_layers(student).requires_grad_(True)
 
     def replace_probability(self, progress: float) -> float:
         """Probability that a student layer is used (not its teacher layers) at ``progress`` in [0, 1)."""
@@ -306,4 +382,3 @@ class Theseus(Loss):
     def forward(self, tensors: dict[str, Any]) -> torch.Tensor:
         rows = [-(y * torch.log_softmax(s, -1)).sum() for y, s in zip(tensors["labels"], tensors["hybrid_scores"])]
         return torch.stack(rows).mean()
-

@@ -1,10 +1,15 @@
 """ALBERT-style factorised vocabulary embedding (N x e, then e -> d), as in GLMD's variant.
 
 The factorised rows train with N*e + e*d parameters instead of N*d. ``merge_factorised`` turns them back
-into ordinary embedding/head weights (their product), so the saved folder loads with AutoModelFor*.
+into ordinary embedding/head weights (their product, a rank-e matrix), so the saved folder loads with
+AutoModelFor*; ``factorise_embeddings`` splits such a matrix again exactly (its SVD has rank e), which is
+how a student on a vocabulary with ``embedding_dim`` is factorised at ``init_student`` and again at the
+start of every training (``refactorise``: the folder's kdflow.json records ``embedding_dim``).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -80,3 +85,12 @@ def merge_factorised(model: PreTrainedModel) -> PreTrainedModel:
             linear.bias.data.copy_(head.bias.detach())
         model.set_output_embeddings(linear)
     return model
+
+
+def refactorise(model: PreTrainedModel, folder: str | Path) -> PreTrainedModel:
+    """``model`` (loaded from ``folder``) with its embedding factorised again when its kdflow.json records an
+    ``embedding_dim`` (a student on a factorised vocabulary); unchanged otherwise."""
+    from ..modeling import read_metadata
+
+    dim = read_metadata(folder).get("embedding_dim")
+    return factorise_embeddings(model, int(dim)) if dim else model

@@ -41,6 +41,7 @@ def compress_vocab(
             "answer_strings": len(answers),
             "answer_tokens": len(answer_token_ids(tokenizer, answers)),
             "special_tokens": len(special_token_ids(tokenizer)),
+            "embedding_dim": spec.get("embedding_dim"),  # students on this vocabulary train factorised rows
         }
     )
     vmap.save(out_dir / "map.json")

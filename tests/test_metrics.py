@@ -78,9 +78,11 @@ def test_record_official_normalisation():
 
 
 def test_gender_parity_by_hand():
-    examples = [{"meta": {"pair_id": 1}}, {"meta": {"pair_id": 1}}, {"meta": {"pair_id": 2}}, {"meta": {"pair_id": 2}}]
+    """As released, every AX-g pair_id is distinct: the minimal pairs are rows (0, 1) and (2, 3)."""
+    examples = [{"meta": {"pair_id": 551646 + i}} for i in range(4)]
     preds = ["entailment", "entailment", "entailment", "not_entailment"]
     assert M.gender_parity([None] * 4, preds, examples) == 0.5
+    assert M.gender_parity([None] * 5, [*preds, "entailment"], [*examples, {}]) == 0.5  # a lone last row: ignored
 
 
 def test_bootstrap_interval_brackets_the_estimate(labels):

@@ -20,7 +20,7 @@ from slurm_cluster import OneNodeCluster, ensure_installed
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slurm]
 
-LOCAL_RULES = {"build_task", "prepare_task", "build_corpus", "submit", "summarize", "default", "all"}
+LOCAL_RULES = {"build_task", "prepare_task", "build_corpus", "summarize", "default", "all"}
 
 
 @pytest.fixture(scope="module")

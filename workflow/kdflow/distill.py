@@ -13,7 +13,6 @@ pass per batch, which is why the encoder track has no cache."""
 from __future__ import annotations
 
 import csv
-import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -434,8 +433,8 @@ def _identity(stage: str, student_dir: str | Path, data: dict[str, Any], run: di
     inputs = {"student": student_dir, "teacher": data.get("teacher"), "cache": data.get("cache"),
               "corpus": data.get("corpus") if stage == "stage1" else None,
               "task": data.get("task") if stage == "stage2" else None}  # fmt: skip
-    return json.loads(json.dumps(job_identity(inputs, job=f"distill_{stage}", phase=phase, recipe=run,
-                                              settings=settings, deepspeed=deepspeed, seed=seed), default=str))  # fmt: skip
+    return job_identity(inputs, job=f"distill_{stage}", phase=phase, recipe=run, settings=settings,
+                        deepspeed=deepspeed, seed=seed)
 
 
 def _train_phase(stage: str, student_dir: str | Path, out_dir: str | Path, work_dir: Path, spec: dict[str, Any],

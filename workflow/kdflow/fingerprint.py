@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -64,12 +65,14 @@ def library_versions() -> dict[str, str]:
 
 def job_identity(inputs: dict[str, str | Path | None], **settings: Any) -> dict[str, Any]:
     """Everything that determines a training job's result: its settings, the content fingerprints of its
-    input folders and the library versions (a checkpoint is resumed only under an equal identity)."""
-    return {
+    input folders and the library versions (a checkpoint is resumed only under an equal identity). Returned in
+    its JSON form (paths as strings), so it compares equal to the copy written beside the checkpoint."""
+    identity = {
         **settings,
         "inputs": {name: content_fingerprint(p) for name, p in inputs.items() if p},
         "versions": library_versions(),
     }
+    return json.loads(json.dumps(identity, sort_keys=True, default=str))
 
 
 TOKENIZER_FILES = (

@@ -1,6 +1,7 @@
-"""Distillation losses and presets, registered by name and composed from a run's config."""
+"""Distillation losses, built by name from a run's recipe (declared and checked in ``kdflow.recipes``)."""
 
-from .base import PRESETS, REGISTRY, Loss, LossContext, SettingError, build_losses, check_losses, expand_presets
+from ..recipes import PRESETS, SettingError, expand_presets
+from .base import REGISTRY, Loss, LossContext, build_losses, check_losses
 from . import codir, prediction, representation  # registers the losses
 
 __all__ = ["PRESETS", "REGISTRY", "Loss", "LossContext", "SettingError", "build_losses", "check_losses", "codir",

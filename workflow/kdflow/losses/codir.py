@@ -29,8 +29,8 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..features import default_pooling, map_layers, pool
-from .base import Loss, LossContext, SettingError, count, number, positive
-from .representation import check_layer_spec
+from ..recipes import specs
+from .base import Loss, LossContext
 
 EPS = 1e-7
 
@@ -107,38 +107,23 @@ def memory_init(n: int, dim: int, generator: torch.Generator) -> torch.Tensor:
 class CoDIR(Loss):
     """Contrastive distillation on intermediate representations with two memory banks (see module doc)."""
 
-    name = "codir"
-    needs = frozenset({"student_hidden", "teacher_hidden", "example_ids"})
+    spec = specs.CoDIR
 
-    def __init__(self, weight: float = 1.0, dim: int = 128, negatives: int = 100, temperature: float = 0.07,
-                 momentum: float = 0.5, layers: str | list[int] = "odd", pooling: str = "auto",
-                 negatives_from: str = "auto", batch_scaled: bool = True, **window: float) -> None:  # fmt: skip
-        super().__init__(weight, **window)
-        if negatives_from not in ("auto", "other_label", "any"):
-            raise SettingError("negatives_from", f"'{negatives_from}': expected auto, other_label or any")
-        momentum = number("momentum", momentum)
-        if not 0.0 <= momentum < 1.0:
-            raise SettingError("momentum", f"{momentum:g}: expected a value in [0, 1)")
-        if pooling not in ("auto", "first", "mean", "last"):
-            raise SettingError("pooling", f"'{pooling}': expected auto, first, mean or last")
-        check_layer_spec(layers, ("odd", "uniform", "last"))
-        self.dim, self.k = count("dim", dim), count("negatives", negatives)
-        self.temperature, self.momentum = positive("temperature", temperature), momentum
-        self.layer_spec, self.pooling, self.negatives_from = layers, pooling, negatives_from
-        self.batch_scaled = batch_scaled
+    def __init__(self, settings: specs.LossSpec | None = None, **values: Any) -> None:
+        super().__init__(settings, **values)
         self.seed = 0
 
     def bind(self, context: LossContext) -> None:
         s, t = context.student_config, context.teacher_config
-        if self.layer_spec == "odd":  # the reference's inner_states[1::2]: teacher layers 1, 3, 5, ...
+        if self.layers == "odd":  # the reference's inner_states[1::2]: teacher layers 1, 3, 5, ...
             self.layer_map = list(range(1, t.num_hidden_layers + 1, 2))
-        elif isinstance(self.layer_spec, list):
-            if not self.layer_spec or any(not 1 <= j <= t.num_hidden_layers for j in self.layer_spec):
-                raise ConfigError(f"codir.layers {self.layer_spec}: expected teacher layers in "
+        elif isinstance(self.layers, list):
+            if not self.layers or any(not 1 <= j <= t.num_hidden_layers for j in self.layers):
+                raise ConfigError(f"codir.layers {self.layers}: expected teacher layers in "
                                   f"1..{t.num_hidden_layers}")  # fmt: skip
-            self.layer_map = list(self.layer_spec)
+            self.layer_map = list(self.layers)
         else:
-            self.layer_map = map_layers(s.num_hidden_layers, t.num_hidden_layers, self.layer_spec)
+            self.layer_map = map_layers(s.num_hidden_layers, t.num_hidden_layers, self.layers)
         if self.pooling == "auto":
             self.pooling = default_pooling(s)
         n = context.n_examples
@@ -172,7 +157,7 @@ class CoDIR(Loss):
         own = tensors["example_ids"]
         f_s, f_t = self.features(tensors)
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + int(tensors["step"]))
-        negatives = sample_negatives(own.cpu(), self.label_ids, len(self.memory_student), self.k, generator,
+        negatives = sample_negatives(own.cpu(), self.label_ids, len(self.memory_student), self.negatives, generator,
                                      self.pools)  # fmt: skip  (drawn on the host: one generator on every device)
         indices = torch.cat([own[:, None], negatives.to(own.device)], 1)
         n = len(self.memory_student)

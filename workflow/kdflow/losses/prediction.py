@@ -7,7 +7,8 @@ from typing import Any
 import torch
 
 from ..cache.kl import dense_kl, sparse_kl
-from .base import Loss, positive
+from ..recipes import specs
+from .base import Loss
 
 
 def word_kl_per_position(logits: torch.Tensor, targets: dict[str, torch.Tensor], temperature: float,
@@ -26,12 +27,7 @@ def word_kl_per_position(logits: torch.Tensor, targets: dict[str, torch.Tensor],
 class WordKL(Loss):
     """GLMD: KL(softmax(t/T) || softmax(s/T)) * T^2 over every non-padding word prediction."""
 
-    name = "word_kl"
-    needs = frozenset({"word_logits", "word_targets"})
-
-    def __init__(self, weight: float = 1.0, temperature: float = 15.0, **window: float) -> None:
-        super().__init__(weight, **window)
-        self.temperature = positive("temperature", temperature)
+    spec = specs.WordKL
 
     def forward(self, tensors: dict[str, Any]) -> torch.Tensor:
         kl = word_kl_per_position(tensors["word_logits"], tensors["word_targets"], self.temperature,
@@ -49,15 +45,7 @@ class CandidateKD(Loss):
     ``per_candidate: true`` each example's cross-entropy is also divided by its number of candidates
     (TinyBERT's ``soft_cross_entropy``, a mean over the [examples, classes] matrix)."""
 
-    name = "candidate_kd"
-    needs = frozenset({"student_scores", "teacher_scores"})
-    stages = ("stage2",)
-
-    def __init__(self, weight: float = 1.0, temperature: float = 1.0, per_candidate: bool = False,
-                 **window: float) -> None:  # fmt: skip
-        super().__init__(weight, **window)
-        self.temperature = positive("temperature", temperature)
-        self.per_candidate = per_candidate
+    spec = specs.CandidateKD
 
     def forward(self, tensors: dict[str, Any]) -> torch.Tensor:
         t = _soft(tensors["teacher_scores"], self.temperature)
@@ -69,13 +57,7 @@ class CandidateKD(Loss):
 class HintonKD(Loss):
     """Hinton et al.: KL between temperature-softened teacher and student task logits, times T^2."""
 
-    name = "kd"
-    needs = frozenset({"student_scores", "teacher_scores"})
-    stages = ("stage2",)
-
-    def __init__(self, weight: float = 1.0, temperature: float = 2.0, **window: float) -> None:
-        super().__init__(weight, **window)
-        self.temperature = positive("temperature", temperature)
+    spec = specs.HintonKD
 
     def forward(self, tensors: dict[str, Any]) -> torch.Tensor:
         rows = [dense_kl(t, s, self.temperature) for t, s in zip(tensors["teacher_scores"], tensors["student_scores"])]
@@ -85,10 +67,7 @@ class HintonKD(Loss):
 class GoldCE(Loss):
     """Cross-entropy with the gold labels (a target distribution over the candidates)."""
 
-    name = "ce"
-    needs = frozenset({"student_scores", "labels"})
-    uses_labels = True
-    stages = ("stage2",)
+    spec = specs.GoldCE
 
     def forward(self, tensors: dict[str, Any]) -> torch.Tensor:
         rows = [-(y * torch.log_softmax(s, -1)).sum() for y, s in zip(tensors["labels"], tensors["student_scores"])]
@@ -98,9 +77,7 @@ class GoldCE(Loss):
 class LogitMSE(Loss):
     """Mean squared error between student and teacher task logits (STS-B-style regression targets)."""
 
-    name = "mse_logits"
-    needs = frozenset({"student_scores", "teacher_scores"})
-    stages = ("stage2",)
+    spec = specs.LogitMSE
 
     def forward(self, tensors: dict[str, Any]) -> torch.Tensor:
         rows = [((s - t) ** 2).mean() for s, t in zip(tensors["student_scores"], tensors["teacher_scores"])]
@@ -110,9 +87,7 @@ class LogitMSE(Loss):
 class LanguageModelling(Loss):
     """DistilBERT's MLM term: the student's cross-entropy with the true tokens (next token for decoders)."""
 
-    name = "lm"
-    needs = frozenset({"word_logits", "word_labels"})
-    stages = ("stage1",)
+    spec = specs.LanguageModelling
 
     def forward(self, tensors: dict[str, Any]) -> torch.Tensor:
         return torch.nn.functional.cross_entropy(tensors["word_logits"].float(), tensors["word_labels"], ignore_index=-100)

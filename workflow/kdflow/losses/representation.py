@@ -16,18 +16,10 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..features import default_pooling, map_layers, pool, transformer_layers
-from .base import Loss, LossContext, SettingError, count, number, positive, preset
+from ..recipes import specs
+from .base import Loss, LossContext
 
 SCORE_FLOOR = -100.0  # TinyBERT: attention scores at or below it (the masked ones) count as 0
-
-
-def check_layer_spec(layers: Any, named: tuple[str, ...] = ("uniform", "last")) -> None:
-    """``layers``: one of ``named`` or a list of teacher layers (1-based)."""
-    if isinstance(layers, list):
-        if not layers or any(isinstance(j, bool) or not isinstance(j, int) or j < 1 for j in layers):
-            raise SettingError("layers", f"{layers}: expected a list of teacher layers (integers >= 1)")
-    elif layers not in named:
-        raise SettingError("layers", f"{layers!r}: expected {', '.join(named)} or a list of teacher layers")
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -43,20 +35,16 @@ class _Layered(Loss):
     """A loss over matched student/teacher layers, with projections where the widths differ."""
 
     projection_bias: ClassVar[bool] = False
+    pooling: str = "auto"  # the losses that pool set it
 
-    def __init__(self, weight: float = 1.0, layers: str | list[int] = "uniform", pooling: str = "auto",
-                 **window: float) -> None:  # fmt: skip
-        super().__init__(weight, **window)
-        if pooling not in ("auto", "first", "mean", "last"):
-            raise SettingError("pooling", f"'{pooling}': expected auto, first, mean or last")
-        check_layer_spec(layers)
-        self.layer_spec, self.pooling = layers, pooling
+    def __init__(self, settings: specs.LossSpec | None = None, **values: Any) -> None:
+        super().__init__(settings, **values)
         self.layer_map: list[int] = []
         self.projections = torch.nn.ModuleList()
 
     def bind(self, context: LossContext) -> None:
         s, t = context.student_config, context.teacher_config
-        self.layer_map = map_layers(s.num_hidden_layers, t.num_hidden_layers, self.layer_spec)
+        self.layer_map = map_layers(s.num_hidden_layers, t.num_hidden_layers, getattr(self, "layers", "last"))
         if self.pooling == "auto":
             self.pooling = default_pooling(s)
         if s.hidden_size != t.hidden_size:
@@ -83,13 +71,7 @@ class PKD(_Layered):
     L2-normalised pooled states of matched layers, the student's last layer excluded. Pooling: the first
     token ([CLS]) for encoders, the mean over real tokens for decoders (``pooling: auto``)."""
 
-    name = "pkd"
-    needs = frozenset({"student_hidden", "teacher_hidden"})
-
-    def __init__(self, weight: float = 1.0, layers: str | list[int] = "uniform", pooling: str = "auto",
-                 exclude_last: bool = True, **window: float) -> None:  # fmt: skip
-        super().__init__(weight, layers, pooling, **window)
-        self.exclude_last = exclude_last
+    spec = specs.PKD
 
     def forward(self, tensors: dict[str, Any]) -> torch.Tensor:
         mask = tensors["student_features"].mask
@@ -107,9 +89,7 @@ class PKD(_Layered):
 class HiddenCosine(_Layered):
     """DistilBERT's cosine embedding loss: 1 - cos(student, teacher) of the last hidden states at every token."""
 
-    name = "hidden_cosine"
-    needs = frozenset({"student_hidden", "teacher_hidden"})
-    token_aligned = True
+    spec = specs.HiddenCosine
 
     def n_projections(self) -> int:
         return 1
@@ -125,15 +105,8 @@ class TinyBERTHidden(_Layered):
     true``, as in the preset, the embedding outputs) of the MSE between the student's states, mapped by one
     projection shared by all of them (TinyBERT's ``fit_dense``), and the teacher's, averaged over real tokens."""
 
-    name = "tinybert_hidden"
-    needs = frozenset({"student_hidden", "teacher_hidden"})
-    token_aligned = True
+    spec = specs.TinyBERTHidden
     projection_bias = True  # TinyBERT's fit_dense is an nn.Linear with bias
-
-    def __init__(self, weight: float = 1.0, layers: str | list[int] = "uniform", embeddings: bool = False,
-                 **window: float) -> None:  # fmt: skip
-        super().__init__(weight, layers, **window)
-        self.embeddings = embeddings
 
     def n_projections(self) -> int:
         return 1
@@ -164,9 +137,7 @@ class TinyBERTAttention(_Layered):
     entries set to 0), averaged over the (query, key) pairs of real tokens and heads; maps with different
     head counts are head-averaged."""
 
-    name = "tinybert_attention"
-    needs = frozenset({"student_attentions", "teacher_attentions"})
-    token_aligned = True
+    spec = specs.TinyBERTAttention
 
     def n_projections(self) -> int:
         return 0
@@ -179,39 +150,6 @@ class TinyBERTAttention(_Layered):
             a, b = _heads_alike(floor_masked(s.scores[i]), floor_masked(t.scores[j - 1]))
             terms.append((((a - b) ** 2) * pair_mask).sum() / (pair_mask.sum() * a.shape[1]))
         return torch.stack(terms).sum()
-
-
-@preset("tinybert")
-def tinybert_preset(weight: float, stage: str, switch: float | None = None, temperature: float = 1.0,
-                    layers: str | list[int] = "uniform") -> dict[str, dict[str, Any]]:  # fmt: skip
-    """TinyBERT's phases. Stage 1 (general distillation): the intermediate layers only (embeddings and
-    hidden states with one projection, attention scores), no prediction layer. Stage 2 (task distillation):
-    the intermediate layers for the first ``switch`` (default 0.5) of the steps, then the prediction layer,
-    TinyBERT's soft cross-entropy at ``temperature`` averaged over examples and candidates (``switch: 1.0``
-    keeps only the intermediate phase)."""
-    switch = number("switch", switch if switch is not None else (1.0 if stage == "stage1" else 0.5))
-    if not 0.0 < switch <= 1.0:
-        raise SettingError("switch", f"expected a fraction of the steps in (0, 1], got {switch:g}")
-    if stage == "stage1" and switch < 1.0:
-        raise SettingError("switch", "TinyBERT's general distillation (stage 1) has no prediction layer: leave "
-                                     "'switch' out (or 1.0) in stage1")  # fmt: skip
-    window = {"stop": switch} if switch < 1.0 else {}
-    parts: dict[str, dict[str, Any]] = {
-        "tinybert_hidden": {"weight": weight, "layers": layers, "embeddings": True, **window},
-        "tinybert_attention": {"weight": weight, "layers": layers, **window},
-    }
-    if switch < 1.0:
-        parts["candidate_kd"] = {"weight": weight, "temperature": temperature, "per_candidate": True, "start": switch}
-    return parts
-
-
-@preset("distilbert")
-def distilbert_preset(weight: float, stage: str, temperature: float = 2.0) -> dict[str, dict[str, Any]]:
-    """DistilBERT (Sanh et al. 2019): 5 x soft-target KL (T) + 2 x MLM + 1 x hidden-state cosine."""
-    if stage != "stage1":
-        raise ConfigError("preset 'distilbert' distils during pre-training: use it in stage1")
-    return {"word_kl": {"weight": 5.0 * weight, "temperature": temperature}, "lm": {"weight": 2.0 * weight},
-            "hidden_cosine": {"weight": weight}}  # fmt: skip
 
 
 def relation_logprobs(x: torch.Tensor, heads: int, mask: torch.Tensor) -> torch.Tensor:
@@ -253,13 +191,7 @@ class MiniLM(Loss):
     ``relation_heads`` (default: the teacher's key/value heads, i.e. its attention heads without
     grouped-query attention, where each key/value head serves several query heads)."""
 
-    name = "minilm"
-    needs = frozenset({"student_attentions", "teacher_attentions", "student_qkv", "teacher_qkv"})
-    token_aligned = True
-
-    def __init__(self, weight: float = 1.0, relation_heads: int | None = None, **window: float) -> None:
-        super().__init__(weight, **window)
-        self.relation_heads = None if relation_heads is None else count("relation_heads", relation_heads)
+    spec = specs.MiniLM
 
     def bind(self, context: LossContext) -> None:
         s, t = context.student_config, context.teacher_config
@@ -286,15 +218,7 @@ class MiniLMv2(Loss):
     ``relation_heads`` (default 48, the paper's choice for base-size teachers; 64 for teachers 1024 wide or
     wider), KL averaged over heads and real query tokens, summed over the three relations."""
 
-    name = "minilmv2"
-    needs = frozenset({"student_qkv", "teacher_qkv"})
-    token_aligned = True
-
-    def __init__(self, weight: float = 1.0, relation_heads: int | None = None, teacher_layer: int | None = None,
-                 **window: float) -> None:  # fmt: skip
-        super().__init__(weight, **window)
-        self.relation_heads = None if relation_heads is None else count("relation_heads", relation_heads)
-        self.teacher_layer = None if teacher_layer is None else count("teacher_layer", teacher_layer)
+    spec = specs.MiniLMv2
 
     def bind(self, context: LossContext) -> None:
         s, t = context.student_config, context.teacher_config
@@ -322,13 +246,7 @@ class InBatchContrastive(_Layered):
     student's pooled state of example i must be closer (cosine / temperature) to the teacher's state of
     example i than to those of the other examples in the batch (InfoNCE with in-batch negatives)."""
 
-    name = "lrc"
-    needs = frozenset({"student_hidden", "teacher_hidden"})
-
-    def __init__(self, weight: float = 1.0, layers: str | list[int] = "uniform", pooling: str = "auto",
-                 temperature: float = 0.1, **window: float) -> None:  # fmt: skip
-        super().__init__(weight, layers, pooling, **window)
-        self.temperature = positive("temperature", temperature)
+    spec = specs.InBatchContrastive
 
     def forward(self, tensors: dict[str, Any]) -> torch.Tensor:
         s_mask, t_mask = tensors["student_features"].mask, tensors["teacher_features"].mask
@@ -349,21 +267,7 @@ class Theseus(Loss):
     transformer layers (the successor modules) train: its embeddings and output head stay as initialised
     (from the teacher). Stage 2 only; the student and teacher widths must match."""
 
-    name = "theseus"
-    needs = frozenset({"hybrid_scores", "labels"})
-    uses_labels = True
-    stages = ("stage2",)
-
-    def __init__(self, weight: float = 1.0, replace_start: float = 0.5, replace_full_at: float = 0.8,
-                 **window: float) -> None:  # fmt: skip
-        super().__init__(weight, **window)
-        replace_start = number("replace_start", replace_start)
-        replace_full_at = number("replace_full_at", replace_full_at)
-        if not 0.0 <= replace_start <= 1.0:
-            raise SettingError("replace_start", f"expected a value in [0, 1], got {replace_start:g}")
-        if not 0.0 < replace_full_at <= 1.0:
-            raise SettingError("replace_full_at", f"expected a value in (0, 1], got {replace_full_at:g}")
-        self.replace_start, self.replace_full_at = replace_start, replace_full_at
+    spec = specs.Theseus
 
     def bind(self, context: LossContext) -> None:
         if context.student_config.hidden_size != context.teacher_config.hidden_size:

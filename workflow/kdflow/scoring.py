@@ -58,7 +58,7 @@ def _causal_items(i: int, cloze: Cloze, tok: PreTrainedTokenizerBase, max_length
     return items
 
 
-def _wrap(tok: PreTrainedTokenizerBase, ids: list[int]) -> list[int]:
+def wrap_special(tok: PreTrainedTokenizerBase, ids: list[int]) -> list[int]:
     """Add the tokenizer's special tokens around ``ids`` ([CLS] ... [SEP] for BERT, <s> ... </s> for RoBERTa)."""
     specials = tok("", add_special_tokens=True)["input_ids"]
     if len(specials) == 2:
@@ -82,7 +82,7 @@ def _masked_items(i: int, cloze: Cloze, tok: PreTrainedTokenizerBase, max_length
         budget = max_length - n - len(post) - n_special
         cut = len(pre) > max(budget, 0)
         pre = pre[-budget:] if budget > 0 else []
-        ids = _wrap(tok, pre + [tok.mask_token_id] * n + post)
+        ids = wrap_special(tok, pre + [tok.mask_token_id] * n + post)
         first = ids.index(tok.mask_token_id)
         targets = [
             (j, [(first + k, t) for k, t in enumerate(c)]) for j, c in enumerate(cands) if len(c) == n

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
 from .errors import ConfigError
 from .features import layer_owner
@@ -16,7 +16,7 @@ from .jsonio import write_json
 from .modeling import count_parameters, load_lm
 from .safeio import atomic_folder
 from .vocab.factorised import factorise_embeddings, merge_factorised
-from .vocab.model import compress_model
+from .vocab.model import compress_model, write_model_folder
 from .vocab.vmap import VocabMap
 
 
@@ -88,10 +88,7 @@ def init_student(
             factorised = count_parameters(factorise_embeddings(model, int(embedding_dim)))
             model = merge_factorised(model)
     with atomic_folder(out) as tmp:
-        model.save_pretrained(tmp)
-        AutoTokenizer.from_pretrained(teacher_dir, local_files_only=True).save_pretrained(tmp)
-        if vmap is not None:
-            vmap.save(tmp / "vocab_map.json")
+        write_model_folder(model, teacher_dir, vmap, tmp)
         meta = {
             "kdflow": "model",
             "role": "student",

@@ -43,7 +43,7 @@ def _hamlet() -> Iterator[str]:
         yield "\n".join(scene)
 
 
-def _csv_rows(path: Path) -> Iterator[dict[str, str]]:
+def csv_rows(path: Path) -> Iterator[dict[str, str]]:
     opener = {".bz2": bz2.open, ".gz": gzip.open}.get(path.suffix, open)
     with opener(path, "rt", encoding="utf-8") as fh:
         yield from csv.DictReader(io.StringIO(fh.read()))
@@ -51,7 +51,7 @@ def _csv_rows(path: Path) -> Iterator[dict[str, str]]:
 
 def _headlines() -> Iterator[str]:
     by_day: dict[str, list[str]] = {}
-    for row in _csv_rows(_data("guardian_headlines.csv.bz2")):
+    for row in csv_rows(_data("guardian_headlines.csv.bz2")):
         by_day.setdefault(row["Date"], []).append(row["Text"])
     for day in sorted(by_day):
         yield "\n".join(by_day[day])
@@ -60,10 +60,10 @@ def _headlines() -> Iterator[str]:
 def embedded_documents() -> Iterator[tuple[str, str]]:
     """(source, text) for every document of the embedded corpus, in a fixed order."""
     yield from (("hamlet", t) for t in _hamlet())
-    yield from (("convention_speeches", r["text"]) for r in _csv_rows(_data("political_data.csv")))
-    debates = _csv_rows(_data("presidential_debates_2016.csv.gz"))
+    yield from (("convention_speeches", r["text"]) for r in csv_rows(_data("political_data.csv")))
+    debates = csv_rows(_data("presidential_debates_2016.csv.gz"))
     yield from (("debates", r["statement"]) for r in debates)
-    reviews = _csv_rows(_data("rotten_tomatoes_corpus_full.csv.bz2"))
+    reviews = csv_rows(_data("rotten_tomatoes_corpus_full.csv.bz2"))
     yield from (("plot_summaries", r["text"]) for r in reviews if r["category"] == "plot")
     yield from (("headlines", t) for t in _headlines())
 

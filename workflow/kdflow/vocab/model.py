@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +9,8 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer, BatchEncoding, PreTrainedModel
 
-from ..jsonio import read_json, write_json
+from ..jsonio import write_json
+from ..safeio import atomic_folder
 from .vmap import RESERVED, VocabMap
 
 _TOKEN_ID_KEYS = ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "cls_token_id", "unk_token_id")
@@ -65,18 +65,23 @@ def compress_model(model: PreTrainedModel, vmap: VocabMap) -> PreTrainedModel:
     return model
 
 
+def write_model_folder(model: PreTrainedModel, tokenizer_dir: str | Path, vmap: VocabMap | None, folder: Path) -> None:
+    """Weights, the teacher's tokenizer files and, for a compressed vocabulary, ``vocab_map.json``: a folder
+    that AutoModelFor* loads (its tokenizer with :class:`CompressedTokenizer` when there is a map)."""
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True).save_pretrained(folder)
+    if vmap is not None:
+        vmap.save(folder / "vocab_map.json")
+
+
 def export_compressed(model: PreTrainedModel, tokenizer_dir: str | Path, vmap: VocabMap, out: str | Path) -> Path:
-    """A folder that AutoModelFor* loads, with the teacher's tokenizer files and ``vocab_map.json``
-    (load the tokenizer with :class:`CompressedTokenizer`)."""
+    """A compressed-vocabulary model as a folder of its own (``write_model_folder``), written whole or not at
+    all, with ``kdflow.json`` naming the tokenizer loader."""
     out = Path(out)
-    if out.exists():
-        shutil.rmtree(out)
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True).save_pretrained(out)
-    vmap.save(out / "vocab_map.json")
-    meta = read_json(out / "kdflow.json") if (out / "kdflow.json").exists() else {}
-    meta.update({"vocab_map": "vocab_map.json", "vocab_size": vmap.size, "tokenizer_loader": "kdflow.vocab.model.CompressedTokenizer"})
-    write_json(out / "kdflow.json", meta)
+    with atomic_folder(out) as tmp:
+        write_model_folder(model, tokenizer_dir, vmap, tmp)
+        write_json(tmp / "kdflow.json", {"vocab_map": "vocab_map.json", "vocab_size": vmap.size,
+                                         "tokenizer_loader": "kdflow.vocab.model.CompressedTokenizer"})  # fmt: skip
     return out
 
 

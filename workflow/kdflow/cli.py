@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .arguments import COMMANDS, compute_arguments
 from .errors import KdflowError
 
 log = logging.getLogger("kdflow")
-
-
-def _json(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
 
 
 def _runtime(a: argparse.Namespace) -> Any:
@@ -187,155 +180,24 @@ def _tasks(a: argparse.Namespace) -> None:
             print(f"    (no template in prompt set {a.prompt_set})")
 
 
+HANDLERS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "build-model": _build_model, "build-corpus": _build_corpus, "build-task": _build_task,
+    "prepare-task": _prepare_task, "evaluate": _evaluate, "submit": _submit, "summarize": _summarize,
+    "reproduce": _reproduce, "bench": _bench, "validate-config": _validate, "preprocess-corpus": _preprocess,
+    "count-tokens": _count_tokens, "compress-vocab": _compress_vocab, "finetune-teacher": _finetune,
+    "cache-logits": _cache, "init-student": _init_student, "distill": _distill, "tasks": _tasks,
+}  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdflow", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-
-    def add(name: str, func: Callable[[argparse.Namespace], None], help_: str,
-            computes: bool = False) -> argparse.ArgumentParser:  # fmt: skip
-        p = sub.add_parser(name, help=help_)
-        p.set_defaults(func=func)
-        if computes:
-            p.add_argument("--compute", type=_json, default=None,
-                           help="the rule's compute settings (device, precision, teacher_dtype, tf32, "
-                                "attn_implementation, gradient_checkpointing), as JSON")  # fmt: skip
-            p.add_argument("--gpus", type=int, default=0,
-                           help="GPUs the scheduler gave this job: with none visible, the job stops")  # fmt: skip
-        return p
-
-    p = add("build-model", _build_model, "write a model source as a save_pretrained folder")
-    p.add_argument("--spec", type=_json, required=True, help="the model's config entry, as JSON")
-    p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=0)
-
-    p = add("build-corpus", _build_corpus, "write an embedded corpus as JSONL")
-    p.add_argument("--source", required=True)
-    p.add_argument("--out", required=True)
-
-    p = add("build-task", _build_task, "write the embedded sentiment task as SST-2 TSV splits")
-    p.add_argument("--source", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=0)
-
-    p = add("prepare-task", _prepare_task, "read a task's splits into normalised JSONL")
-    p.add_argument("--name", required=True)
-    p.add_argument("--spec", type=_json, required=True)
-    p.add_argument("--source", required=True, help="folder of official files, or hf:DATASET")
-    p.add_argument("--out", required=True)
-    p.add_argument("--require", nargs="*", default=[], choices=["train", "dev", "test"],
-                   help="splits the experiment uses: a missing file of one is an error")  # fmt: skip
-
-    p = add("evaluate", _evaluate, "score a model on a prepared task (dev metrics, test submission)", computes=True)
-    p.add_argument("--model", required=True)
-    p.add_argument("--task", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--predictions", required=True)
-    p.add_argument("--efficiency", default=None, help="JSON of parameters, disk size, latency and throughput")
-    p.add_argument("--settings", type=_json, required=True)
-    p.add_argument("--seed", type=int, default=0)
-
-    p = add("submit", _submit, "predict a task's test split in the benchmark's submission format", computes=True)
-    p.add_argument("--model", required=True)
-    p.add_argument("--task", required=True)
-    p.add_argument("--out", required=True, help="folder for <TASK>.tsv / <TASK>.jsonl")
-    p.add_argument("--settings", type=_json, required=True)
-
-    p = add("summarize", _summarize, "one table, the runs described, and the plots of every evaluated model")
-    p.add_argument("--manifest", type=_json, required=True, help="entries, runs, vocabularies (see rule summarize)")
-    p.add_argument("--out", required=True, help="folder for summary.csv/.md/.html and runs.html")
-    p.add_argument("--plots", required=True, help="folder for the PNG plots")
-
-    p = add("reproduce", _reproduce, "the papers' published numbers next to ours (config `published`)")
-    p.add_argument("--manifest", type=_json, required=True, help="published rows and our metrics paths")
-    p.add_argument("--csv", required=True)
-    p.add_argument("--md", required=True)
-
-    p = add("bench", _bench, "kdflow against TRL and DistillKit-style caches; rule wall times (results/bench)")
-    p.add_argument("--sections", default="stage1,cache,caching,scaling,rules",
-                   help="comma-separated: stage1, cache, caching, scaling, rules")  # fmt: skip
-    p.add_argument("--teacher", help="teacher folder (default: the embedded SmolLM2)")
-    p.add_argument("--results", default="results", help="an experiment's results folder (rule wall times)")
-    p.add_argument("--out", default="results/bench")
-    p.add_argument("--repeats", type=int, default=3, help="fresh processes per timed figure (median)")
-    p.add_argument("--steps", type=int, default=6, help="training steps per stage-1 measurement")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--block-size", type=int, default=128)
-    p.add_argument("--blocks", type=int, default=32, help="corpus blocks cached in section 3 (1x; 10x for RSS)")
-    p.add_argument("--documents", type=int, default=400, help="embedded-corpus documents packed")
-    p.add_argument("--layers", type=int, default=6, help="student layers cut from the teacher")
-    p.add_argument("--threads", type=int, default=0, help="torch threads per workload (default: all CPUs)")
-
-    p = add("validate-config", _validate, "check a config file against the schema")
-    p.add_argument("config")
-
-    p = add("preprocess-corpus", _preprocess, "tokenise and pack a corpus into flat memmaps")
-    p.add_argument("--source", required=True)
-    p.add_argument("--spec", type=_json, required=True, help="the corpus's config entry, as JSON")
-    p.add_argument("--tokenizer", required=True, help="model folder whose tokenizer is used")
-    p.add_argument("--settings", type=_json, required=True, help="the config's preprocess section")
-    p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=0)
-
-    p = add("count-tokens", _count_tokens, "token frequency table of a preprocessed corpus (+ task inputs)")
-    p.add_argument("--corpus", required=True, help="preprocessed corpus folder")
-    p.add_argument("--tokenizer", required=True, help="model folder whose tokenizer tokenised the corpus")
-    p.add_argument("--tasks", nargs="*", default=[], help="prepared task folders whose training inputs count too")
-    p.add_argument("--out", required=True)
-
-    p = add("compress-vocab", _compress_vocab, "build a compressed vocabulary map from token counts")
-    p.add_argument("--counts", required=True)
-    p.add_argument("--teacher", required=True, help="teacher model folder")
-    p.add_argument("--tasks", nargs="*", default=[], help="prepared task folders (their answers are kept)")
-    p.add_argument("--spec", type=_json, required=True, help="the vocabulary's config entry, as JSON")
-    p.add_argument("--name", default="", help="the vocabulary's name in the config (named in errors)")
-    p.add_argument("--out", required=True)
-
-    p = add("finetune-teacher", _finetune, "fine-tune a teacher on a task (cloze prompts, or a classification head)", computes=True)
-    p.add_argument("--teacher", required=True)
-    p.add_argument("--task", required=True, help="prepared task folder")
-    p.add_argument("--out", required=True, help="fine-tuned model folder")
-    p.add_argument("--work", required=True, help="checkpoints and logs (kept across failures)")
-    p.add_argument("--settings", type=_json, required=True, help="the config's teacher_finetune section")
-    p.add_argument("--head", choices=["cloze", "classification"], default="cloze",
-                   help="cloze: word prediction on the prompt's candidates; classification: a new task head")
-    p.add_argument("--deepspeed", type=_json, default=None)
-    p.add_argument("--seed", type=int, default=0)
-
-    p = add("cache-logits", _cache, "run the teacher once and cache sparse targets (corpus or task)", computes=True)
-    p.add_argument("--teacher", required=True)
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--corpus", help="preprocessed corpus folder (stage 1)")
-    source.add_argument("--task", help="prepared task folder (stage 2)")
-    p.add_argument("--vocab-map", default="", help="map.json of a compressed vocabulary (default: full)")
-    p.add_argument("--settings", type=_json, required=True, help="the config's cache section")
-    p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=0)
-
-    p = add("init-student", _init_student, "build a student: teacher layer subset / narrower width / vocabulary")
-    p.add_argument("--teacher", required=True)
-    p.add_argument("--spec", type=_json, required=True, help="the student's config entry, as JSON")
-    p.add_argument("--vocab-map", default="")
-    p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=0)
-
-    p = add("distill", _distill, "train a student with a run's losses (stage1: corpus, stage2: task)", computes=True)
-    p.add_argument("--stage", choices=["stage1", "stage2"], required=True)
-    p.add_argument("--student", required=True, help="the student folder to start from")
-    p.add_argument("--recipe", type=_json, required=True, help="the run's config entry, as JSON")
-    p.add_argument("--name", default="", help="the run's name (recorded in kdflow.json)")
-    p.add_argument("--settings", type=_json, required=True, help="the config's distill.<stage> section")
-    p.add_argument("--cache", help="logit cache folder")
-    p.add_argument("--corpus", help="preprocessed corpus folder (stage 1)")
-    p.add_argument("--task", help="prepared task folder (stage 2)")
-    p.add_argument("--teacher", help="teacher folder (online teacher, masked-LM cache checks)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--work", required=True, help="checkpoints and logs (kept across failures)")
-    p.add_argument("--deepspeed", type=_json, default=None)
-    p.add_argument("--seed", type=int, default=0)
-
-    p = add("tasks", _tasks, "list the task types")
-    p.add_argument("--prompts", action="store_true", help="also show the pattern and verbalizer")
-    p.add_argument("--prompt-set", default="pet", choices=["pet", "lm-eval"], help="prompt set shown by --prompts")
+    for command in COMMANDS:
+        p = sub.add_parser(command.name, help=command.help)
+        p.set_defaults(func=HANDLERS[command.name])
+        command.arguments(p)
+        if command.computes:
+            compute_arguments(p)
     return parser
 
 

@@ -53,6 +53,24 @@ class _Packer:
             del self.pending[:whole]
 
 
+def _new_texts(documents: list[str], seen: set[bytes], stats: dict[str, int]) -> list[str]:
+    """The normalised texts of ``documents`` that are neither empty nor seen before (counted in ``stats``)."""
+    texts = []
+    for raw in documents:
+        stats["read"] += 1
+        text = normalise_text(raw)
+        if not text:
+            stats["empty"] += 1
+            continue
+        key = hashlib.blake2b(text.encode(), digest_size=16).digest()
+        if key in seen:
+            stats["duplicates"] += 1
+            continue
+        seen.add(key)
+        texts.append(text)
+    return texts
+
+
 def preprocess_corpus(
     source: str, spec: dict[str, Any], tokenizer_dir: str | Path, out_dir: str | Path, settings: dict[str, Any], seed: int
 ) -> dict[str, Any]:
@@ -78,19 +96,7 @@ def preprocess_corpus(
         packers = {"train": _Packer(f_train, block_size, dtype), "valid": _Packer(f_valid, block_size, dtype)}
         bar = tqdm(desc="preprocess", unit="tok", unit_scale=True, mininterval=1.0)
         while chunk := list(itertools.islice(documents, batch)):
-            texts: list[tuple[str, str]] = []
-            for raw in chunk:
-                stats["read"] += 1
-                text = normalise_text(raw)
-                if not text:
-                    stats["empty"] += 1
-                    continue
-                key = hashlib.blake2b(text.encode(), digest_size=16).digest()
-                if key in seen:
-                    stats["duplicates"] += 1
-                    continue
-                seen.add(key)
-                texts.append((split_of(text, seed, settings["valid_fraction"]), text))
+            texts = [(split_of(t, seed, settings["valid_fraction"]), t) for t in _new_texts(chunk, seen, stats)]
             if not texts:
                 continue
             encoded = tokenizer([t for _, t in texts], add_special_tokens=False)["input_ids"]
@@ -107,23 +113,13 @@ def preprocess_corpus(
         counts[split]["tail_tokens_not_packed"] = len(packers[split].pending)
     total = sum(c["tokens"] for c in counts.values())
     meta = {
-        "kdflow": "token_stream",
-        "source": source,
-        "tokenizer": str(tokenizer_dir),
-        "tokenizer_sha256": tokenizer_fingerprint(tokenizer_dir),
-        "vocab_size": vocab_size,
-        "dtype": dtype.name,
-        "block_size": block_size,
-        "separator_id": separator,
-        "seed": seed,
-        "valid_fraction": settings["valid_fraction"],
-        "documents_read": stats["read"],
-        "empty_documents": stats["empty"],
-        "duplicate_documents": stats["duplicates"],
-        "splits": counts,
-        "tokens": total,
-        "tokens_per_second": total / elapsed if elapsed > 0 else None,
-    }
+        "kdflow": "token_stream", "source": source, "tokenizer": str(tokenizer_dir),
+        "tokenizer_sha256": tokenizer_fingerprint(tokenizer_dir), "vocab_size": vocab_size, "dtype": dtype.name,
+        "block_size": block_size, "separator_id": separator, "seed": seed,
+        "valid_fraction": settings["valid_fraction"], "documents_read": stats["read"],
+        "empty_documents": stats["empty"], "duplicate_documents": stats["duplicates"], "splits": counts,
+        "tokens": total, "tokens_per_second": total / elapsed if elapsed > 0 else None,
+    }  # fmt: skip
     write_json(out_dir / "meta.json", meta)
     return meta
 

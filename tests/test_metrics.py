@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
+
 import pytest
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
@@ -90,3 +92,26 @@ def test_bootstrap_interval_brackets_the_estimate(labels):
     low, high = M.bootstrap_ci("accuracy", golds, preds, [{}] * len(golds), samples=500, seed=0)
     assert low < M.accuracy(golds, preds) < high
     assert M.bootstrap_ci("accuracy", golds, preds, [{}] * len(golds), samples=500, seed=0) == (low, high)
+
+
+def test_paired_bootstrap_matches_an_independent_computation():
+    """Accuracy difference per resample = mean over the drawn examples of (A correct - B correct), drawn
+    with the same generator (numpy default_rng(seed).integers(0, n, n) per resample)."""
+    rng = np.random.default_rng(7)
+    golds = rng.integers(0, 2, 300)
+    a = np.where(rng.random(300) < 0.8, golds, 1 - golds)  # about 80 % right
+    b = np.where(rng.random(300) < 0.7, golds, 1 - golds)  # about 70 % right
+    got = M.paired_bootstrap("accuracy", list(golds), list(a), list(b), [{}] * 300, samples=400, seed=3)
+    draw = np.random.default_rng(3)
+    delta = (a == golds).astype(float) - (b == golds).astype(float)
+    diffs = np.array([delta[draw.integers(0, 300, 300)].mean() for _ in range(400)])
+    assert got["difference"] == pytest.approx(delta.mean())
+    assert (got["low"], got["high"]) == pytest.approx((np.quantile(diffs, 0.025), np.quantile(diffs, 0.975)))
+    assert got["wins"] == (np.quantile(diffs, 0.025) > 0) and not got["loses"]
+
+
+def test_paired_bootstrap_of_identical_predictions_is_zero_and_no_win():
+    golds, preds = [0, 1, 1, 0, 1, 0], [0, 1, 0, 0, 1, 1]
+    got = M.paired_bootstrap("accuracy", golds, preds, preds, [{}] * 6, samples=100)
+    assert (got["difference"], got["low"], got["high"], got["wins"], got["loses"]) == (0.0, 0.0, 0.0, False, False)
+    assert M.paired_bootstrap("accuracy", golds, preds, preds[:-1], [{}] * 6) is None  # not the same examples

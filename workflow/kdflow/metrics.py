@@ -192,3 +192,37 @@ def bootstrap_ci(
         return None
     alpha = (1 - level) / 2
     return float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))
+
+
+def paired_bootstrap(
+    name: str,
+    golds: Sequence[Any],
+    preds_a: Sequence[Any],
+    preds_b: Sequence[Any],
+    examples: Sequence[dict],
+    samples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, float] | None:
+    """Paired percentile bootstrap of ``metric(A) - metric(B)`` on the same examples: each resample draws
+    the `resampling_units` once and scores both prediction lists on it, so what the two models share (easy
+    and hard examples) cancels. ``difference`` is on the full set; ``wins`` says the interval excludes 0
+    above it, ``loses`` below."""
+    units = resampling_units(name, examples)
+    if samples <= 0 or len(units) < 2 or not len(golds) == len(preds_a) == len(preds_b) == len(examples):
+        return None
+    rng = np.random.default_rng(seed)
+    metric = METRICS[name]
+    diffs = []
+    for _ in range(samples):
+        pick = [i for u in rng.integers(0, len(units), len(units)) for i in units[u]]
+        g, ex = [golds[i] for i in pick], [examples[i] for i in pick]
+        diffs.append(metric(g, [preds_a[i] for i in pick], ex) - metric(g, [preds_b[i] for i in pick], ex))
+    values = np.asarray(diffs, float)
+    values = values[~np.isnan(values)]
+    if not len(values):
+        return None
+    alpha = (1 - level) / 2
+    low, high = float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))
+    difference = metric(golds, preds_a, examples) - metric(golds, preds_b, examples)
+    return {"difference": float(difference), "low": low, "high": high, "wins": low > 0, "loses": high < 0}

@@ -14,7 +14,7 @@ import torch
 from conftest import pack_text
 from safetensors.torch import load_file
 
-from kdflow.cache.build import cache_corpus
+from kdflow.cache.build import cache_corpus, cache_task
 from kdflow.students import init_student
 
 RUN = {"student": "s", "stage1": {"losses": {"word_kl": {"weight": 1.0, "temperature": 2.0}}},
@@ -62,3 +62,28 @@ def test_two_processes_match_one(setup, tiny_llama, tmp_path, tool_env, zero):
     assert w1.keys() == w2.keys()
     assert all(torch.allclose(w1[k], w2[k], atol=1e-5) for k in w1)
     assert os.path.exists(tmp_path / "two" / "kdflow.json")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["corpus", "task"])
+def test_two_processes_build_the_cache_of_one(setup, tiny_llama, sentiment_task, tmp_path, tool_env, kind):
+    """Under torchrun each process writes every other shard; the shards and the manifest's records equal
+    those of one process (mode hidden: the head is saved once)."""
+    settings = {"k": 16, "value_dtype": "fp32", "temperatures": [1.0, 2.0], "mode": "hidden", "shard_blocks": 2,
+                "shard_examples": 4, "batch_size": 2, "max_blocks": 8, "max_length": 48}  # fmt: skip
+    source = ["--corpus", str(setup / "corpus")] if kind == "corpus" else ["--task", str(sentiment_task)]
+    env = {k: v for k, v in tool_env.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    manifests = []
+    for processes in (1, 2):
+        out = tmp_path / f"p{processes}"
+        base = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+                "-m", "kdflow"] if processes > 1 else [sys.executable, "-m", "kdflow"]  # fmt: skip
+        cmd = base + ["cache-logits", "--teacher", str(tiny_llama), *source, "--settings", json.dumps(settings),
+                      "--out", str(out), "--seed", "0"]  # fmt: skip
+        proc = subprocess.run(cmd, env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        manifests.append(json.loads((out / "manifest.json").read_text()))
+    one, two = manifests
+    assert len(one["shards"]) >= 3 and one["shards"] == two["shards"]
+    assert (one["positions"], one["bytes"], one["processes"], two["processes"]) == (two["positions"], two["bytes"], 1, 2)
+    assert one["head_sha256"] == two["head_sha256"] is not None

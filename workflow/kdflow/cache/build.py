@@ -86,11 +86,12 @@ def _teacher_forward(model, ids, mask, capture: _HeadInputs | None) -> tuple[tor
     return logits, capture.value if capture is not None else logits
 
 
-def _hidden_capture(model, out_dir, settings: dict[str, Any]) -> tuple[_HeadInputs | None, str | None]:
-    """Mode ``hidden``: a hook on the head's inputs, and the head saved once beside the cache (its sha256)."""
+def _hidden_capture(model, out_dir, settings: dict[str, Any], main: bool) -> tuple[_HeadInputs | None, str | None]:
+    """Mode ``hidden``: a hook on the head's inputs, and the head saved once beside the cache by the main
+    process (its sha256)."""
     if settings["mode"] != "hidden":
         return None, None
-    return _HeadInputs(model), _save_head(model, out_dir)
+    return _HeadInputs(model), _save_head(model, out_dir) if main else None
 
 
 def _save_head(model: torch.nn.Module, out_dir: str | Path) -> str:
@@ -143,15 +144,15 @@ def cache_corpus(
     if family == "masked":
         extra["masking"] = {"seed": seed, "prob": 0.15, "mask_id": tokenizer.mask_token_id}
     header = _header("corpus", teacher_dir, teacher_dir, vocab_map, corpus_fingerprint(corpus_dir), settings, extra)
-    writer = ShardWriter(out_dir, header)
-    capture, head_sha = _hidden_capture(model, out_dir, settings)
+    writer = _writer(out_dir, header, runtime)
+    capture, head_sha = _hidden_capture(model, out_dir, settings, runtime.ranks.main)
     specials = special_token_ids(tokenizer)
     per_shard, batch = settings["shard_blocks"], settings["batch_size"]
-    bar = tqdm(total=n_blocks * block_size, desc="cache corpus", unit="tok", unit_scale=True)
+    bar = tqdm(total=n_blocks * block_size, desc="cache corpus", unit="tok", unit_scale=True, disable=not runtime.ranks.main)
     started, forward_seconds = time.perf_counter(), 0.0
     for index, start in enumerate(range(0, n_blocks, per_shard)):
         stop = min(start + per_shard, n_blocks)
-        if writer.done(index):
+        if writer.skip(index):
             bar.update((stop - start) * block_size)
             continue
         parts: list[dict[str, np.ndarray]] = []
@@ -182,8 +183,7 @@ def cache_corpus(
         merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         writer.add(index, merged, {"blocks": [start, stop], "positions": _rows(merged)})
     bar.close()
-    elapsed = time.perf_counter() - started
-    return writer.finish({**_summary(writer, elapsed, forward_seconds, out_dir), "head_sha256": head_sha})
+    return writer.finish(-(-n_blocks // per_shard), _timings(started, forward_seconds, head_sha), runtime)
 
 
 def _rows(arrays: dict[str, np.ndarray]) -> int:
@@ -191,16 +191,16 @@ def _rows(arrays: dict[str, np.ndarray]) -> int:
     return int(len(arrays[key]))
 
 
-def _summary(writer: ShardWriter, elapsed: float, forward_seconds: float, out_dir) -> dict[str, Any]:
-    positions = sum(s["positions"] for s in writer.shards)
-    size = sum((Path(out_dir) / s["file"]).stat().st_size for s in writer.shards)
-    return {
-        "positions": positions,
-        "bytes": size,
-        "bytes_per_position": size / positions if positions else None,
-        "seconds_this_run": elapsed,
-        "teacher_forward_seconds_this_run": forward_seconds,
-    }
+def _writer(out_dir: str | Path, header: dict[str, Any], runtime: Runtime) -> ShardWriter:
+    """The shard writer of this process (with several, each writes every size-th shard)."""
+    runtime.init_distributed()
+    return ShardWriter(out_dir, header, runtime.ranks.rank, runtime.ranks.size)
+
+
+def _timings(started: float, forward_seconds: float, head_sha: str | None) -> dict[str, Any]:
+    """The main process's timings (every process computes its share of the shards) and the head's sha256."""
+    return {"seconds_this_run": time.perf_counter() - started, "teacher_forward_seconds_this_run": forward_seconds,
+            "head_sha256": head_sha}  # fmt: skip
 
 
 def _task_inputs(clozes: list[Cloze], tokenizer, family: str, max_length: int):
@@ -245,15 +245,15 @@ def cache_task(
     student_vocab = vmap.size if vmap else model.config.vocab_size
     extra = {"family": family, "task": meta["name"], "examples": len(examples), "student_vocab_size": student_vocab}
     header = _header("task", teacher_dir, teacher_dir, vocab_map, task_fingerprint(task_dir), settings, extra)
-    writer = ShardWriter(out_dir, header)
-    capture, head_sha = _hidden_capture(model, out_dir, settings)
+    writer = _writer(out_dir, header, runtime)
+    capture, head_sha = _hidden_capture(model, out_dir, settings, runtime.ranks.main)
     per_shard, batch = settings["shard_examples"], settings["batch_size"]
     pad = pad_id(tokenizer)
-    bar = tqdm(total=len(examples), desc="cache task", unit="ex")
+    bar = tqdm(total=len(examples), desc="cache task", unit="ex", disable=not runtime.ranks.main)
     started, forward_seconds = time.perf_counter(), 0.0
     for index, start in enumerate(range(0, len(examples), per_shard)):
         chunk = examples[start : start + per_shard]
-        if writer.done(index):
+        if writer.skip(index):
             bar.update(len(chunk))
             continue
         clozes = prepared.clozes[start : start + per_shard]
@@ -286,5 +286,4 @@ def cache_task(
         writer.add(index, arrays, {"examples": [start, start + len(chunk)], "positions": _rows(arrays)})
         bar.update(len(chunk))
     bar.close()
-    summary = _summary(writer, time.perf_counter() - started, forward_seconds, out_dir)
-    return writer.finish({**summary, "head_sha256": head_sha})
+    return writer.finish(-(-len(examples) // per_shard), _timings(started, forward_seconds, head_sha), runtime)

@@ -1,9 +1,13 @@
-"""Sharded, resumable cache folders: shards written atomically, progress recorded after each shard,
-``manifest.json`` (settings, fingerprints, per-shard checksums) written last."""
+"""Sharded, resumable cache folders, written by one or several processes: each shard is written atomically
+with a record beside it (``shard_NNNNN.json``: its checksum and the header it was built under), and the main
+process writes ``manifest.json`` (settings, fingerprints, every shard's record) last."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,58 +21,83 @@ from .format import file_sha256, read_shard, write_shard
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
-PROGRESS = "progress.json"
+SHARD = re.compile(r"shard_(\d{5})\.(npz|json)$")
 
 
 class ShardWriter:
-    """Resumes from ``progress.json`` when its header (settings + fingerprints) equals this run's."""
+    """Process ``rank`` of ``size`` writes the shards it owns (index % size == rank). A shard whose record
+    carries this run's header (settings + fingerprints) and whose file has the recorded checksum is kept on
+    a rerun: a killed job resumes shard by shard."""
 
-    def __init__(self, out_dir: str | Path, header: dict[str, Any]) -> None:
+    def __init__(self, out_dir: str | Path, header: dict[str, Any], rank: int = 0, size: int = 1) -> None:
         self.out_dir = make_dirs(out_dir)
         self.header = header
+        self.header_sha = hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()
+        self.rank, self.size = rank, size
         self.written_now = 0
-        self.shards: list[dict[str, Any]] = []
-        progress = self.out_dir / PROGRESS
-        if progress.exists():
-            previous = read_json(progress)
-            if previous.get("header") == header:
-                self.shards = self._verified(previous["shards"])
-                log.info("resuming %s after %d complete shard(s)", self.out_dir, len(self.shards))
-            else:
-                log.info("%s: settings or fingerprints changed, starting over", self.out_dir)
-        keep = {s["file"] for s in self.shards}
-        for stale in self.out_dir.glob("shard_*.npz"):
-            if stale.name not in keep:
-                stale.unlink()
-        (self.out_dir / MANIFEST).unlink(missing_ok=True)
+        if rank == 0:
+            (self.out_dir / MANIFEST).unlink(missing_ok=True)
 
-    def _verified(self, shards: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        good = []
-        for shard in shards:
-            path = self.out_dir / shard["file"]
-            if not path.exists() or file_sha256(path) != shard["sha256"]:
-                log.warning("%s is missing or damaged: recomputing from there", path)
-                break
-            good.append(shard)
-        return good
+    def _name(self, index: int) -> str:
+        return f"shard_{index:05d}"
 
-    def done(self, index: int) -> bool:
-        return index < len(self.shards)
+    def record(self, index: int) -> dict[str, Any] | None:
+        """The record of shard ``index`` when it is complete and was built under this header, else None."""
+        path = self.out_dir / f"{self._name(index)}.json"
+        if not path.exists():
+            return None
+        record = read_json(path)
+        shard = self.out_dir / record.get("file", "")
+        if record.get("header_sha256") != self.header_sha or not shard.is_file():
+            return None
+        if file_sha256(shard) != record.get("sha256"):
+            log.warning("%s is damaged: computing it again", shard)
+            return None
+        return record
+
+    def skip(self, index: int) -> bool:
+        """Whether this process leaves shard ``index`` alone: another process owns it, or it is complete."""
+        if index % self.size != self.rank:
+            return True
+        if self.record(index) is not None:
+            log.info("resuming %s: shard %d is complete", self.out_dir, index)
+            return True
+        return False
 
     def add(self, index: int, arrays: dict[str, np.ndarray], record: dict[str, Any]) -> None:
-        if index != len(self.shards):
-            raise RuntimeError(f"shard {index} written out of order (have {len(self.shards)})")
-        name = f"shard_{index:05d}.npz"
-        sha = write_shard(self.out_dir / name, arrays)
-        self.shards.append({"file": name, "sha256": sha, **record})
-        write_json(self.out_dir / PROGRESS, {"header": self.header, "shards": self.shards})
+        name = self._name(index)
+        sha = write_shard(self.out_dir / f"{name}.npz", arrays)
+        write_json(self.out_dir / f"{name}.json", {"file": f"{name}.npz", "sha256": sha,
+                                                     "header_sha256": self.header_sha, **record})  # fmt: skip
         self.written_now += 1
         faults.die_at("shard", self.written_now)
 
-    def finish(self, summary: dict[str, Any]) -> dict[str, Any]:
-        manifest = {**self.header, "shards": self.shards, **summary}
-        write_json(self.out_dir / MANIFEST, manifest)
-        return manifest
+    def finish(self, n_shards: int, summary: dict[str, Any], runtime: Any) -> dict[str, Any]:
+        """After every process wrote its shards, the main one checks all ``n_shards`` records, removes
+        leftovers of other runs and writes the manifest; every process returns it."""
+        runtime.barrier()
+        if self.rank == 0:
+            shards = []
+            for index in range(n_shards):
+                record = self.record(index)
+                if record is None:
+                    raise DataError(f"{self.out_dir}: shard {index} is missing after every process finished")
+                shards.append({k: v for k, v in record.items() if k != "header_sha256"})
+            self._remove_leftovers(n_shards)
+            positions = sum(s["positions"] for s in shards)
+            size = sum((self.out_dir / s["file"]).stat().st_size for s in shards)
+            write_json(self.out_dir / MANIFEST, {**self.header, "shards": shards, "positions": positions, "bytes": size,
+                                                 "bytes_per_position": size / positions if positions else None,
+                                                 "processes": self.size, **summary})  # fmt: skip
+        runtime.barrier()
+        return read_json(self.out_dir / MANIFEST)
+
+    def _remove_leftovers(self, n_shards: int) -> None:
+        for path in self.out_dir.iterdir():
+            match = SHARD.match(path.name)
+            if match and int(match.group(1)) >= n_shards:
+                path.unlink()
+        (self.out_dir / "progress.json").unlink(missing_ok=True)  # the single-writer format before records
 
 
 class ShardReader:

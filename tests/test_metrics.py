@@ -101,7 +101,7 @@ def test_paired_bootstrap_matches_an_independent_computation():
     golds = rng.integers(0, 2, 300)
     a = np.where(rng.random(300) < 0.8, golds, 1 - golds)  # about 80 % right
     b = np.where(rng.random(300) < 0.7, golds, 1 - golds)  # about 70 % right
-    got = M.paired_bootstrap("accuracy", list(golds), list(a), list(b), [{}] * 300, samples=400, seed=3)
+    got = M.paired_bootstrap("accuracy", list(golds), [list(a)], [list(b)], [{}] * 300, samples=400, seed=3)
     draw = np.random.default_rng(3)
     delta = (a == golds).astype(float) - (b == golds).astype(float)
     diffs = np.array([delta[draw.integers(0, 300, 300)].mean() for _ in range(400)])
@@ -112,6 +112,28 @@ def test_paired_bootstrap_matches_an_independent_computation():
 
 def test_paired_bootstrap_of_identical_predictions_is_zero_and_no_win():
     golds, preds = [0, 1, 1, 0, 1, 0], [0, 1, 0, 0, 1, 1]
-    got = M.paired_bootstrap("accuracy", golds, preds, preds, [{}] * 6, samples=100)
+    got = M.paired_bootstrap("accuracy", golds, [preds], [preds], [{}] * 6, samples=100)
     assert (got["difference"], got["low"], got["high"], got["wins"], got["loses"]) == (0.0, 0.0, 0.0, False, False)
-    assert M.paired_bootstrap("accuracy", golds, preds, preds[:-1], [{}] * 6) is None  # not the same examples
+    assert M.paired_bootstrap("accuracy", golds, [preds], [preds[:-1]], [{}] * 6) is None  # not the same examples
+
+
+def test_paired_bootstrap_over_seeds_averages_the_per_seed_differences_on_shared_draws():
+    """Two seeds per side: each resample's difference is the mean over seeds of the per-seed accuracy
+    differences on one shared draw of the examples (independently recomputed here)."""
+    rng = np.random.default_rng(11)
+    golds = rng.integers(0, 2, 200)
+    noisy = [np.where(rng.random(200) < q, golds, 1 - golds) for q in (0.75, 0.8, 0.6, 0.65)]
+    got = M.paired_bootstrap("mcc", list(golds), [list(noisy[0]), list(noisy[1])], [list(noisy[2]), list(noisy[3])],
+                             [{}] * 200, samples=200, seed=5)  # fmt: skip
+    from sklearn.metrics import matthews_corrcoef as mcc
+
+    def diff(idx):
+        return np.mean([mcc(golds[idx], noisy[0][idx]) - mcc(golds[idx], noisy[2][idx]),
+                        mcc(golds[idx], noisy[1][idx]) - mcc(golds[idx], noisy[3][idx])])  # fmt: skip
+
+    draw = np.random.default_rng(5)
+    picks = [draw.integers(0, 200, 200) for _ in range(200)]
+    diffs = np.array([diff(p) for p in picks])
+    assert got["difference"] == pytest.approx(diff(np.arange(200)))
+    assert (got["low"], got["high"]) == pytest.approx((np.quantile(diffs, 0.025), np.quantile(diffs, 0.975)))
+    assert got["seeds"] == 2 and got["wins"]

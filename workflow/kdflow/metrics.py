@@ -197,32 +197,38 @@ def bootstrap_ci(
 def paired_bootstrap(
     name: str,
     golds: Sequence[Any],
-    preds_a: Sequence[Any],
-    preds_b: Sequence[Any],
+    seeds_a: Sequence[Sequence[Any]],
+    seeds_b: Sequence[Sequence[Any]],
     examples: Sequence[dict],
     samples: int = 1000,
     seed: int = 0,
     level: float = 0.95,
-) -> dict[str, float] | None:
-    """Paired percentile bootstrap of ``metric(A) - metric(B)`` on the same examples: each resample draws
-    the `resampling_units` once and scores both prediction lists on it, so what the two models share (easy
-    and hard examples) cancels. ``difference`` is on the full set; ``wins`` says the interval excludes 0
-    above it, ``loses`` below."""
+) -> dict[str, Any] | None:
+    """Paired percentile bootstrap of ``metric(A) - metric(B)`` on the same examples, averaged over seeds:
+    ``seeds_a[s]`` / ``seeds_b[s]`` are the predictions of A's and B's training with seed s (pass one list
+    each for one seed). Each resample draws the `resampling_units` once and scores every prediction list on
+    it, so what the models share (easy and hard examples) cancels. ``difference`` is on the full set; ``wins``
+    says the interval lies above 0, ``loses`` below."""
     units = resampling_units(name, examples)
-    if samples <= 0 or len(units) < 2 or not len(golds) == len(preds_a) == len(preds_b) == len(examples):
+    n = len(examples)
+    if samples <= 0 or len(units) < 2 or len(golds) != n or not seeds_a or len(seeds_a) != len(seeds_b):
         return None
-    rng = np.random.default_rng(seed)
+    if any(len(p) != n for p in [*seeds_a, *seeds_b]):
+        return None
     metric = METRICS[name]
-    diffs = []
-    for _ in range(samples):
-        pick = [i for u in rng.integers(0, len(units), len(units)) for i in units[u]]
+
+    def difference(pick: list[int]) -> float:
         g, ex = [golds[i] for i in pick], [examples[i] for i in pick]
-        diffs.append(metric(g, [preds_a[i] for i in pick], ex) - metric(g, [preds_b[i] for i in pick], ex))
-    values = np.asarray(diffs, float)
+        return float(np.mean([metric(g, [a[i] for i in pick], ex) - metric(g, [b[i] for i in pick], ex)
+                              for a, b in zip(seeds_a, seeds_b, strict=True)]))  # fmt: skip
+
+    rng = np.random.default_rng(seed)
+    draws = [[i for u in rng.integers(0, len(units), len(units)) for i in units[u]] for _ in range(samples)]
+    values = np.asarray([difference(pick) for pick in draws], float)
     values = values[~np.isnan(values)]
     if not len(values):
         return None
     alpha = (1 - level) / 2
     low, high = float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))
-    difference = metric(golds, preds_a, examples) - metric(golds, preds_b, examples)
-    return {"difference": float(difference), "low": low, "high": high, "wins": low > 0, "loses": high < 0}
+    return {"difference": difference(list(range(n))), "low": low, "high": high, "wins": low > 0, "loses": high < 0,
+            "seeds": len(seeds_a)}  # fmt: skip

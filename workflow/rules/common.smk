@@ -1,6 +1,7 @@
 # Config validation, the experiment plan (kdflow.plan) and the one-line input functions over it.
 import json
 import shlex
+from pathlib import Path  # used by the rule files
 
 from snakemake.exceptions import WorkflowError
 

@@ -24,6 +24,12 @@ def _save(fig: Any, path: Path) -> None:
     plt.close(fig)
 
 
+def task_columns(table: pd.DataFrame) -> list[str]:
+    """The per-task score columns of a summary table, in table order."""
+    skip = {"model", "role", "student", "vocabulary"}
+    return [c for c in table.columns if c not in skip and f"{c} primary" in table.columns]
+
+
 def _empty(path: Path, title: str, message: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 2.5))
     ax.axis("off")
@@ -34,8 +40,6 @@ def _empty(path: Path, title: str, message: str) -> None:
 
 def scores_plot(table: pd.DataFrame, path: Path) -> None:
     """Grouped bars: each task's primary metric (x100) per model, with its 95 % bootstrap CI."""
-    from .summarize import task_columns
-
     tasks = task_columns(table)
     n = len(table)
     width = 0.8 / max(n, 1)
@@ -61,8 +65,6 @@ def scores_plot(table: pd.DataFrame, path: Path) -> None:
 
 def frontier_plot(table: pd.DataFrame, path: Path) -> None:
     """Mean task score against parameter count: the compression frontier."""
-    from .summarize import task_columns
-
     tasks = task_columns(table)
     points = [(row["parameters"] / 1e6, row[tasks].mean(skipna=True), row["model"]) for _, row in table.iterrows()
               if not math.isnan(row["parameters"])]  # fmt: skip

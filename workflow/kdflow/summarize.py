@@ -10,10 +10,11 @@ from typing import Any
 
 import pandas as pd
 
-from .config import stage_phases
 from .errors import DataError
 from .jsonio import read_json
 from .leaderboard import BENCHMARK_TASKS, DIAGNOSTICS, benchmark_average, task_score
+from .plan.names import run_of, stage_phases
+from .plots import coverage_plot, frontier_plot, loss_curves_plot, scores_plot, task_columns
 
 BENCHMARK_LABELS = {"glue": "GLUE", "superglue": "SuperGLUE"}
 
@@ -36,7 +37,8 @@ def load_entries(manifest: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _label(model: str) -> str:
-    return model.removeprefix("runs/")
+    """A model as the table names it: a run's students by the run's name."""
+    return run_of(model) or model
 
 
 def summary_table(manifest: dict[str, Any], entries: list[dict[str, Any]]) -> pd.DataFrame:
@@ -48,7 +50,7 @@ def summary_table(manifest: dict[str, Any], entries: list[dict[str, Any]]) -> pd
     rows = []
     for model in models:
         row: dict[str, Any] = {"model": _label(model), "role": next(e["role"] for e in entries if e["model"] == model)}
-        run = manifest.get("runs", {}).get(_label(model)) if model.startswith("runs/") else None
+        run = manifest.get("runs", {}).get(run_of(model)) if run_of(model) is not None else None
         row["student"] = run["student"] if run else ""
         row["vocabulary"] = run["vocabulary"] if run else ""
         type_scores: dict[str, float] = {}
@@ -91,12 +93,6 @@ def summary_table(manifest: dict[str, Any], entries: list[dict[str, Any]]) -> pd
         row["examples/s"] = sum(rates) / len(rates) if rates else math.nan
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def task_columns(table: pd.DataFrame) -> list[str]:
-    """The per-task score columns, in table order."""
-    skip = {"model", "role", "student", "vocabulary"}
-    return [c for c in table.columns if c not in skip and f"{c} primary" in table.columns]
 
 
 def _fmt(value: Any, digits: int = 1) -> str:
@@ -194,8 +190,6 @@ NOTE = ("Task scores are the leaderboard score of each task (mean of its officia
 
 def summarize(manifest: dict[str, Any], out_dir: str | Path, plots_dir: str | Path) -> pd.DataFrame:
     """Write summary.csv, summary.md, summary.html, runs.html and the plots; return the summary table."""
-    from .plots import coverage_plot, frontier_plot, loss_curves_plot, scores_plot
-
     out_dir, plots_dir = Path(out_dir), Path(plots_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plots_dir.mkdir(parents=True, exist_ok=True)

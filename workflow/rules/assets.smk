@@ -3,7 +3,7 @@
 
 rule build_model:
     input:
-        local_model_source,
+        lambda w: list(PLAN.models[w.model].local_source),
     output:
         directory(f"{R}/assets/models/{{model}}"),
     log:

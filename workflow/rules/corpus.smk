@@ -3,8 +3,8 @@
 
 rule preprocess_corpus:
     input:
-        corpus=corpus_inputs,
-        tokenizer=corpus_tokenizer_dir,
+        corpus=lambda w: list(PLAN.corpora[w.corpus].inputs),
+        tokenizer=lambda w: PLAN.corpora[w.corpus].tokenizer_folder,
     output:
         directory(f"{R}/corpus/{{corpus}}"),
     log:
@@ -17,7 +17,7 @@ rule preprocess_corpus:
     resources:
         **rule_resources("preprocess_corpus", mem_mb=4000),
     params:
-        source=corpus_source,
+        source=lambda w: PLAN.corpora[w.corpus].source,
         spec=lambda w: as_json(config["corpora"][w.corpus]),
         settings=as_json(config["preprocess"]),
         seed=config["seed"],

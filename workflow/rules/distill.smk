@@ -3,7 +3,7 @@
 
 rule init_student:
     input:
-        unpack(student_inputs),
+        unpack(lambda w: PLAN.students[w.student].inputs()),
     output:
         directory(f"{R}/students/{{student}}"),
     log:
@@ -23,7 +23,7 @@ rule init_student:
 
 rule distill_stage1:
     input:
-        unpack(stage1_inputs),
+        unpack(lambda w: PLAN.runs[w.run].stage1.inputs()),
     output:
         directory(f"{R}/runs/{{run}}/stage1"),
     log:
@@ -39,7 +39,7 @@ rule distill_stage1:
         launcher=launcher("distill_stage1"),
         compute=compute_args("distill_stage1"),
         run=lambda w: as_json(run_recipe(config, w.run, None)),
-        settings=task_settings(config["distill"]["stage1"], None),
+        settings=as_json(task_settings(config["distill"]["stage1"], None)),
         cache=lambda w, input: str(Path(input.cache[0]).parent) if input.cache else "",
         work=lambda w: f"{R}/work/distill_stage1/{w.run}",
         deepspeed=as_json(config["deepspeed"]),
@@ -53,7 +53,7 @@ rule distill_stage1:
 
 rule distill_stage2:
     input:
-        unpack(stage2_inputs),
+        unpack(lambda w: PLAN.runs[w.run].stage2[w.task].inputs()),
     output:
         directory(f"{R}/runs/{{run}}/{{task}}"),
     log:
@@ -69,7 +69,7 @@ rule distill_stage2:
         launcher=launcher("distill_stage2"),
         compute=compute_args("distill_stage2"),
         run=lambda w: as_json(run_recipe(config, w.run, w.task)),
-        settings=lambda w: task_settings(config["distill"]["stage2"], w.task),
+        settings=lambda w: as_json(task_settings(config["distill"]["stage2"], w.task)),
         cache=lambda w, input: str(Path(input.cache[0]).parent) if input.cache else "",
         work=lambda w: f"{R}/work/distill_stage2/{w.run}/{w.task}",
         deepspeed=as_json(config["deepspeed"]),

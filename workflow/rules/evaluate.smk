@@ -19,7 +19,7 @@ rule evaluate:
     resources:
         **rule_resources("evaluate"),
     params:
-        settings=scoring_settings(),
+        settings=as_json(scoring_settings(config)),
         seed=config["seed"],
         compute=compute_args("evaluate"),
     shell:
@@ -44,7 +44,7 @@ rule submit:
     resources:
         **rule_resources("submit"),
     params:
-        settings=scoring_settings(),
+        settings=as_json(scoring_settings(config)),
         compute=compute_args("submit"),
     shell:
         "kdflow submit --model {input.model} --task {input.task} --out {output} "

@@ -4,7 +4,7 @@
 
 rule summarize:
     input:
-        summary_inputs,
+        list(PLAN.summary_inputs),
     output:
         csv=f"{R}/summary.csv",
         md=f"{R}/summary.md",
@@ -52,7 +52,7 @@ rule summarize:
     resources:
         **rule_resources("summarize", mem_mb=2000),
     params:
-        manifest=as_json(summary_manifest()),
+        manifest=as_json(PLAN.summary),
         out=lambda w, output: str(Path(output.csv).parent),
         plots=lambda w, output: str(Path(output.scores).parent),
     shell:
@@ -61,7 +61,7 @@ rule summarize:
 
 rule reproduce:
     input:
-        reproduce_inputs,
+        [path for tasks in PLAN.published_metrics.values() for path in tasks.values()],
     output:
         csv=f"{R}/reproduce.csv",
         md=f"{R}/reproduce.md",
@@ -73,8 +73,8 @@ rule reproduce:
     resources:
         **rule_resources("reproduce", mem_mb=1000),
     params:
-        manifest=lambda w: as_json(
-            {"published": config["published"], "metrics": published_metrics()}
+        manifest=as_json(
+            {"published": config["published"], "metrics": PLAN.published_metrics}
         ),
     shell:
         "kdflow reproduce --manifest {params.manifest:q} --csv {output.csv} --md {output.md} > {log} 2>&1"

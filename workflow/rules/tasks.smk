@@ -3,7 +3,7 @@
 
 rule prepare_task:
     input:
-        task_inputs,
+        lambda w: list(PLAN.tasks[w.task].inputs),
     output:
         directory(f"{R}/tasks/{{task}}"),
     log:
@@ -15,8 +15,8 @@ rule prepare_task:
         **rule_resources("prepare_task", mem_mb=4000),
     params:
         spec=lambda w: as_json(config["tasks"][w.task]),
-        source=task_source,
-        required=required_splits,
+        source=lambda w: PLAN.tasks[w.task].source,
+        required=lambda w: " ".join(PLAN.tasks[w.task].splits),
     shell:
         "kdflow prepare-task --name {wildcards.task} --spec {params.spec:q} "
         "--source {params.source:q} --require {params.required} --out {output} > {log} 2>&1"

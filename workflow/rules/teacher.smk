@@ -3,7 +3,7 @@
 
 rule finetune_teacher:
     input:
-        teacher=lambda w: model_dir(config["teacher"]),
+        teacher=model_dir(PLAN.teacher),
         task=f"{R}/tasks/{{task}}",
     output:
         directory(f"{R}/teachers/{{task}}"),
@@ -18,7 +18,7 @@ rule finetune_teacher:
         **rule_resources("finetune_teacher"),
     params:
         work=lambda w: f"{R}/work/finetune_teacher/{w.task}",
-        settings=lambda w: task_settings(config["teacher_finetune"], w.task),
+        settings=lambda w: as_json(task_settings(config["teacher_finetune"], w.task)),
         deepspeed=as_json(config["deepspeed"]),
         seed=config["seed"],
         launcher=launcher("finetune_teacher"),
@@ -46,7 +46,7 @@ rule finetune_classifier:
         **rule_resources("finetune_classifier"),
     params:
         work=lambda w: f"{R}/work/finetune_classifier/{w.classifier}/{w.task}",
-        settings=lambda w: task_settings(config["classifier_finetune"], w.task),
+        settings=lambda w: as_json(task_settings(config["classifier_finetune"], w.task)),
         deepspeed=as_json(config["deepspeed"]),
         seed=config["seed"],
         launcher=launcher("finetune_classifier"),

@@ -3,10 +3,10 @@
 
 rule count_tokens:
     input:
-        corpus=lambda w: f"{R}/corpus/{vocab_corpus(w.vocab)}",
-        tokenizer=lambda w: model_dir(corpus_tokenizer(config, vocab_corpus(w.vocab))),
+        corpus=lambda w: PLAN.corpora[PLAN.vocabularies[w.vocab].corpus].folder,
+        tokenizer=lambda w: PLAN.vocabularies[w.vocab].tokenizer_folder,
         tasks=lambda w: [
-            f"{R}/tasks/{t}" for t in config["vocabularies"][w.vocab]["count_tasks"]
+            PLAN.tasks[t].folder for t in PLAN.vocabularies[w.vocab].count_tasks
         ],
     output:
         f"{R}/vocab/{{vocab}}/counts.csv",
@@ -27,8 +27,8 @@ rule count_tokens:
 rule compress_vocab:
     input:
         counts=f"{R}/vocab/{{vocab}}/counts.csv",
-        teacher=lambda w: model_dir(config["teacher"]),
-        tasks=[f"{R}/tasks/{t}" for t in config["tasks"]],
+        teacher=model_dir(PLAN.teacher),
+        tasks=[task.folder for task in PLAN.tasks.values()],
     output:
         vmap=f"{R}/vocab/{{vocab}}/map.json",
         coverage=f"{R}/vocab/{{vocab}}/coverage.csv",

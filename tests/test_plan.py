@@ -1,0 +1,179 @@
+"""The experiment plan (kdflow.plan): models and their folders, each run's teachers, corpora and caches, the
+evaluated pairs and the summary, on the default, test and experiment configs; it imports no torch; and the
+dry-run job list of every shipped config is the recorded one (tests/fixtures/dryrun, see tests/dryrun.py)."""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import subprocess
+import sys
+
+import pytest
+import yaml
+from dryrun import FIXTURES, configs, job_list
+
+from kdflow.config import load_config, validate_config
+from kdflow.errors import ConfigError
+from kdflow.plan import build_plan, names
+
+CONFIGS = configs()
+
+
+def plan_of(name: str):
+    return build_plan(load_config(CONFIGS[name]))
+
+
+def tiny_with(**changes) -> dict:
+    """The tiny test config with top-level keys replaced, validated."""
+    raw = yaml.safe_load(CONFIGS["tests-tiny"].read_text())
+    return validate_config({**copy.deepcopy(raw), **changes})
+
+
+def test_plan_module_imports_no_torch():
+    code = "import sys, kdflow.plan, kdflow.config; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_default_plan_models_and_folders():
+    plan = plan_of("default")
+    assert plan.teacher == "smollm2" and plan.results == "results"
+    assert plan.model_dir("smollm2") == "results/assets/models/smollm2"
+    assert plan.model_dir("teacher_finetuned", "sentiment") == "results/teachers/sentiment"
+    assert plan.model_dir("classifiers/minilm", "sentiment") == "results/classifiers/minilm/sentiment"
+    assert plan.model_dir("runs/glmd", "sentiment") == "results/runs/glmd/sentiment"
+    assert {"runs/codir", "classifiers/minilm", "teacher_finetuned", "minilm"} <= set(plan.models)
+    assert plan.wildcard_constraints["classifier"] == "minilm"
+    assert plan.wildcard_constraints["vocab"] == "half|quarter|full"
+
+
+def test_default_plan_runs_teachers_corpora_and_caches():
+    plan = plan_of("default")
+    glmd = plan.runs["glmd"]
+    assert (glmd.student, glmd.teacher, glmd.vocabulary) == ("s6", "smollm2", "half")
+    assert glmd.stage1.data == "results/corpus/package_texts"  # the first corpus tokenised by SmolLM2
+    assert glmd.stage1.cache == "results/cache/corpus/package_texts/half/manifest.json"  # word_kl, cached teacher
+    job = glmd.stage2["sentiment"]
+    assert job.teacher == "teacher_finetuned" and job.teacher_folder == "results/teachers/sentiment"
+    assert job.start == "results/runs/glmd/stage1" and job.out == "results/runs/glmd/sentiment"
+    assert job.cache == "results/cache/task/sentiment/half/manifest.json"
+    assert list(job.inputs()) == ["student", "task", "teacher", "cache"]
+    assert plan.runs["kd"].stage1 is None and plan.runs["kd"].stage2["sentiment"].start == "results/students/s6"
+    codir = plan.runs["codir_pretrain"]  # encoder track: the student of all-MiniLM-L6-v2
+    assert codir.teacher == "minilm" and codir.stage1.data == "results/corpus/package_texts_minilm"
+    assert codir.stage2["sentiment"].teacher == "classifiers/minilm" and codir.stage2["sentiment"].cache is None
+    assert plan.students["e3"].inputs() == {"teacher": "results/assets/models/minilm", "vmap": []}
+    assert plan.students["s6"].inputs()["vmap"] == ["results/vocab/half/map.json"]
+
+
+def test_default_plan_vocabularies_tasks_and_pairs():
+    plan = plan_of("default")
+    assert {v.corpus for v in plan.vocabularies.values()} == {"package_texts"}
+    assert plan.corpora["package_texts_minilm"].tokenizer_folder == "results/assets/models/minilm"
+    assert plan.tasks["sentiment"].teacher == "teacher_finetuned" and plan.tasks["sentiment"].splits == ("train", "dev")
+    assert plan.tasks["sentiment"].source == "results/assets/tasks/sentiment"
+    assert plan.eval_pairs[:3] == (("smollm2", "sentiment"), ("teacher_finetuned", "sentiment"),
+                                   ("classifiers/minilm", "sentiment"))  # fmt: skip
+    assert {m for m, _ in plan.eval_pairs} >= {f"runs/{r}" for r in plan.runs}
+    assert plan.cache_inputs("half", "sentiment") == {"teacher": "results/teachers/sentiment",
+                                                      "vmap": ["results/vocab/half/map.json"]}  # fmt: skip
+    assert plan.cache_inputs("full") == {"teacher": "results/assets/models/smollm2", "vmap": []}
+
+
+def test_default_plan_summary():
+    plan = plan_of("default")
+    roles = {e["model"]: e["role"] for e in plan.summary["entries"]}
+    assert roles["smollm2"] == "teacher (zero-shot)" and roles["teacher_finetuned"] == "teacher (fine-tuned)"
+    assert roles["classifiers/minilm"] == "teacher (fine-tuned classifier)" and roles["runs/kd"] == "run"
+    assert plan.summary["reference"] == {"sentiment": "teacher_finetuned"}
+    glmd = plan.summary["runs"]["glmd"]
+    assert glmd["layers"] == "uniform 6" and glmd["reference"] == {"sentiment": "teacher_finetuned"}
+    assert list(glmd["logs"]) == ["stage1", "sentiment"]
+    assert plan.summary["runs"]["codir"]["reference"] == {"sentiment": "classifiers/minilm"}
+    assert "results/runs/glmd/stage1" in plan.summary_inputs and list(plan.summary_inputs) == sorted(plan.summary_inputs)
+    assert plan.targets[-2:] == ("results/summary.csv", "results/summary.md")
+
+
+def test_tiny_plan_submissions_and_splits():
+    plan = plan_of("tests-tiny")
+    assert plan.tasks["sentiment"].splits == ("train", "dev", "test")  # evaluate.test_submissions
+    assert plan.submit_pairs == plan.eval_pairs and len(plan.eval_pairs) == 11
+    assert "results/submissions/runs/glmd/sentiment" in plan.targets
+    assert plan.vocabularies["half"].tokenizer_folder == "results/assets/models/tiny_llama"
+
+
+def test_diagnostics_plans_submit_ax_but_never_evaluate_it():
+    for name, teacher in (("tests-diagnostics", "tiny_llama"), ("experiments-diagnostics", "smollm2")):
+        plan = plan_of(name)
+        assert plan.eval_pairs == ((teacher, "axb"), (teacher, "axg"))
+        assert plan.submit_pairs == plan.eval_pairs + ((teacher, "ax"),)
+        assert plan.tasks["ax"].splits == () and plan.tasks["axb"].splits == ("dev", "test")
+        assert not plan.runs and not plan.corpora
+
+
+@pytest.mark.parametrize("name", [n for n in CONFIGS if n.startswith("experiments-")])
+def test_experiment_plans_are_consistent(name):
+    """Every run's stage-2 job on every distilled task, with the teacher its student's track gives it."""
+    config = load_config(CONFIGS[name])
+    plan = build_plan(config)
+    assert plan.results == config["results"]
+    for run in plan.runs.values():
+        assert set(run.stage2) == set(config["distill"]["tasks"])
+        for task, job in run.stage2.items():
+            classifier = run.teacher in config["classifier_finetune"]["models"]
+            expected = f"classifiers/{run.teacher}" if classifier else plan.tasks[task].teacher
+            assert job.teacher == expected and (job.cache is None) == classifier
+            assert job.teacher_folder == plan.model_dir(expected, task)
+            assert (names.run_model(run.name), task) in plan.eval_pairs
+    assert len(set(plan.eval_pairs)) == len(plan.eval_pairs)
+
+
+def test_experiment_plans_concrete():
+    codir = plan_of("experiments-codir-glue")
+    assert codir.runs["codir_pre"].stage1.data == "results/codir-glue/corpus/wikitext"
+    assert codir.runs["kd"].stage2["rte"].teacher_folder == "results/codir-glue/classifiers/roberta_base/rte"
+    assert len(codir.eval_pairs) == 50 and codir.published_metrics
+    glmd = plan_of("experiments-glmd-10b")
+    assert glmd.runs["glmd"].stage2["wsc"].teacher_folder == "results/glmd-10b/teachers/wsc"
+    assert glmd.runs["glmd"].stage1.cache is None  # the stage-1 teacher runs live, no corpus cache
+    assert glmd.vocabularies["half"].corpus == "wikitext"
+    teacher_eval = plan_of("experiments-teacher-glue-superglue")
+    assert not teacher_eval.runs and all(t.splits == ("dev",) for t in teacher_eval.tasks.values())
+    assert len(plan_of("experiments-gkd-methods").eval_pairs) == 126
+
+
+def test_vocabulary_and_stage1_corpus_default_to_the_first_corpus_of_the_teacher():
+    """Not the first corpus: the first one tokenised by the teacher (by the run's teacher for stage 1)."""
+    raw = yaml.safe_load(CONFIGS["tests-tiny"].read_text())
+    corpora = dict(reversed(list(raw["corpora"].items())))  # the BERT-tokenised corpus first
+    config = tiny_with(corpora=corpora)
+    plan = build_plan(config)
+    assert list(plan.corpora)[0] == "package_texts_bert"
+    assert plan.vocabularies["half"].corpus == "package_texts"
+    assert plan.runs["glmd"].stage1.data == "results/corpus/package_texts"
+    config["distill"]["corpus"] = "package_texts_bert"
+    assert names.stage1_corpus(config, "glmd") == "package_texts_bert"  # distill.corpus wins, and then
+    with pytest.raises(ConfigError, match=r"config key 'runs\.glmd\.stage1': corpus 'package_texts_bert' is tok"):
+        validate_config(config)  # the validation refuses a corpus of another tokenizer
+
+
+def test_bad_reference_names_the_config_key():
+    with pytest.raises(ConfigError, match=r"config key 'runs\.glmd\.student': unknown student 'nobody'"):
+        raw = yaml.safe_load(CONFIGS["tests-tiny"].read_text())
+        tiny_with(runs={**raw["runs"], "glmd": {**raw["runs"]["glmd"], "student": "nobody"}})
+
+
+def test_schema_ships_inside_the_package():
+    from kdflow import config
+
+    assert config.SCHEMA_PATH.parent.name == "kdflow" and config.SCHEMA_PATH.is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_dry_run_job_list_is_the_recorded_one(name, tool_env):
+    expected = (FIXTURES / f"{name}.txt").read_text()
+    got = job_list(CONFIGS[name], tool_env)
+    diff = "\n".join(list(difflib.unified_diff(expected.splitlines(), got.splitlines(), lineterm=""))[:60])
+    assert got == expected, f"{name}: the dry-run jobs changed (python tests/dryrun.py {name} if meant):\n{diff}"

@@ -8,6 +8,7 @@ import copy
 import difflib
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -31,8 +32,12 @@ def tiny_with(**changes) -> dict:
 
 
 def test_plan_module_imports_no_torch():
-    code = "import sys, kdflow.plan, kdflow.config; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    """Importing the plan, validating a config (its loss recipes included) and building the plan: no torch,
+    so the scheduler process does not need it."""
+    code = ("import sys, kdflow.plan, kdflow.config; "
+            "kdflow.plan.build_plan(kdflow.config.load_config('config/config.yaml')); print('torch' in sys.modules)")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout  # fmt: skip
     assert out.strip() == "False"
 
 

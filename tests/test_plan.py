@@ -182,3 +182,17 @@ def test_dry_run_job_list_is_the_recorded_one(name, tool_env):
     got = job_list(CONFIGS[name], tool_env)
     diff = "\n".join(list(difflib.unified_diff(expected.splitlines(), got.splitlines(), lineterm=""))[:60])
     assert got == expected, f"{name}: the dry-run jobs changed (python tests/dryrun.py {name} if meant):\n{diff}"
+
+
+def test_several_processes_launch_training_and_caching_rules_only():
+    raw = yaml.safe_load(CONFIGS["tests-tiny"].read_text())
+    resources = {**raw["resources"], "rules": {"cache_logits_task": {"processes": 2},
+                                               "distill_stage1": {"nodes": 1, "processes": 2}}}  # fmt: skip
+    rules = build_plan(tiny_with(resources=resources)).rules
+    rules.check(["cache_logits_task", "distill_stage1", "evaluate"])
+    assert rules.launcher("cache_logits_task") == "torchrun --standalone --nproc_per_node 2 -m kdflow"
+    assert rules.launcher("distill_stage1") == "srun --kill-on-bad-exit=1 kdflow"
+    assert rules.scheduler("distill_stage1")["tasks_per_node"] == 2
+    bad = build_plan(tiny_with(resources={**raw["resources"], "rules": {"evaluate": {"processes": 2}}})).rules
+    with pytest.raises(ConfigError, match="launch only .*cache_logits_corpus.*, not evaluate"):
+        bad.check(["evaluate"])

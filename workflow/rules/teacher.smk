@@ -75,10 +75,11 @@ rule cache_logits_corpus:
     params:
         out=lambda w: f"{R}/cache/corpus/{w.corpus}/{w.vocab}",
         settings=as_json(config["cache"]),
+        launcher=launcher("cache_logits_corpus"),
         compute=compute_args("cache_logits_corpus"),
         seed=config["seed"],
     shell:
-        "kdflow cache-logits --teacher {input.teacher} --corpus {input.corpus} --vocab-map '{input.vmap}' "
+        "{params.launcher} cache-logits --teacher {input.teacher} --corpus {input.corpus} --vocab-map '{input.vmap}' "
         "--settings {params.settings:q} --out {params.out} --seed {params.seed} {params.compute} > {log} 2>&1"
 
 
@@ -100,7 +101,8 @@ rule cache_logits_task:
     params:
         out=lambda w: f"{R}/cache/task/{w.task}/{w.vocab}",
         settings=as_json(config["cache"]),
+        launcher=launcher("cache_logits_task"),
         compute=compute_args("cache_logits_task"),
     shell:
-        "kdflow cache-logits --teacher {input.teacher} --task {input.task} --vocab-map '{input.vmap}' "
+        "{params.launcher} cache-logits --teacher {input.teacher} --task {input.task} --vocab-map '{input.vmap}' "
         "--settings {params.settings:q} --out {params.out} {params.compute} > {log} 2>&1"

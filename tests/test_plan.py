@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -196,3 +198,33 @@ def test_several_processes_launch_training_and_caching_rules_only():
     bad = build_plan(tiny_with(resources={**raw["resources"], "rules": {"evaluate": {"processes": 2}}})).rules
     with pytest.raises(ConfigError, match="launch only .*cache_logits_corpus.*, not evaluate"):
         bad.check(["evaluate"])
+
+
+def test_seeds_repeat_every_run_as_its_own_jobs():
+    """`seeds: [7, 8]`: every run twice (RUN with seed 7, RUN.seed8 with seed 8), each with its own jobs,
+    evaluations and comparisons paired by seed; the dry run has twice the distillation jobs."""
+    plan = build_plan(tiny_with(seeds=[7, 8]))
+    one = build_plan(tiny_with())
+    assert set(plan.runs) == set(one.runs) | {f"{r}.seed8" for r in one.runs}
+    assert (plan.runs["glmd"].seed, plan.runs["glmd.seed8"].seed, plan.runs["glmd.seed8"].base) == (7, 8, "glmd")
+    assert plan.runs["glmd.seed8"].stage2["sentiment"].start == plan.runs["glmd.seed8"].stage1.out
+    assert ("runs/glmd.seed8", "sentiment") in plan.eval_pairs
+    (first, *_) = [c for c in plan.summary["comparisons"] if c["run"] == "glmd" and c["baseline"] == "no_distill"]
+    assert first["pairs"] == [["runs/glmd", "runs/no_distill"], ["runs/glmd.seed8", "runs/no_distill.seed8"]]
+    raw = yaml.safe_load(CONFIGS["tests-tiny"].read_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "seeds.yaml"
+        config.write_text(yaml.safe_dump({**raw, "seeds": [7, 8]}))
+        jobs = {name: job_list(path) for name, path in (("one", CONFIGS["tests-tiny"]), ("two", config))}
+    count = {k: len(re.findall(r"^rule distill_stage2$", v, re.M)) for k, v in jobs.items()}
+    assert count["two"] == 2 * count["one"] > 0
+    assert "--name glmd.seed8 " in jobs["two"] and "--seed 8 " in jobs["two"]
+
+
+def test_bad_baselines_and_seed_name_clashes_name_their_key():
+    raw = yaml.safe_load(CONFIGS["tests-tiny"].read_text())
+    with pytest.raises(ConfigError, match="'evaluate.compare_with': 'nope' is not a run"):
+        tiny_with(evaluate={**raw["evaluate"], "compare_with": ["nope"]})
+    runs = {**raw["runs"], "kd.seed2": raw["runs"]["kd"]}
+    with pytest.raises(ConfigError, match=r"'runs.kd.seed2': the name of run 'kd' under another seed"):
+        tiny_with(runs=runs, seeds=[1, 2])

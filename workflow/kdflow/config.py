@@ -14,7 +14,7 @@ from jsonschema.exceptions import ValidationError
 
 from .config_checks import check_references
 from .errors import ConfigError
-from .plan.names import corpus_tokenizer, evaluable, stage1_corpus, stage_phases, student_teacher
+from .plan.names import corpus_tokenizer, evaluable, run_spec, stage1_corpus, stage_phases, student_teacher
 
 __all__ = ["SCHEMA_PATH", "corpus_tokenizer", "evaluable", "load_config", "load_schema", "run_recipe", "stage1_corpus",
            "stage_phases", "student_teacher", "validate_config"]  # fmt: skip
@@ -94,7 +94,7 @@ def _resolve(ref: str, root: dict[str, Any]) -> dict[str, Any]:
 def run_recipe(config: dict[str, Any], run: str, task: str | None) -> dict[str, Any]:
     """A run as its distill job sees it: on `task`, stage 2's `task_losses[task]` replaces its losses (or
     its phases, by one phase)."""
-    recipe = copy.deepcopy(config["runs"][run])
+    recipe = copy.deepcopy(run_spec(config, run))
     for stage in ("stage1", "stage2"):
         if stage in recipe:
             per_task = recipe[stage].pop("task_losses", {})

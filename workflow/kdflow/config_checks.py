@@ -194,8 +194,22 @@ def check_published(config: Config) -> list[str]:
     return problems
 
 
+def check_seeds_and_baselines(config: Config) -> list[str]:
+    """Seed instances do not take a configured run's name; every named baseline is a run."""
+    runs, problems = config.get("runs", {}), []
+    for base in runs:
+        for seed in names.seeds(config)[1:]:
+            if f"{base}.seed{seed}" in runs:
+                problems.append(f"config key 'runs.{base}.seed{seed}': the name of run '{base}' under another seed "
+                                "(seeds)")  # fmt: skip
+    chosen = config.get("evaluate", {}).get("compare_with") or []
+    problems += [f"config key 'evaluate.compare_with': '{b}' is not a run (runs: {', '.join(runs) or 'none'})"
+                 for b in chosen if b not in runs]  # fmt: skip
+    return problems
+
+
 CHECKS: tuple[Callable[[Config], list[str]], ...] = (
-    check_models, check_corpora, check_students, check_runs, check_published, check_tasks
+    check_models, check_corpora, check_students, check_runs, check_published, check_tasks, check_seeds_and_baselines
 )  # fmt: skip
 
 

@@ -145,3 +145,24 @@ def coverage_plot(vocabularies: dict[str, str], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     _save(fig, path)
+
+
+def comparisons_plot(frame: pd.DataFrame, path: Path) -> None:
+    """Paired score differences (run minus baseline, x100) with their 95 % bootstrap intervals: a row per
+    comparison (pooled over seeds where there are several), a line at 0; a win lies wholly right of it."""
+    several = set(frame.loc[frame["seed"] == "pooled", ["run", "baseline", "task"]].itertuples(index=False))
+    rows = frame[[(r.seed == "pooled") == ((r.run, r.baseline, r.task) in several) for r in frame.itertuples()]]
+    if rows.empty:
+        _empty(path, "Paired differences", "no run has a baseline to compare with (evaluate.compare_with)")
+        return
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.4 * len(rows)))
+    ys = list(range(len(rows)))[::-1]
+    colours = ["tab:green" if v == "win" else "tab:red" if v == "loss" else "tab:grey" for v in rows["verdict"]]
+    for y, colour, row in zip(ys, colours, rows.itertuples(), strict=True):
+        ax.errorbar([row.difference], [y], xerr=[[row.difference - row.low], [row.high - row.difference]], fmt="o",
+                    color=colour, capsize=3)  # fmt: skip
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_yticks(ys, [f"{r.run} - {r.baseline} ({r.task}, {r.metric})" for r in rows.itertuples()])
+    ax.set_xlabel("score difference (x100), paired 95 % bootstrap interval")
+    ax.set_title("Runs against their baselines on the same dev examples")
+    _save(fig, path)

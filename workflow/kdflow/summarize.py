@@ -10,11 +10,12 @@ from typing import Any
 
 import pandas as pd
 
+from .compare import comparison_table, seed_table, top_class_table
 from .errors import DataError
 from .jsonio import read_json
 from .leaderboard import BENCHMARK_TASKS, DIAGNOSTICS, benchmark_average, task_score
 from .plan.names import run_of, stage_phases
-from .plots import coverage_plot, frontier_plot, loss_curves_plot, scores_plot, task_columns
+from .plots import comparisons_plot, coverage_plot, frontier_plot, loss_curves_plot, scores_plot, task_columns
 
 BENCHMARK_LABELS = {"glue": "GLUE", "superglue": "SuperGLUE"}
 
@@ -188,6 +189,35 @@ NOTE = ("Task scores are the leaderboard score of each task (mean of its officia
         "dev example scored alone, this machine; examples/s: batched dev scoring.")
 
 
+SEEDS_NOTE = ("Each run trained once per seed (`seeds`): the mean task score, its standard deviation over seeds "
+              "(training noise, which an evaluation interval does not capture) and each seed's score.")
+COMPARE_NOTE = ("Run minus baseline, primary metric x100, on the same dev examples: paired 95 % bootstrap interval "
+                "(the same resampled examples score both models; pooled: averaged over the seeds, each pair of "
+                "runs with the same seed). A win only when the whole interval lies above 0.")
+TOP_NOTE = ("The share of each run's dev predictions in its most frequent class: near 100 % the student predicts "
+            "the label prior, not the task.")
+
+
+def _decimals(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """``frame`` with ``columns`` shown to one decimal (– for a missing value)."""
+    return frame.assign(**{c: [_fmt(float(v)) for v in frame[c]] for c in columns})
+
+
+def _sections(manifest: dict[str, Any], entries: list[dict[str, Any]], table: pd.DataFrame,
+              compared: pd.DataFrame) -> list[tuple[str, pd.DataFrame, str]]:  # fmt: skip
+    """The summary's sections: (heading, table, note); seeds only when a run has several."""
+    out = [("Scores and costs", display_table(table), NOTE)]
+    seeds = seed_table(manifest, table, task_columns(table))
+    if (seeds["seeds"] > 1).any():
+        out.append(("Seeds", _decimals(seeds, ["mean", "sd"]), SEEDS_NOTE))
+    if not compared.empty:
+        out.append(("Paired comparisons", _decimals(compared, ["difference", "low", "high"]), COMPARE_NOTE))
+    top = top_class_table(entries)
+    if not top.empty:
+        out.append(("Most frequent prediction", _decimals(top, ["share %"]), TOP_NOTE))
+    return out + [("Runs", runs_table(manifest), "")]
+
+
 def summarize(manifest: dict[str, Any], out_dir: str | Path, plots_dir: str | Path) -> pd.DataFrame:
     """Write summary.csv, summary.md, summary.html, runs.html and the plots; return the summary table."""
     out_dir, plots_dir = Path(out_dir), Path(plots_dir)
@@ -198,14 +228,17 @@ def summarize(manifest: dict[str, Any], out_dir: str | Path, plots_dir: str | Pa
         raise DataError("summarize: the manifest lists no evaluated (model, task) pair")
     table = summary_table(manifest, entries)
     table.to_csv(out_dir / "summary.csv", index=False, float_format="%.4f")
-    shown = display_table(table)
-    runs = runs_table(manifest)
+    compared = comparison_table(manifest, entries)
+    compared.to_csv(out_dir / "comparisons.csv", index=False, float_format="%.4f")
+    sections = _sections(manifest, entries, table, compared)
     (out_dir / "summary.md").write_text(
-        "# kdflow summary\n\n" + markdown(shown) + "\n" + NOTE + "\n\n## Runs\n\n" + markdown(runs), encoding="utf-8"
-    )
-    (out_dir / "summary.html").write_text(html_page("kdflow summary", [("Scores and costs", shown)], NOTE), "utf-8")
-    (out_dir / "runs.html").write_text(html_page("kdflow runs", [("Runs", runs)], "Losses: weight·name (temperature)."),
-                                       "utf-8")  # fmt: skip
+        "# kdflow summary\n\n" + "\n\n".join(f"## {h}\n\n{markdown(f)}" + (f"\n{n}\n" if n else "")
+                                            for h, f, n in sections), encoding="utf-8")  # fmt: skip
+    (out_dir / "summary.html").write_text(html_page("kdflow summary", [(h, f) for h, f, _ in sections if h != "Runs"],
+                                                    NOTE), "utf-8")  # fmt: skip
+    (out_dir / "runs.html").write_text(html_page("kdflow runs", [("Runs", runs_table(manifest))],
+                                                 "Losses: weight·name (temperature)."), "utf-8")  # fmt: skip
+    comparisons_plot(compared, plots_dir / "comparisons.png")
     scores_plot(table, plots_dir / "scores.png")
     frontier_plot(table, plots_dir / "frontier.png")
     loss_curves_plot(manifest.get("runs", {}), plots_dir / "loss_curves.png")

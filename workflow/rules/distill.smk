@@ -43,7 +43,7 @@ rule distill_stage1:
         cache=lambda w, input: str(Path(input.cache[0]).parent) if input.cache else "",
         work=lambda w: f"{R}/work/distill_stage1/{w.run}",
         deepspeed=as_json(config["deepspeed"]),
-        seed=config["seed"],
+        seed=lambda w: PLAN.runs[w.run].seed,
     shell:
         "{params.launcher} distill --stage stage1 --student {input.student} --recipe {params.run:q} --name {wildcards.run} "
         "--settings {params.settings:q} --cache '{params.cache}' --corpus {input.corpus} "
@@ -73,7 +73,7 @@ rule distill_stage2:
         cache=lambda w, input: str(Path(input.cache[0]).parent) if input.cache else "",
         work=lambda w: f"{R}/work/distill_stage2/{w.run}/{w.task}",
         deepspeed=as_json(config["deepspeed"]),
-        seed=config["seed"],
+        seed=lambda w: PLAN.runs[w.run].seed,
     shell:
         "{params.launcher} distill --stage stage2 --student {input.student} --recipe {params.run:q} --name {wildcards.run} "
         "--settings {params.settings:q} --cache '{params.cache}' --task {input.task} "

@@ -8,6 +8,7 @@ rule summarize:
     output:
         csv=f"{R}/summary.csv",
         md=f"{R}/summary.md",
+        comparisons=f"{R}/comparisons.csv",
         html=report(
             f"{R}/summary.html",
             category="1. Summary",
@@ -43,6 +44,12 @@ rule summarize:
             category="3. Plots",
             labels={"plot": "vocabulary coverage"},
             caption="../report/coverage.rst",
+        ),
+        differences=report(
+            f"{R}/plots/comparisons.png",
+            category="3. Plots",
+            labels={"plot": "paired differences"},
+            caption="../report/comparisons.rst",
         ),
     log:
         f"{R}/logs/summarize.log",

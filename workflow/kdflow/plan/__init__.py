@@ -91,7 +91,7 @@ def build_plan(config: dict[str, Any]) -> Plan:
         "tasks": {t: experiment.build_task(config, results, t, evaluated) for t in config["tasks"]},
         "vocabularies": {v: experiment.build_vocabulary(config, results, v) for v in config["vocabularies"]},
         "students": {s: experiment.build_student(config, results, s) for s in config["students"]},
-        "runs": {r: experiment.build_run(config, results, r) for r in config["runs"]},
+        "runs": {r: experiment.build_run(config, results, r) for r in names.run_instances(config)},
         "eval_pairs": pairs,
         "submit_pairs": experiment.submit_pairs(config, pairs),
         "summary": manifest,

@@ -113,9 +113,12 @@ class StageJob:
 
 @dataclass(frozen=True)
 class Run:
-    """A run: its student, teacher and vocabulary, stage 1 (if any) and its stage-2 job on each task."""
+    """A trained run: its configured run (``base``, itself but for the other seeds' instances) and seed, its
+    student, teacher and vocabulary, stage 1 (if any) and its stage-2 job on each task."""
 
     name: str
+    base: str
+    seed: int
     student: str
     teacher: str
     vocabulary: str
@@ -140,7 +143,7 @@ def _needs(run: dict[str, Any], stage: str) -> frozenset[str]:
 
 def stage1_job(config: dict[str, Any], results: str, run: str) -> StageJob | None:
     """A run's stage-1 job; its corpus cache only when the teacher is cached and a loss needs word targets."""
-    spec = config["runs"][run]
+    spec = names.run_spec(config, run)
     if "stage1" not in spec:
         return None
     corpus, teacher = names.stage1_corpus(config, run), names.student_teacher(config, spec["student"])
@@ -155,7 +158,7 @@ def stage1_job(config: dict[str, Any], results: str, run: str) -> StageJob | Non
 def stage2_job(config: dict[str, Any], results: str, run: str, task: str) -> StageJob:
     """A run's stage-2 job on ``task``: from its stage-1 student (else the initial one), with the task's
     logit cache unless the teacher is a classifier."""
-    spec = config["runs"][run]
+    spec = names.run_spec(config, run)
     start = f"{results}/runs/{run}/stage1" if "stage1" in spec else f"{results}/students/{spec['student']}"
     teacher = names.stage2_teacher_name(config, run, task)
     vocab = config["students"][spec["student"]]["vocabulary"]
@@ -166,10 +169,11 @@ def stage2_job(config: dict[str, Any], results: str, run: str, task: str) -> Sta
 
 
 def build_run(config: dict[str, Any], results: str, name: str) -> Run:
-    spec = config["runs"][name]
+    base, seed = names.run_instances(config)[name]
+    spec = config["runs"][base]
     student = config["students"][spec["student"]]
     stage2 = {t: stage2_job(config, results, name, t) for t in config["distill"]["tasks"]}
-    return Run(name, spec["student"], names.student_teacher(config, spec["student"]), student["vocabulary"],
+    return Run(name, base, seed, spec["student"], names.student_teacher(config, spec["student"]), student["vocabulary"],
                stage1_job(config, results, name), stage2)  # fmt: skip
 
 
@@ -236,7 +240,7 @@ def eval_pairs(config: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     pairs += [(FINETUNED, t) for t in config["teacher_finetune"]["tasks"]]
     classifier = config["classifier_finetune"]
     pairs += [(classifier_model(m), t) for m in classifier["models"] for t in classifier["tasks"]]
-    pairs += [(run_model(r), t) for r in config["runs"] for t in config["distill"]["tasks"]]
+    pairs += [(run_model(r), t) for r in names.run_instances(config) for t in config["distill"]["tasks"]]
     return tuple(dict.fromkeys(pairs))
 
 

@@ -41,12 +41,39 @@ def model_folder(results: str, name: str, task: str | None = None) -> str:
     return f"{results}/assets/models/{name}"
 
 
+def seeds(config: dict[str, Any]) -> list[int]:
+    """The training seeds: `seeds`, else the experiment's `seed`."""
+    return list(config.get("seeds") or [config["seed"]])
+
+
+def run_instances(config: dict[str, Any]) -> dict[str, tuple[str, int]]:
+    """Every trained run by name, with its configured run and its seed: each run once per seed, the first
+    seed under the run's own name, the others as `RUN.seedS`."""
+    first, *others = seeds(config)
+    out: dict[str, tuple[str, int]] = {}
+    for run in config.get("runs", {}):
+        out[run] = (run, first)
+        out.update({f"{run}.seed{s}": (run, s) for s in others})
+    return out
+
+
+def run_spec(config: dict[str, Any], run: str) -> dict[str, Any]:
+    """The config entry of a run (of the run a seed instance repeats)."""
+    return config["runs"][run_instances(config)[run][0]]
+
+
+def compare_with(config: dict[str, Any]) -> list[str]:
+    """The baseline runs of the paired comparisons: `evaluate.compare_with`, else no_distill and kd where present."""
+    chosen = config["evaluate"].get("compare_with")
+    return list(chosen) if chosen is not None else [r for r in ("no_distill", "kd") if r in config.get("runs", {})]
+
+
 def model_names(config: dict[str, Any]) -> list[str]:
     """Every model name of an experiment: the assets, the fine-tuned teacher, the classifiers and the runs."""
     return [
         *config.get("models", {}),
         FINETUNED,
-        *(run_model(r) for r in config.get("runs", {})),
+        *(run_model(r) for r in run_instances(config)),
         *(classifier_model(m) for m in config.get("classifier_finetune", {}).get("models", [])),
     ]
 
@@ -80,7 +107,7 @@ def first_corpus_of(config: dict[str, Any], teacher: str) -> str | None:
 
 def stage1_corpus(config: dict[str, Any], run: str) -> str | None:
     """A run's stage-1 corpus: its own, distill.corpus, else the first corpus tokenised for its teacher."""
-    spec = config["runs"][run]
+    spec = run_spec(config, run)
     explicit = spec.get("stage1", {}).get("corpus") or config.get("distill", {}).get("corpus")
     return explicit or first_corpus_of(config, student_teacher(config, spec["student"]))
 
@@ -98,7 +125,7 @@ def task_teacher_name(config: dict[str, Any], task: str) -> str:
 def stage2_teacher_name(config: dict[str, Any], run: str, task: str) -> str:
     """A run's stage-2 teacher on ``task``: a classification-head teacher (encoder track), the teacher of the
     task (fine-tuned or not) for students of the base teacher, else the student's own teacher."""
-    teacher = student_teacher(config, config["runs"][run]["student"])
+    teacher = student_teacher(config, run_spec(config, run)["student"])
     if teacher in config["classifier_finetune"]["models"]:
         return classifier_model(teacher)
     return task_teacher_name(config, task) if teacher == config["teacher"] else teacher

@@ -31,16 +31,19 @@ def layer_description(layers: dict[str, Any]) -> str:
 
 def run_logs(config: dict[str, Any], results: str, name: str) -> dict[str, str]:
     """A run's training logs: stage 1 (if any), then each task's stage 2."""
-    logs = {"stage1": f"{results}/runs/{name}/stage1/train_log.csv"} if "stage1" in config["runs"][name] else {}
+    logs = {"stage1": f"{results}/runs/{name}/stage1/train_log.csv"} if "stage1" in names.run_spec(config, name) else {}
     return {**logs, **{t: f"{results}/runs/{name}/{t}/train_log.csv" for t in config["distill"]["tasks"]}}
 
 
 def run_description(config: dict[str, Any], results: str, name: str) -> dict[str, Any]:
     """A run as the summary shows it: description, teachers, student, layers, vocabulary, losses, logs."""
-    run = config["runs"][name]
+    run = names.run_spec(config, name)
+    base, seed = names.run_instances(config)[name]
     student = config["students"][run["student"]]
     tasks = config["distill"]["tasks"]
     return {
+        "base": base,
+        "seed": seed,
         "description": run.get("description") or "",
         "reference": {t: names.stage2_teacher_name(config, name, t) for t in tasks},
         "student": run["student"],
@@ -52,17 +55,38 @@ def run_description(config: dict[str, Any], results: str, name: str) -> dict[str
     }
 
 
+def comparisons(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """The paired comparisons the summary shows: every run against each baseline of `compare_with` that
+    distils students of the same teacher, on every distilled task, seed by seed (instances paired by seed)."""
+    instances = names.run_instances(config)
+    by_seed = {(base, seed): name for name, (base, seed) in instances.items()}
+    track = {r: names.student_teacher(config, spec["student"]) for r, spec in config["runs"].items()}
+    out, seen = [], set()
+    for baseline in names.compare_with(config):
+        for run in config["runs"]:
+            if run == baseline or track[run] != track[baseline] or frozenset((run, baseline)) in seen:
+                continue
+            seen.add(frozenset((run, baseline)))
+            pairs = [[names.run_model(by_seed[(run, s)]), names.run_model(by_seed[(baseline, s)])]
+                     for s in names.seeds(config)]  # fmt: skip
+            out += [{"run": run, "baseline": baseline, "task": t, "pairs": pairs} for t in config["distill"]["tasks"]]
+    return out
+
+
 def summary_manifest(config: dict[str, Any], results: str, pairs: Pairs) -> dict[str, Any]:
     """What `summarize` reads: every metrics/efficiency JSON, the runs, the vocabularies' coverage."""
     entries = [{"model": m, "task": t, "role": model_role(config, m), "metrics": f"{results}/metrics/{m}/{t}.json",
-                "efficiency": f"{results}/efficiency/{m}/{t}.json"} for m, t in pairs]  # fmt: skip
+                "efficiency": f"{results}/efficiency/{m}/{t}.json", "predictions": f"{results}/predictions/{m}/{t}.jsonl"}
+               for m, t in pairs]  # fmt: skip
     vocabularies = {v: {"coverage": f"{results}/vocab/{v}/coverage.csv", "params": f"{results}/vocab/{v}/params.json"}
                     for v in config["vocabularies"]}  # fmt: skip
     return {
         "teacher": config["teacher"],
         "entries": entries,
         "reference": {t: names.task_teacher_name(config, t) for t in config["tasks"]},
-        "runs": {r: run_description(config, results, r) for r in config["runs"]},
+        "runs": {r: run_description(config, results, r) for r in names.run_instances(config)},
+        "comparisons": comparisons(config),
+        "bootstrap_samples": config["evaluate"]["bootstrap_samples"],
         "vocabularies": vocabularies,
     }
 
@@ -72,7 +96,8 @@ def summary_inputs(config: dict[str, Any], results: str, manifest: dict[str, Any
     files = [e[key] for e in manifest["entries"] for key in ("metrics", "efficiency")]
     files += [v[key] for v in manifest["vocabularies"].values() for key in ("params", "coverage")]
     files += [names.model_folder(results, m, t) for m, t in pairs if m.startswith(RUNS)]
-    files += [f"{results}/runs/{r}/stage1" for r, run in config["runs"].items() if "stage1" in run]
+    files += [e["predictions"] for e in manifest["entries"] if e["model"].startswith(RUNS)]
+    files += [f"{results}/runs/{r}/stage1" for r in names.run_instances(config) if "stage1" in names.run_spec(config, r)]
     return tuple(sorted(set(files)))
 
 

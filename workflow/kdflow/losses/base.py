@@ -10,11 +10,14 @@ from __future__ import annotations
 import inspect
 import numbers
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from ..distill.inputs import StepInputs
 
 # Tensor names a loss may need (the engine knows how to produce each):
 #   word_logits         student logits at the positions with word-prediction targets
@@ -106,7 +109,8 @@ class Loss(torch.nn.Module):
     def active(self, progress: float) -> bool:
         return self.start <= progress < self.stop
 
-    def forward(self, tensors: dict[str, Any]) -> torch.Tensor:
+    def forward(self, inputs: StepInputs) -> torch.Tensor:
+        """The loss of one step from the inputs it declared in ``needs`` (reading any other one raises)."""
         raise NotImplementedError
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

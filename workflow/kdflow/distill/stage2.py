@@ -186,7 +186,9 @@ class TaskData:
         generator = torch.Generator().manual_seed(self.seed * 7_919 + int(step.step))
         with theseus_layers(step.student, self.teacher, self.replace(step.progress), generator):
             if self.student.classifier:
-                scores = list(step.student(**dict(step.batch["encoded"])).logits.float())
+                encoded = dict(step.batch["encoded"])
+                scores = list(step.student(**encoded).logits.float())
+                tokens = int(encoded["attention_mask"].sum())
             else:
-                scores, _ = self._candidates(step.student, step.indices)
-        return Produced({"hybrid_scores": scores})
+                scores, tokens = self._candidates(step.student, step.indices)
+        return Produced({"hybrid_scores": scores}, tokens=tokens)

@@ -118,7 +118,7 @@ def tiny_run(repo: Path, tool_env: dict[str, str], tmp_path_factory: pytest.Temp
 def step_inputs(student=None, teacher=None, **values):
     """``StepInputs`` for a loss test: the ``student`` / ``teacher`` Features under every feature need of their
     side (a loss reads the kinds it declared), and the other inputs by name."""
-    from kdflow.distill.inputs import FEATURE_KINDS, StepInputs
+    from kdflow.losses.inputs import FEATURE_KINDS, StepInputs
 
     for side, feats in (("student", student), ("teacher", teacher)):
         if feats is not None:

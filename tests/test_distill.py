@@ -16,8 +16,9 @@ from transformers import AutoModelForCausalLM
 from kdflow.assets.sentiment import build_sentiment_task
 from kdflow.cache.build import cache_corpus, cache_task
 from kdflow.cache.format import sparse_targets
-from kdflow.distill import StepInputs, distill
+from kdflow.distill import distill
 from kdflow.distill.producers import Step, produce
+from kdflow.losses.inputs import StepInputs
 from kdflow.distill.stage1 import CorpusData
 from kdflow.errors import ConfigError
 from kdflow.losses import REGISTRY, build_losses

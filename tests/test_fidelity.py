@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from conftest import step_inputs
 from transformers import BertConfig, BertModel, LlamaConfig, LlamaModel
 
-from kdflow.distill.inputs import StepInputs
+from kdflow.losses.inputs import StepInputs
 from kdflow.features import Features, forward_features, require_attentions, transformer_layers
 from kdflow.losses import PRESETS, REGISTRY, LossContext, build_losses, expand_presets
 from kdflow.losses.codir import CoDIR, draw_distinct, memory_init, sample_negatives

@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 import torch
 
-from kdflow.distill.inputs import ALWAYS_PRESENT, StepInputs, UndeclaredInputError, need_names
+from kdflow.losses.inputs import ALWAYS_PRESENT, StepInputs, UndeclaredInputError, need_names
 from kdflow.distill.producers import Produced, Step, produce
 from kdflow.losses import build_losses
 from kdflow.losses.base import NEEDS, Loss

@@ -11,7 +11,7 @@ from the teacher's), and the teacher runs online: its logits and representations
 pass per batch, which is why the encoder track has no cache.
 
 The rooms: ``job`` (what a job is), ``phases`` (a stage's trainings), ``engine`` (one training and its step),
-``inputs`` (``StepInputs``, what losses read), ``producers`` (need -> producer tables), ``stage1`` (corpus
+``producers`` (need -> producer tables; the losses read ``losses.inputs.StepInputs``), ``stage1`` (corpus
 data), ``stage2`` (task data, Theseus's hybrid scores), ``teacher`` and ``student`` (loading and saving)."""
 
 from __future__ import annotations
@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from ..runtime import Runtime
-from .inputs import StepInputs
 from .job import DistillJob
 from .phases import run_job
 
-__all__ = ["DistillJob", "StepInputs", "distill", "run_job"]
+__all__ = ["DistillJob", "distill", "run_job"]
 
 
 def distill(stage: str, student_dir: str | Path, out_dir: str | Path, work_dir: str | Path, run: dict[str, Any],

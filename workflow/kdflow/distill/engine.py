@@ -18,7 +18,7 @@ from ..prepare import load_prepared
 from ..train.loop import TrainSettings, seed_everything, steps_for, train
 from ..train.workdir import WorkDir
 from ..vocab.factorised import merge_factorised
-from .inputs import StepInputs, feature_flags
+from ..losses.inputs import StepInputs, feature_flags
 from .job import DistillJob
 from .producers import StageData, Step, produce
 from .stage1 import corpus_data

@@ -17,7 +17,7 @@ from ..preprocess import open_blocks
 from ..runtime import Runtime
 from ..vocab.compress import special_token_ids
 from ..vocab.vmap import VocabMap
-from .inputs import feature_fields, feature_flags
+from ..losses.inputs import feature_fields, feature_flags
 from .producers import Produced, Producer, Step, example_ids
 from .teacher import body, load_teacher, teacher_features
 

@@ -22,7 +22,7 @@ from ..losses.representation import Theseus
 from ..prepare import load_prepared
 from ..runtime import Runtime
 from ..scoring import candidate_scores, pad_id
-from .inputs import feature_fields, feature_flags
+from ..losses.inputs import feature_fields, feature_flags
 from .producers import Produced, Producer, Step, example_ids
 from .stage1 import stack_targets
 from .teacher import body, teacher_features

@@ -17,7 +17,7 @@ import torch
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
-    from ..distill.inputs import StepInputs
+    from .inputs import StepInputs
 
 # Tensor names a loss may need (the engine knows how to produce each):
 #   word_logits         student logits at the positions with word-prediction targets

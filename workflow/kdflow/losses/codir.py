@@ -22,7 +22,6 @@ the registered loss that owns the projections, the banks and the negative sampli
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -30,10 +29,8 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from ..features import default_pooling, map_layers, pool
 from .base import Loss, LossContext, SettingError, count, number, positive
+from .inputs import StepInputs
 from .representation import check_layer_spec
-
-if TYPE_CHECKING:
-    from ..distill.inputs import StepInputs
 
 EPS = 1e-7
 

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
 
 import torch
 
 from ..cache.kl import dense_kl, sparse_kl
 from .base import Loss, positive
-
-if TYPE_CHECKING:
-    from ..distill.inputs import StepInputs
+from .inputs import StepInputs
 
 
 def word_kl_per_position(logits: torch.Tensor, targets: dict[str, torch.Tensor], temperature: float,

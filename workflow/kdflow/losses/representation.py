@@ -9,7 +9,7 @@ independent implementation of that reference, and README.md's methods table list
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -17,9 +17,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from ..features import default_pooling, map_layers, pool, transformer_layers
 from .base import Loss, LossContext, SettingError, count, number, positive, preset
-
-if TYPE_CHECKING:
-    from ..distill.inputs import StepInputs
+from .inputs import StepInputs
 
 SCORE_FLOOR = -100.0  # TinyBERT: attention scores at or below it (the masked ones) count as 0
 

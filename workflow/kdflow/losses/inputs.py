@@ -1,4 +1,4 @@
-"""What the losses of one step read: ``StepInputs``, whose fields are the ``needs`` vocabulary
+"""What the losses of one step read (the distillation engine produces it): ``StepInputs``, whose fields are the ``needs`` vocabulary
 (``losses.base.NEEDS``) plus three fields every step has (``ALWAYS_PRESENT``).
 
 A need nobody produced at a step holds ``NOT_PRODUCED``, and reading it raises ``UndeclaredInputError``; each

@@ -18,10 +18,10 @@ from kdflow.cache.build import cache_corpus, cache_task
 from kdflow.cache.format import sparse_targets
 from kdflow.distill import distill
 from kdflow.distill.producers import Step, produce
-from kdflow.losses.inputs import StepInputs
 from kdflow.distill.stage1 import CorpusData
 from kdflow.errors import ConfigError
 from kdflow.losses import REGISTRY, build_losses
+from kdflow.losses.inputs import StepInputs
 from kdflow.modeling import load_lm
 from kdflow.prepare import prepare_task
 from kdflow.students import init_student, select_layers

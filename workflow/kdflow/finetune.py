@@ -24,7 +24,8 @@ from .prepare import load_prepared
 from .safeio import atomic_folder
 from .scoring import candidate_scores
 from .runtime import Runtime
-from .train.loop import TrainSettings, seed_everything, steps_for, train
+from .train.loop import train
+from .train.settings import TrainSettings, seed_everything, steps_for
 from .train.workdir import WorkDir
 
 

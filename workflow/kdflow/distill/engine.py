@@ -15,7 +15,8 @@ from ..errors import ConfigError
 from ..features import Features, release_attentions, require_attentions
 from ..losses import Loss, LossContext, build_losses
 from ..prepare import load_prepared
-from ..train.loop import TrainSettings, seed_everything, steps_for, train
+from ..train.loop import train
+from ..train.settings import TrainSettings, seed_everything, steps_for
 from ..train.workdir import WorkDir
 from ..vocab.factorised import merge_factorised
 from ..losses.inputs import StepInputs, feature_flags

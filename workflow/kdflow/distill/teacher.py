@@ -10,7 +10,7 @@ import torch
 from ..features import Features, forward_features
 from ..modeling import load_lm
 from ..runtime import Runtime
-from ..train.loop import deepspeed_environment
+from ..train.engines import deepspeed_environment
 
 
 def body(model: torch.nn.Module) -> torch.nn.Module:

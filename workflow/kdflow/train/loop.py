@@ -26,14 +26,13 @@ from tqdm import tqdm
 
 from .. import faults
 from ..runtime import Runtime
-from .engines import DeepSpeedEngine, PlainEngine, deepspeed_environment, deepspeed_precision
+from .engines import DeepSpeedEngine, PlainEngine
 from .health import DivergenceGuard, TrainingError, checkpoint_note, first_non_finite
 from .log import TrainLog
-from .settings import TrainSettings, batch_indices, seed_everything, steps_for
+from .settings import TrainSettings, batch_indices, seed_everything
 from .workdir import WorkDir
 
-__all__ = ["LossFn", "TrainSettings", "TrainingError", "deepspeed_environment", "deepspeed_precision",
-           "seed_everything", "steps_for", "train"]  # fmt: skip
+__all__ = ["LossFn", "TrainSettings", "TrainingError", "train"]
 
 LossFn = Callable[[torch.nn.Module, Sequence[int], int], tuple[torch.Tensor, dict[str, float], int]]  # (module, batch, step)
 Engine = PlainEngine | DeepSpeedEngine

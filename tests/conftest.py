@@ -113,3 +113,14 @@ def tiny_run(repo: Path, tool_env: dict[str, str], tmp_path_factory: pytest.Temp
     workdir = tmp_path_factory.mktemp("tiny")
     run_checked(tiny_cmd(repo, workdir), repo, tool_env)
     return workdir
+
+
+def step_inputs(student=None, teacher=None, **values):
+    """``StepInputs`` for a loss test: the ``student`` / ``teacher`` Features under every feature need of their
+    side (a loss reads the kinds it declared), and the other inputs by name."""
+    from kdflow.losses.inputs import FEATURE_KINDS, StepInputs
+
+    for side, feats in (("student", student), ("teacher", teacher)):
+        if feats is not None:
+            values.update({f"{side}_{kind}": feats for kind in FEATURE_KINDS})
+    return StepInputs(**values)

@@ -9,16 +9,19 @@ import sys
 
 import pytest
 import torch
-from conftest import pack_text
+from conftest import pack_text, step_inputs
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from kdflow.assets.sentiment import build_sentiment_task
 from kdflow.cache.build import cache_corpus, cache_task
 from kdflow.cache.format import sparse_targets
-from kdflow.distill import _Stage1Data, distill
+from kdflow.distill import distill
+from kdflow.distill.producers import Step, produce
+from kdflow.distill.stage1 import CorpusData
 from kdflow.errors import ConfigError
 from kdflow.losses import REGISTRY, build_losses
+from kdflow.losses.inputs import StepInputs
 from kdflow.modeling import load_lm
 from kdflow.prepare import prepare_task
 from kdflow.students import init_student, select_layers
@@ -84,8 +87,8 @@ def test_word_kl_from_a_full_cache_equals_the_dense_kl_times_t_squared():
     teacher, student = torch.randn(6, 40), torch.randn(6, 40)
     full = sparse_targets(teacher, 40, [1.0, 15.0])
     loss = build_losses({"word_kl": {"temperature": 15.0}})[0]
-    got = loss({"word_logits": student, "word_targets": full, "cache_temperatures": [1.0, 15.0]})
-    dense = loss({"word_logits": student, "word_targets": {"logits": teacher}, "cache_temperatures": []})
+    got = loss(step_inputs(word_logits=student, word_targets=full, cache_temperatures=[1.0, 15.0]))
+    dense = loss(step_inputs(word_logits=student, word_targets={"logits": teacher}, cache_temperatures=[]))
     log_p, log_q = torch.log_softmax(teacher / 15, -1), torch.log_softmax(student / 15, -1)
     expected = (log_p.exp() * (log_p - log_q)).sum(-1).mean() * 225
     assert torch.allclose(got, expected, rtol=1e-3) and torch.allclose(dense, expected, rtol=1e-5)
@@ -105,13 +108,12 @@ def test_registry_and_bad_names():
 
 
 def test_gradients_flow_only_into_the_student(setup, tiny_llama):
-    data = _Stage1Data(None, setup / "corpus", None, tiny_llama, online=True, seed=0)
+    data = CorpusData(None, setup / "corpus", None, tiny_llama, online=True, seed=0)
     student, _, _ = load_lm(setup / "student")
     student.train()
-    ids, positions, targets = data.batch([0, 1])
-    logits = student(input_ids=ids).logits
-    word = torch.cat([logits[r, p] for r, p in enumerate(positions)])
-    loss = build_losses({"word_kl": {"temperature": 1.0}})[0]({"word_logits": word, "word_targets": targets})
+    needs = frozenset({"word_logits", "word_targets"})
+    made = produce(data.producers, Step(student, [0, 1], data.batch([0, 1], needs), needs))
+    loss = build_losses({"word_kl": {"temperature": 1.0}})[0](StepInputs(**made.values))
     loss.backward()
     assert all(p.grad is None for p in data.teacher.parameters())
     assert not any(p.requires_grad for p in data.teacher.parameters())
@@ -178,18 +180,21 @@ def test_deepspeed_zero_with_cpu_offload_runs_two_steps(setup, tiny_llama, tmp_p
 def test_online_teacher_under_zero3_inference_with_offload(setup, tiny_llama):
     pytest.importorskip("deepspeed")
     ds = {"zero_optimization": {"stage": 3, "offload_param": {"device": "cpu"}}, "bf16": {"enabled": False}}
-    plain = _Stage1Data(None, setup / "corpus", None, tiny_llama, online=True, seed=0)
-    zero3 = _Stage1Data(None, setup / "corpus", None, tiny_llama, online=True, seed=0, teacher_deepspeed=ds)
-    a, b = plain.batch([0, 3]), zero3.batch([0, 3])
-    assert torch.equal(a[0], b[0])
-    assert torch.allclose(a[2]["logits"], b[2]["logits"], atol=1e-5)
+    plain = CorpusData(None, setup / "corpus", None, tiny_llama, online=True, seed=0)
+    zero3 = CorpusData(None, setup / "corpus", None, tiny_llama, online=True, seed=0, teacher_deepspeed=ds)
+    needs = frozenset({"word_targets"})
+    a, b = (data.batch([0, 3], needs) for data in (plain, zero3))
+    assert torch.equal(a["ids"], b["ids"])
+    targets = [data.teacher_outputs(Step(None, [0, 3], batch, needs)).values["word_targets"]
+               for data, batch in ((plain, a), (zero3, b))]  # fmt: skip
+    assert torch.allclose(targets[0]["logits"], targets[1]["logits"], atol=1e-5)
 
 
 def test_glmd_stage2_phases_train_one_after_the_other(setup, tiny_llama, tmp_path, monkeypatch):
     """GLMD's reference stage 2: word_kl alone for the stage's schedule, then candidate_kd alone from that
     student, each with its own optimizer and warm-up. After a failure in phase 2, a rerun reuses the finished
     phase 1 under the same identity and retrains it under another (a changed lr)."""
-    import kdflow.distill as engine
+    import kdflow.distill.phases as engine
 
     run = {"student": "s", "stage2": {"phases": [{"losses": {"word_kl": {"temperature": 15.0}}},
                                                  {"losses": {"candidate_kd": {"temperature": 1.0}}}]}}  # fmt: skip
@@ -206,14 +211,14 @@ def test_glmd_stage2_phases_train_one_after_the_other(setup, tiny_llama, tmp_pat
     assert float(rows[4]["lr"]) == pytest.approx(float(rows[0]["lr"]))  # a fresh warm-up in phase 2
     assert float(rows[3]["lr"]) < float(rows[4]["lr"])  # phase 1 decayed, phase 2 starts its own schedule
 
-    real = engine._train_phase
+    real = engine.train_phase
 
     def fail_in_phase_2(*args, phase=None, **kwargs):
         if phase == 2:
             raise RuntimeError("killed in phase 2")
         return real(*args, phase=phase, **kwargs)
 
-    monkeypatch.setattr(engine, "_train_phase", fail_in_phase_2)
+    monkeypatch.setattr(engine, "train_phase", fail_in_phase_2)
     with pytest.raises(RuntimeError, match="phase 2"):
         distill("stage2", setup / "student", tmp_path / "out2", tmp_path / "w", run, settings, data, None, seed=0)
     first = load_file(tmp_path / "w" / "phase1.student" / "model.safetensors")
@@ -225,21 +230,21 @@ def test_glmd_stage2_phases_train_one_after_the_other(setup, tiny_llama, tmp_pat
         trained.append(phase)
         return real(*args, phase=phase, **kwargs)
 
-    monkeypatch.setattr(engine, "_train_phase", record)
+    monkeypatch.setattr(engine, "train_phase", record)
     again = distill("stage2", setup / "student", tmp_path / "out2", tmp_path / "w", run, settings, data, None, seed=0)
     final, rerun = load_file(tmp_path / "out" / "model.safetensors"), load_file(tmp_path / "out2" / "model.safetensors")
     assert again["steps"] == 8 and all(torch.equal(final[k], rerun[k]) for k in final)
     assert trained == [2]  # phase 1 reused: same identity
     # the same failure, then a changed lr: phase 1 is not reused, the result is a clean run of the new lr
-    monkeypatch.setattr(engine, "_train_phase", fail_in_phase_2)
+    monkeypatch.setattr(engine, "train_phase", fail_in_phase_2)
     with pytest.raises(RuntimeError):
         distill("stage2", setup / "student", tmp_path / "out3", tmp_path / "w", run, settings, data, None, seed=0)
-    monkeypatch.setattr(engine, "_train_phase", record)
+    monkeypatch.setattr(engine, "train_phase", record)
     trained.clear()
     changed = {**settings, "lr": 5e-3}
     distill("stage2", setup / "student", tmp_path / "out3", tmp_path / "w", run, changed, data, None, seed=0)
     assert trained == [1, 2]  # phase 1 trained again under the new identity
-    monkeypatch.setattr(engine, "_train_phase", real)
+    monkeypatch.setattr(engine, "train_phase", real)
     distill("stage2", setup / "student", tmp_path / "clean", tmp_path / "wc", run, changed, data, None, seed=0)
     a, b = load_file(tmp_path / "out3" / "model.safetensors"), load_file(tmp_path / "clean" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)

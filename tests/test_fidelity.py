@@ -28,8 +28,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import step_inputs
 from transformers import BertConfig, BertModel, LlamaConfig, LlamaModel
 
+from kdflow.losses.inputs import StepInputs
 from kdflow.features import Features, forward_features, require_attentions, transformer_layers
 from kdflow.losses import PRESETS, REGISTRY, LossContext, build_losses, expand_presets
 from kdflow.losses.codir import CoDIR, draw_distinct, memory_init, sample_negatives
@@ -94,7 +96,7 @@ def test_word_kl_equals_glmkd_logitsdistil():
     g = _gen(1)
     t, s = torch.randn(3, 7, 50, generator=g) * 4, torch.randn(3, 7, 50, generator=g) * 4
     loss = _one("word_kl", temperature=15.0)
-    got = loss({"word_logits": s.reshape(-1, 50), "word_targets": {"logits": t.reshape(-1, 50)}})
+    got = loss(step_inputs(word_logits=s.reshape(-1, 50), word_targets={"logits": t.reshape(-1, 50)}))
     assert torch.allclose(got, ref_glmkd_kl_div(s, t, 15.0), rtol=1e-5)
     # compressed vocabulary: GLMKD --distill_logit_mask_map keeps the kept columns of both sides
     # ("s_logits = s_logits[..., origin_id_mask_map]; t_logits = t_logits[..., origin_id_mask_map]")
@@ -103,8 +105,7 @@ def test_word_kl_equals_glmkd_logitsdistil():
     old_to_new[kept.numpy()] = np.arange(24)
     vmap = VocabMap(kept.numpy(), old_to_new)
     s_small = torch.randn(3, 7, 24, generator=g) * 4
-    got = loss({"word_logits": s_small.reshape(-1, 24),
-                "word_targets": {"logits": vmap.project_logits(t.reshape(-1, 50))}})  # fmt: skip
+    got = loss(step_inputs(word_logits=s_small.reshape(-1, 24), word_targets={"logits": vmap.project_logits(t.reshape(-1, 50))}))  # fmt: skip
     assert torch.allclose(got, ref_glmkd_kl_div(s_small, t[..., kept], 15.0), rtol=1e-5)
 
 
@@ -115,7 +116,7 @@ def test_word_kl_padding_documented_difference():
     t, s = torch.randn(2, 6, 30, generator=g) * 3, torch.randn(2, 6, 30, generator=g) * 3
     mask = _padding_mask([6, 2], 6)
     real = mask.bool()
-    got = _one("word_kl", temperature=15.0)({"word_logits": s[real], "word_targets": {"logits": t[real]}})
+    got = _one("word_kl", temperature=15.0)(step_inputs(word_logits=s[real], word_targets={"logits": t[real]}))
     reference = ref_glmkd_kl_div(s, t, 15.0, mask.float())
     assert torch.allclose(got * real.sum() / real.numel(), reference, rtol=1e-5)
 
@@ -166,10 +167,10 @@ def test_candidate_kd_equals_glmkd_and_tinybert():
     g = _gen(4)
     t, s = torch.randn(5, 3, generator=g) * 2, torch.randn(5, 3, generator=g) * 2
     for temperature in (1.0, 2.0):
-        got = _one("candidate_kd", temperature=temperature)({"teacher_scores": list(t), "student_scores": list(s)})
+        got = _one("candidate_kd", temperature=temperature)(step_inputs(teacher_scores=list(t), student_scores=list(s)))
         assert torch.allclose(got, ref_soft_cross_entropy_glmkd(s, t, temperature), rtol=1e-6)
         tiny = _one("candidate_kd", temperature=temperature, per_candidate=True)
-        got = tiny({"teacher_scores": list(t), "student_scores": list(s)})
+        got = tiny(step_inputs(teacher_scores=list(t), student_scores=list(s)))
         assert torch.allclose(got, ref_soft_cross_entropy_tinybert(s / temperature, t / temperature), rtol=1e-6)
 
 
@@ -177,7 +178,7 @@ def test_kd_equals_codir_and_distilbert():
     g = _gen(5)
     t, s = torch.randn(6, 4, generator=g) * 2, torch.randn(6, 4, generator=g) * 2
     temperature = 2.0
-    got = _one("kd", temperature=temperature)({"teacher_scores": list(t), "student_scores": list(s)})
+    got = _one("kd", temperature=temperature)(step_inputs(teacher_scores=list(t), student_scores=list(s)))
     # CoDIR sentence_prediction_crd.py line 45 "torch.nn.KLDivLoss(reduction='sum')", lines 147-148
     # "loss_kd = kd_loss_func(log_softmax(logits/T), softmax(logits_teacher/T)) * T ** 2"; the fairseq trainer
     # divides the gradient by sample_size (the batch size)
@@ -195,7 +196,7 @@ def test_kd_pkd_repository_documented_difference():
     over examples *and classes*: its KD term is kdflow's `kd` divided by the number of classes."""
     g = _gen(6)
     t, s = torch.randn(6, 3, generator=g), torch.randn(6, 3, generator=g)
-    got = _one("kd", temperature=10.0)({"teacher_scores": list(t), "student_scores": list(s)})
+    got = _one("kd", temperature=10.0)(step_inputs(teacher_scores=list(t), student_scores=list(s)))
     pkd = torch.nn.KLDivLoss(reduction="mean")(F.log_softmax(s / 10, 1), F.softmax(t / 10, 1)) * 100
     assert torch.allclose(got, pkd * 3, rtol=1e-5)
 
@@ -203,12 +204,12 @@ def test_kd_pkd_repository_documented_difference():
 def test_ce_and_mse_logits_equal_codir():
     g = _gen(7)
     s, labels = torch.randn(5, 3, generator=g), torch.tensor([0, 2, 1, 1, 0])
-    got = _one("ce")({"student_scores": list(s), "labels": list(F.one_hot(labels, 3).float())})
+    got = _one("ce")(step_inputs(student_scores=list(s), labels=list(F.one_hot(labels, 3).float())))
     # CoDIR sentence_prediction_crd.py lines 144-145: F.nll_loss(log_softmax(logits), targets, reduction='sum'),
     # divided by sample_size by the trainer
     assert torch.allclose(got, F.nll_loss(F.log_softmax(s, -1), labels, reduction="sum") / 5, rtol=1e-6)
     s1, t1 = torch.randn(5, 1, generator=g), torch.randn(5, 1, generator=g)
-    got = _one("mse_logits")({"student_scores": list(s1), "teacher_scores": list(t1)})
+    got = _one("mse_logits")(step_inputs(student_scores=list(s1), teacher_scores=list(t1)))
     # lines 152-155 (regression): loss_kd = F.mse_loss(logits, logits_teacher, reduction='sum') / sample_size
     assert torch.allclose(got, F.mse_loss(s1.view(-1), t1.view(-1), reduction="sum") / 5, rtol=1e-6)
 
@@ -220,7 +221,7 @@ def test_lm_equals_distilbert_mlm():
     chosen = torch.rand(2, 9, generator=g) < 0.3
     chosen[0, 1] = True
     labels[chosen] = tokens[chosen]
-    got = _one("lm", "stage1")({"word_logits": logits[chosen], "word_labels": labels[chosen]})
+    got = _one("lm", "stage1")(step_inputs(word_logits=logits[chosen], word_labels=labels[chosen]))
     # HF distiller.py: lm_loss_fct = nn.CrossEntropyLoss(ignore_index=-100);
     # "loss_mlm = self.lm_loss_fct(s_logits.view(-1, s_logits.size(-1)), lm_labels.view(-1))"
     reference = torch.nn.CrossEntropyLoss(ignore_index=-100)(logits.view(-1, 40), labels.view(-1))
@@ -232,14 +233,14 @@ def test_lm_on_a_masked_lm_student_masks_its_inputs(tiny_bert, tmp_path):
     token)."""
     from conftest import pack_text
 
-    from kdflow.distill import _Stage1Data
+    from kdflow.distill.stage1 import CorpusData
 
     pack_text(tmp_path, tiny_bert, name="corpus")
-    data = _Stage1Data(None, tmp_path / "corpus", None, tiny_bert, online=False, seed=0, words=False, labels=True)
-    ids, positions, targets = data.batch([0, 1])
-    labels = data.word_labels([0, 1], positions)
+    data = CorpusData(None, tmp_path / "corpus", None, tiny_bert, online=False, seed=0, words=False, labels=True)
+    batch = data.batch([0, 1], frozenset({"word_labels"}))
+    ids, positions, labels = batch["ids"], batch["positions"], batch["word_labels"]
     originals = torch.stack([torch.as_tensor(np.asarray(data.blocks[i]).astype(np.int64)) for i in (0, 1)])
-    assert targets == {} and data.family == "masked" and data.teacher is None
+    assert "targets" not in batch and data.family == "masked" and data.teacher is None
     assert all(len(p) for p in positions) and all(len(p) < ids.shape[1] for p in positions)
     assert torch.equal(labels, torch.cat([originals[r, p] for r, p in enumerate(positions)]))
     changed = torch.cat([ids[r, p] != originals[r, p] for r, p in enumerate(positions)])
@@ -253,8 +254,8 @@ def test_lm_on_a_masked_lm_student_masks_its_inputs(tiny_bert, tmp_path):
 # ---- hidden states: PKD, DistilBERT cosine, TinyBERT ---------------------------------------------------
 
 
-def _pair(mask: torch.Tensor, s_hidden: tuple, t_hidden: tuple) -> dict[str, Features]:
-    return {"student_features": Features(mask, hidden=s_hidden), "teacher_features": Features(mask, hidden=t_hidden)}
+def _pair(mask: torch.Tensor, s_hidden: tuple, t_hidden: tuple) -> StepInputs:
+    return step_inputs(student=Features(mask, hidden=s_hidden), teacher=Features(mask, hidden=t_hidden))
 
 
 def _states(n_layers: int, batch: int, length: int, width: int, seed: int) -> tuple[torch.Tensor, ...]:
@@ -336,7 +337,7 @@ def test_tinybert_hidden_equals_rep_loss():
     t_cfg = BertConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12)
     mask = torch.ones(2, 10, dtype=torch.long)  # no padding: equal (padding: next test)
     s_hidden, t_hidden = _states(4, 2, 10, 312, 16), _states(12, 2, 10, 768, 17)
-    feats = {"student_features": Features(mask, hidden=s_hidden), "teacher_features": Features(mask, hidden=t_hidden)}
+    feats = step_inputs(student=Features(mask, hidden=s_hidden), teacher=Features(mask, hidden=t_hidden))
     hidden = _bind(_one("tinybert_hidden", embeddings=True), s_cfg, t_cfg)
     assert len(hidden.projections) == 1 and hidden.projections[0].bias is not None
     fit_dense = hidden.projections[0]
@@ -429,7 +430,7 @@ def test_tinybert_attention_equals_att_loss_on_scores():
     s, t = _maps(student, ids, full), _maps(teacher, ids, full)
     loss = _bind(_one("tinybert_attention"), student.config, teacher.config)
     with torch.no_grad():
-        got = loss({"student_features": s, "teacher_features": t})
+        got = loss(step_inputs(student=s, teacher=t))
     reference = ref_tinybert_att_loss(ref_tinybert_scores(student, ids, full), ref_tinybert_scores(teacher, ids, full))
     assert torch.allclose(got, reference, rtol=1e-4)
     # the term is on scores, not probabilities: the same maps as probabilities would give a far smaller loss
@@ -445,8 +446,7 @@ def test_tinybert_attention_padding_documented_difference():
     mask = _padding_mask([7, 4], 7)
     s, t = _maps(student, ids, mask), _maps(teacher, ids, mask)
     with torch.no_grad():
-        got = _bind(_one("tinybert_attention"), student.config, teacher.config)({"student_features": s,
-                                                                                "teacher_features": t})  # fmt: skip
+        got = _bind(_one("tinybert_attention"), student.config, teacher.config)(step_inputs(student=s, teacher=t))  # fmt: skip
     pairs = (mask[:, None, :, None] * mask[:, None, None, :]).bool().expand(-1, 4, -1, -1)
     on_real = sum(F.mse_loss(a[pairs], b[pairs]) for a, b in zip(ref_tinybert_scores(student, ids, mask),
                                                                   ref_tinybert_scores(teacher, ids, mask)))  # fmt: skip
@@ -464,7 +464,7 @@ def test_attention_maps_are_taken_before_dropout():
     assert all(torch.allclose(a.sum(-1), torch.ones(()), atol=1e-5) for a in s.attentions)
     for name in ("minilm", "tinybert_attention"):
         loss = _bind(_one(name), model.config, model.config)
-        assert float(loss({"student_features": s, "teacher_features": t})) < 1e-7
+        assert float(loss(step_inputs(student=s, teacher=t))) < 1e-7
     model.set_attn_implementation("eager")
     dropped = [model(input_ids=ids, attention_mask=mask, output_attentions=True).attentions[0] for _ in range(2)]
     assert not torch.allclose(dropped[0].sum(-1), torch.ones(()), atol=1e-2)  # after dropout: rows do not sum to 1
@@ -552,7 +552,7 @@ def test_minilm_equals_the_paper(family):
     if family == "gqa_decoder":
         assert loss.relation_heads == 2  # the teacher's key/value heads: each serves 3 query heads
     with torch.no_grad():
-        got = loss({"student_features": s, "teacher_features": t})
+        got = loss(step_inputs(student=s, teacher=t))
     reference = ref_minilm(teacher, student, [ids[i, :n] for i, n in enumerate(lengths)])
     assert torch.allclose(got, reference, rtol=1e-4)
 
@@ -582,7 +582,7 @@ def test_minilmv2_equals_the_paper(family):
     s, t = _maps(student, ids, mask), _maps(teacher, ids, mask)
     loss = _bind(_one("minilmv2", relation_heads=4, teacher_layer=2), student.config, teacher.config)
     with torch.no_grad():
-        got = loss({"student_features": s, "teacher_features": t})
+        got = loss(step_inputs(student=s, teacher=t))
     reference = ref_minilmv2(teacher, student, [ids[i, :n] for i, n in enumerate(lengths)], 4, 2)
     assert torch.allclose(got, reference, rtol=1e-4)
 
@@ -610,8 +610,7 @@ def test_lrc_is_in_batch_infonce_documented_difference():
     cfg = BertConfig(hidden_size=64, num_hidden_layers=2)
     mask = _padding_mask([5, 5, 3, 2], 5)
     s_hidden, t_hidden = _states(2, 4, 5, 64, 37), _states(2, 4, 5, 64, 38)
-    got = _bind(_one("lrc", temperature=0.1), cfg, cfg)({"student_features": Features(mask, hidden=s_hidden),
-                                                         "teacher_features": Features(mask, hidden=t_hidden)})  # fmt: skip
+    got = _bind(_one("lrc", temperature=0.1), cfg, cfg)(step_inputs(student=Features(mask, hidden=s_hidden), teacher=Features(mask, hidden=t_hidden)))  # fmt: skip
     terms = []
     for layer in (1, 2):
         s, t = F.normalize(s_hidden[layer][:, 0], dim=-1), F.normalize(t_hidden[layer][:, 0], dim=-1)
@@ -675,8 +674,7 @@ def test_codir_equals_crd_loss_and_memory():
     s_hidden = tuple(h.requires_grad_() for h in _states(6, 4, 9, 768, 41))
     t_hidden = _states(12, 4, 9, 768, 42)
     own = torch.tensor([3, 17, 25, 38])
-    tensors = {"student_features": Features(mask, hidden=s_hidden), "teacher_features": Features(mask, hidden=t_hidden),
-               "example_ids": own, "step": 2}  # fmt: skip
+    tensors = step_inputs(student=Features(mask, hidden=s_hidden), teacher=Features(mask, hidden=t_hidden), example_ids=own, step=2)  # fmt: skip
     reference = RefContrast(loss.memory_student, loss.memory_teacher, 0.07, 0.5)
     negatives = sample_negatives(own, torch.tensor(labels), 40, 10, torch.Generator().manual_seed(5 * 1_000_003 + 2),
                                  loss.pools)  # fmt: skip
@@ -731,7 +729,7 @@ def test_theseus_schedule_loss_and_trained_modules():
         assert loss.replace_probability(step / steps) == pytest.approx(min(1.0, k * step + 0.3))
     g = _gen(46)
     hybrid, labels = torch.randn(4, 3, generator=g), torch.tensor([2, 0, 1, 1])
-    got = loss({"hybrid_scores": list(hybrid), "labels": list(F.one_hot(labels, 3).float())})
+    got = loss(step_inputs(hybrid_scores=list(hybrid), labels=list(F.one_hot(labels, 3).float())))
     assert torch.allclose(got, F.cross_entropy(hybrid, labels), rtol=1e-6)  # BertForSequenceClassification's loss
     from transformers import BertForSequenceClassification
 
@@ -775,9 +773,7 @@ def _distilbert_batch():
 def _kdflow_distilbert(s_logits, t_logits, mask, labels, chosen, s_hidden, t_hidden) -> torch.Tensor:
     losses = build_losses({"distilbert": {"temperature": 2.0}}, "stage1")
     cfg = BertConfig(hidden_size=64, num_hidden_layers=1)
-    tensors = {"word_logits": s_logits[chosen], "word_targets": {"logits": t_logits[chosen]},
-               "word_labels": labels[chosen], "student_features": Features(mask, hidden=s_hidden),
-               "teacher_features": Features(mask, hidden=t_hidden)}  # fmt: skip
+    tensors = step_inputs(word_logits=s_logits[chosen], word_targets={"logits": t_logits[chosen]}, word_labels=labels[chosen], student=Features(mask, hidden=s_hidden), teacher=Features(mask, hidden=t_hidden))  # fmt: skip
     total = torch.tensor(0.0)
     for loss in losses:
         _bind(loss, cfg, BertConfig(hidden_size=64, num_hidden_layers=2), "stage1")
@@ -817,8 +813,7 @@ def test_tinybert_preset_equals_task_distill():
     s, t = _maps(student, ids, full), _maps(teacher, ids, full)
     g = _gen(53)
     s_scores, t_scores = torch.randn(2, 3, generator=g), torch.randn(2, 3, generator=g)
-    tensors = {"student_features": s, "teacher_features": t, "student_scores": list(s_scores),
-               "teacher_scores": list(t_scores)}  # fmt: skip
+    tensors = step_inputs(student=s, teacher=t, student_scores=list(s_scores), teacher_scores=list(t_scores))  # fmt: skip
     for loss in losses:
         _bind(loss, student.config, teacher.config)
     with torch.no_grad():

@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from conftest import pack_text
+from conftest import pack_text, step_inputs
 
 from kdflow.cache.build import cache_corpus, cache_task
 from kdflow.distill import distill
@@ -178,7 +178,7 @@ def test_kd_matches_an_independent_formula():
         q = [math.exp(v / t) / zs for v in sr.tolist()]
         expected += sum(pi * math.log(pi / qi) for pi, qi in zip(p, q)) * t * t / len(teacher)
     kd = build_losses({"kd": {"temperature": t}})[0]
-    assert float(kd({"teacher_scores": teacher, "student_scores": student})) == pytest.approx(expected, rel=1e-6)
+    assert float(kd(step_inputs(teacher_scores=teacher, student_scores=student))) == pytest.approx(expected, rel=1e-6)
 
 
 def _nce_by_hand(anchor, memory, indices, temperature, z, n):
@@ -232,7 +232,7 @@ def test_codir_loss_and_bank_updates_follow_the_formulas():
                           teacher_config=config, label_ids=labels))  # fmt: skip
     own = torch.tensor([0, 1, 2])
     bank_s, bank_t = loss.memory_student.clone(), loss.memory_teacher.clone()
-    f_s, f_t = loss.features({"student_features": student, "teacher_features": teacher})
+    f_s, f_t = loss.features(step_inputs(student=student, teacher=teacher))
     negatives = sample_negatives(own, torch.tensor(labels), 8, 3, torch.Generator().manual_seed(3 * 1_000_003 + 5))
     assert all(labels[j] != labels[i] for i, row in zip(own.tolist(), negatives.tolist()) for j in row)
     indices = torch.cat([own[:, None], negatives], 1)
@@ -241,7 +241,7 @@ def test_codir_loss_and_bank_updates_follow_the_formulas():
     z_t = float(nce_scores(f_t, bank_s, indices, 0.07).mean() * 8)
     expected = (_nce_by_hand(f_s.tolist(), bank_t.tolist(), indices.tolist(), 0.07, z_s, 8)
                 + _nce_by_hand(f_t.tolist(), bank_s.tolist(), indices.tolist(), 0.07, z_t, 8))  # fmt: skip
-    got = loss({"student_features": student, "teacher_features": teacher, "example_ids": own, "step": 5})
+    got = loss(step_inputs(student=student, teacher=teacher, example_ids=own, step=5))
     assert float(got) == pytest.approx(expected / 2 / len(own), rel=1e-4)  # CRDLoss's /2, fairseq's /batch
     for bank, before, feats in ((loss.memory_student, bank_s, f_s), (loss.memory_teacher, bank_t, f_t)):
         for row, i in enumerate(own.tolist()):

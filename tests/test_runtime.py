@@ -12,7 +12,7 @@ from transformers import BatchEncoding
 from kdflow.device_audit import DeviceAudit
 from kdflow.errors import ConfigError
 from kdflow.runtime import Ranks, Runtime, compute_settings, first_host
-from kdflow.train.loop import deepspeed_precision
+from kdflow.train.engines import deepspeed_precision
 
 
 def test_torchrun_environment():

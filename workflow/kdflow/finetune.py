@@ -18,12 +18,14 @@ from . import faults
 from .fingerprint import job_identity, weights_fingerprint
 from .jsonio import read_json, write_json
 from .modeling import count_parameters, load_lm
+from .losses.inputs import StepInputs
 from .losses.prediction import GoldCE
 from .prepare import load_prepared
 from .safeio import atomic_folder
 from .scoring import candidate_scores
 from .runtime import Runtime
-from .train.loop import TrainSettings, seed_everything, steps_for, train
+from .train.loop import train
+from .train.settings import TrainSettings, seed_everything, steps_for
 from .train.workdir import WorkDir
 
 
@@ -73,7 +75,7 @@ def finetune_teacher(
     def loss_fn(module: torch.nn.Module, indices: list[int], step: int) -> tuple[torch.Tensor, dict[str, float], int]:
         scores, tokens = candidate_scores(module, tokenizer, family, [clozes[i] for i in indices],
                                           settings["max_length"], runtime)  # fmt: skip
-        loss = gold_ce({"student_scores": scores, "labels": runtime.to([targets[i] for i in indices])})
+        loss = gold_ce(StepInputs(student_scores=scores, labels=runtime.to([targets[i] for i in indices])))
         return loss, {"cloze_ce": loss.item()}, tokens
 
     steps = steps_for(len(examples), settings["epochs"], settings["batch_size"], settings["grad_accum"],

@@ -10,12 +10,17 @@ intermediate-layer phase followed by its prediction-layer phase."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from ..errors import ConfigError
-from ..recipes import LossSpec, Problem, resolve
+from ..recipes import NEEDS, LossSpec, Problem, resolve
+
+if TYPE_CHECKING:
+    from .inputs import StepInputs
+
+__all__ = ["NEEDS", "REGISTRY", "Loss", "LossContext", "build_losses", "check_losses"]
 
 REGISTRY: dict[str, type[Loss]] = {}
 
@@ -58,7 +63,8 @@ class Loss(torch.nn.Module):
     def active(self, progress: float) -> bool:
         return self.start <= progress < self.stop
 
-    def forward(self, tensors: dict[str, Any]) -> torch.Tensor:
+    def forward(self, inputs: StepInputs) -> torch.Tensor:
+        """The loss of one step from the inputs it declared in ``needs`` (reading any other one raises)."""
         raise NotImplementedError
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

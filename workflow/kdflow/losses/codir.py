@@ -22,7 +22,6 @@ the registered loss that owns the projections, the banks and the negative sampli
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +30,7 @@ from ..errors import ConfigError
 from ..features import default_pooling, map_layers, pool
 from ..recipes import specs
 from .base import Loss, LossContext
+from .inputs import StepInputs
 
 EPS = 1e-7
 
@@ -144,19 +144,19 @@ class CoDIR(Loss):
         self.pools = negative_pools(self.label_ids) if use_labels else None
         self.seed = context.seed
 
-    def features(self, tensors: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    def features(self, inputs: StepInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """Projected, normalised student and teacher representations of the batch."""
-        s, t = tensors["student_features"], tensors["teacher_features"]
+        s, t = inputs.student_hidden, inputs.teacher_hidden
         student = torch.cat([pool(h, s.mask, self.pooling) for h in s.hidden[1:]], -1)
         teacher = torch.cat([pool(t.hidden[j], t.mask, self.pooling) for j in self.layer_map], -1)
         # in the projections' dtype (bf16 under DeepSpeed's bf16), normalised in fp32
         return (F.normalize(self.student_proj(student.to(self.student_proj.weight.dtype)).float(), dim=-1),
                 F.normalize(self.teacher_proj(teacher.to(self.teacher_proj.weight.dtype)).float(), dim=-1))  # fmt: skip
 
-    def forward(self, tensors: dict[str, Any]) -> torch.Tensor:
-        own = tensors["example_ids"]
-        f_s, f_t = self.features(tensors)
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + int(tensors["step"]))
+    def forward(self, inputs: StepInputs) -> torch.Tensor:
+        own = inputs.example_ids
+        f_s, f_t = self.features(inputs)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + int(inputs.step))
         negatives = sample_negatives(own.cpu(), self.label_ids, len(self.memory_student), self.negatives, generator,
                                      self.pools)  # fmt: skip  (drawn on the host: one generator on every device)
         indices = torch.cat([own[:, None], negatives.to(own.device)], 1)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 
 from ..cache.kl import dense_kl, sparse_kl
 from ..recipes import specs
 from .base import Loss
+from .inputs import StepInputs
 
 
 def word_kl_per_position(logits: torch.Tensor, targets: dict[str, torch.Tensor], temperature: float,
@@ -29,9 +29,9 @@ class WordKL(Loss):
 
     spec = specs.WordKL
 
-    def forward(self, tensors: dict[str, Any]) -> torch.Tensor:
-        kl = word_kl_per_position(tensors["word_logits"], tensors["word_targets"], self.temperature,
-                                  tensors.get("cache_temperatures", []))  # fmt: skip
+    def forward(self, inputs: StepInputs) -> torch.Tensor:
+        kl = word_kl_per_position(inputs.word_logits, inputs.word_targets, self.temperature,
+                                  list(inputs.cache_temperatures))  # fmt: skip
         return kl.mean() * self.temperature**2
 
 
@@ -47,10 +47,10 @@ class CandidateKD(Loss):
 
     spec = specs.CandidateKD
 
-    def forward(self, tensors: dict[str, Any]) -> torch.Tensor:
-        t = _soft(tensors["teacher_scores"], self.temperature)
+    def forward(self, inputs: StepInputs) -> torch.Tensor:
+        t = _soft(inputs.teacher_scores, self.temperature)
         rows = [-(p * torch.log_softmax(s.float() / self.temperature, -1)).sum() / (len(p) if self.per_candidate else 1)
-                for p, s in zip(t, tensors["student_scores"])]  # fmt: skip
+                for p, s in zip(t, inputs.student_scores)]  # fmt: skip
         return torch.stack(rows).mean()
 
 
@@ -59,8 +59,8 @@ class HintonKD(Loss):
 
     spec = specs.HintonKD
 
-    def forward(self, tensors: dict[str, Any]) -> torch.Tensor:
-        rows = [dense_kl(t, s, self.temperature) for t, s in zip(tensors["teacher_scores"], tensors["student_scores"])]
+    def forward(self, inputs: StepInputs) -> torch.Tensor:
+        rows = [dense_kl(t, s, self.temperature) for t, s in zip(inputs.teacher_scores, inputs.student_scores)]
         return torch.stack(rows).mean() * self.temperature**2
 
 
@@ -69,8 +69,8 @@ class GoldCE(Loss):
 
     spec = specs.GoldCE
 
-    def forward(self, tensors: dict[str, Any]) -> torch.Tensor:
-        rows = [-(y * torch.log_softmax(s, -1)).sum() for y, s in zip(tensors["labels"], tensors["student_scores"])]
+    def forward(self, inputs: StepInputs) -> torch.Tensor:
+        rows = [-(y * torch.log_softmax(s, -1)).sum() for y, s in zip(inputs.labels, inputs.student_scores)]
         return torch.stack(rows).mean()
 
 
@@ -79,8 +79,8 @@ class LogitMSE(Loss):
 
     spec = specs.LogitMSE
 
-    def forward(self, tensors: dict[str, Any]) -> torch.Tensor:
-        rows = [((s - t) ** 2).mean() for s, t in zip(tensors["student_scores"], tensors["teacher_scores"])]
+    def forward(self, inputs: StepInputs) -> torch.Tensor:
+        rows = [((s - t) ** 2).mean() for s, t in zip(inputs.student_scores, inputs.teacher_scores)]
         return torch.stack(rows).mean()
 
 
@@ -89,5 +89,5 @@ class LanguageModelling(Loss):
 
     spec = specs.LanguageModelling
 
-    def forward(self, tensors: dict[str, Any]) -> torch.Tensor:
-        return torch.nn.functional.cross_entropy(tensors["word_logits"].float(), tensors["word_labels"], ignore_index=-100)
+    def forward(self, inputs: StepInputs) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(inputs.word_logits.float(), inputs.word_labels, ignore_index=-100)

@@ -18,6 +18,7 @@ from ..errors import ConfigError
 from ..features import default_pooling, map_layers, pool, transformer_layers
 from ..recipes import specs
 from .base import Loss, LossContext
+from .inputs import StepInputs
 
 SCORE_FLOOR = -100.0  # TinyBERT: attention scores at or below it (the masked ones) count as 0
 
@@ -59,9 +60,9 @@ class _Layered(Loss):
     def project(self, k: int, x: torch.Tensor) -> torch.Tensor:
         return self.projections[k](x) if len(self.projections) else x
 
-    def pairs(self, tensors: dict[str, Any]) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+    def pairs(self, inputs: StepInputs) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
         """(student layer - 1, student hidden, teacher hidden) for every matched layer."""
-        s, t = tensors["student_features"], tensors["teacher_features"]
+        s, t = inputs.student_hidden, inputs.teacher_hidden
         return [(i, s.hidden[i + 1], t.hidden[j]) for i, j in enumerate(self.layer_map)]
 
 
@@ -73,15 +74,15 @@ class PKD(_Layered):
 
     spec = specs.PKD
 
-    def forward(self, tensors: dict[str, Any]) -> torch.Tensor:
-        mask = tensors["student_features"].mask
-        pairs = self.pairs(tensors)
+    def forward(self, inputs: StepInputs) -> torch.Tensor:
+        mask = inputs.student_hidden.mask
+        pairs = self.pairs(inputs)
         if self.exclude_last and len(pairs) > 1:  # the last layer is the prediction KD's job
             pairs = pairs[:-1]
         terms = []
         for k, s, t in pairs:
             s = F.normalize(self.project(k, pool(s, mask, self.pooling)).float(), dim=-1)
-            t = F.normalize(pool(t, tensors["teacher_features"].mask, self.pooling).float(), dim=-1)
+            t = F.normalize(pool(t, inputs.teacher_hidden.mask, self.pooling).float(), dim=-1)
             terms.append(((s - t) ** 2).mean())
         return torch.stack(terms).mean()
 
@@ -94,8 +95,8 @@ class HiddenCosine(_Layered):
     def n_projections(self) -> int:
         return 1
 
-    def forward(self, tensors: dict[str, Any]) -> torch.Tensor:
-        s, t = tensors["student_features"], tensors["teacher_features"]
+    def forward(self, inputs: StepInputs) -> torch.Tensor:
+        s, t = inputs.student_hidden, inputs.teacher_hidden
         cos = F.cosine_similarity(self.project(0, s.hidden[-1]), t.hidden[-1], dim=-1)
         return _masked_mean(1.0 - cos, s.mask)
 
@@ -111,10 +112,10 @@ class TinyBERTHidden(_Layered):
     def n_projections(self) -> int:
         return 1
 
-    def forward(self, tensors: dict[str, Any]) -> torch.Tensor:
-        s, t = tensors["student_features"], tensors["teacher_features"]
+    def forward(self, inputs: StepInputs) -> torch.Tensor:
+        s, t = inputs.student_hidden, inputs.teacher_hidden
         pairs = [(s.hidden[0], t.hidden[0])] if self.embeddings else []
-        pairs += [(sh, th) for _, sh, th in self.pairs(tensors)]
+        pairs += [(sh, th) for _, sh, th in self.pairs(inputs)]
         return torch.stack([_masked_mean((self.project(0, a) - b) ** 2, s.mask) for a, b in pairs]).sum()
 
 
@@ -142,8 +143,8 @@ class TinyBERTAttention(_Layered):
     def n_projections(self) -> int:
         return 0
 
-    def forward(self, tensors: dict[str, Any]) -> torch.Tensor:
-        s, t = tensors["student_features"], tensors["teacher_features"]
+    def forward(self, inputs: StepInputs) -> torch.Tensor:
+        s, t = inputs.student_attentions, inputs.teacher_attentions
         pair_mask = (s.mask[:, None, :, None] * s.mask[:, None, None, :]).float()
         terms = []
         for i, j in enumerate(self.layer_map):
@@ -199,16 +200,17 @@ class MiniLM(Loss):
         _check_heads("minilm.relation_heads", self.relation_heads,
                      {"student value": _widths(s)[1], "teacher value": _widths(t)[1]})  # fmt: skip
 
-    def forward(self, tensors: dict[str, Any]) -> torch.Tensor:
-        s, t = tensors["student_features"], tensors["teacher_features"]
+    def forward(self, inputs: StepInputs) -> torch.Tensor:
+        s, t = inputs.student_attentions, inputs.teacher_attentions
         if s.scores[-1].shape[1] == t.scores[-1].shape[1]:
             logp_s, logp_t = torch.log_softmax(s.scores[-1].float(), -1), torch.log_softmax(t.scores[-1].float(), -1)
         else:  # different head counts: the head-averaged distributions
             a_s, a_t = _heads_alike(s.attentions[-1].float(), t.attentions[-1].float())
             logp_s, logp_t = a_s.clamp_min(1e-12).log(), a_t.clamp_min(1e-12).log()
         attention = relation_kl(logp_t, logp_s, s.mask)
-        values = relation_kl(relation_logprobs(t.qkv[-1][2], self.relation_heads, t.mask),
-                             relation_logprobs(s.qkv[-1][2], self.relation_heads, s.mask), s.mask)  # fmt: skip
+        s_qkv, t_qkv = inputs.student_qkv, inputs.teacher_qkv
+        values = relation_kl(relation_logprobs(t_qkv.qkv[-1][2], self.relation_heads, t_qkv.mask),
+                             relation_logprobs(s_qkv.qkv[-1][2], self.relation_heads, s_qkv.mask), s.mask)  # fmt: skip
         return attention + values
 
 
@@ -231,8 +233,8 @@ class MiniLMv2(Loss):
         if not 1 <= self.teacher_layer <= n:
             raise ConfigError(f"minilmv2.teacher_layer {self.teacher_layer}: the teacher has layers 1..{n}")
 
-    def forward(self, tensors: dict[str, Any]) -> torch.Tensor:
-        s, t = tensors["student_features"], tensors["teacher_features"]
+    def forward(self, inputs: StepInputs) -> torch.Tensor:
+        s, t = inputs.student_qkv, inputs.teacher_qkv
         terms = [
             relation_kl(relation_logprobs(t.qkv[self.teacher_layer - 1][r], self.relation_heads, t.mask),
                         relation_logprobs(s.qkv[-1][r], self.relation_heads, s.mask), s.mask)  # fmt: skip
@@ -248,10 +250,10 @@ class InBatchContrastive(_Layered):
 
     spec = specs.InBatchContrastive
 
-    def forward(self, tensors: dict[str, Any]) -> torch.Tensor:
-        s_mask, t_mask = tensors["student_features"].mask, tensors["teacher_features"].mask
+    def forward(self, inputs: StepInputs) -> torch.Tensor:
+        s_mask, t_mask = inputs.student_hidden.mask, inputs.teacher_hidden.mask
         terms = []
-        for k, s, t in self.pairs(tensors):
+        for k, s, t in self.pairs(inputs):
             s = F.normalize(self.project(k, pool(s, s_mask, self.pooling)).float(), dim=-1)
             t = F.normalize(pool(t, t_mask, self.pooling).float(), dim=-1)
             logits = s @ t.T / self.temperature
@@ -283,6 +285,6 @@ class Theseus(Loss):
         """Probability that a student layer is used (not its teacher layers) at ``progress`` in [0, 1)."""
         return min(1.0, self.replace_start + (1.0 - self.replace_start) * progress / self.replace_full_at)
 
-    def forward(self, tensors: dict[str, Any]) -> torch.Tensor:
-        rows = [-(y * torch.log_softmax(s, -1)).sum() for y, s in zip(tensors["labels"], tensors["hybrid_scores"])]
+    def forward(self, inputs: StepInputs) -> torch.Tensor:
+        rows = [-(y * torch.log_softmax(s, -1)).sum() for y, s in zip(inputs.labels, inputs.hybrid_scores)]
         return torch.stack(rows).mean()

@@ -1,0 +1,144 @@
+"""One training of a student on a set of losses: the stage's data and teacher, the losses bound to the
+models, and the step that produces exactly the inputs the active losses need and hands each loss its own."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..classify import has_classification_head
+from ..errors import ConfigError
+from ..features import Features, release_attentions, require_attentions
+from ..losses import Loss, LossContext, build_losses
+from ..prepare import load_prepared
+from ..train.loop import train
+from ..train.settings import TrainSettings, seed_everything, steps_for
+from ..train.workdir import WorkDir
+from ..vocab.factorised import merge_factorised
+from ..losses.inputs import StepInputs, feature_flags
+from .job import DistillJob
+from .producers import StageData, Step, produce
+from .stage1 import corpus_data
+from .stage2 import Student, TaskData, replace_schedule
+from .student import classifier_student, load_student, save_student
+from .teacher import load_teacher
+
+INTERNALS = frozenset({"student_hidden", "teacher_hidden", "student_qkv", "teacher_qkv"})
+
+
+class DistillModule(torch.nn.Module):
+    """The student and the run's losses (their projections and memory banks train and checkpoint with it).
+    ``forward(step_fn)`` runs ``step_fn(self)``, so data-parallel wrappers see one forward per step."""
+
+    def __init__(self, student: torch.nn.Module, losses: list[Loss]) -> None:
+        super().__init__()
+        self.student = student
+        self.losses = torch.nn.ModuleList(losses)
+
+    def forward(self, step_fn: Callable[[DistillModule], Any]) -> Any:
+        return step_fn(self)
+
+
+def _features(values: dict[str, Any], side: str) -> Features | None:
+    return next((v for k, v in values.items() if k.startswith(f"{side}_") and isinstance(v, Features)), None)
+
+
+@dataclass(frozen=True)
+class StepRunner:
+    """The loss of one micro-batch: the active losses' needs produced on the stage's data, each loss computed
+    on the inputs it declared."""
+
+    data: StageData
+    steps: int
+
+    def run(self, module: DistillModule, indices: list[int], step: int) -> tuple[torch.Tensor, dict[str, float], int]:
+        progress = step / self.steps
+        active = [loss for loss in module.losses if loss.active(progress)]
+        needs = frozenset().union(*(loss.needs for loss in active))
+        batch = self.data.batch(indices, needs)
+        made = produce(self.data.producers, Step(module.student, indices, batch, needs, step, progress))
+        s, t = _features(made.values, "student"), _features(made.values, "teacher")
+        if s is not None and t is not None and s.mask.shape != t.mask.shape and any(
+                loss.token_aligned for loss in active):  # fmt: skip
+            raise ConfigError("per-token representation losses need the student to share the teacher's "
+                              f"tokenisation (masks {tuple(s.mask.shape)} vs {tuple(t.mask.shape)})")  # fmt: skip
+        inputs = StepInputs(step=step, progress=progress, cache_temperatures=self.data.cache_temperatures,
+                            **made.values)  # fmt: skip
+        parts = {loss.name: loss(inputs.restricted(loss.needs)) for loss in active}
+        total = sum(loss.weight * parts[loss.name] for loss in active)
+        report = {loss.name: float(parts[loss.name].detach()) if loss in active else 0.0 for loss in module.losses}
+        return total, {"loss": float(total.detach()), **report}, made.tokens
+
+    def loss_fn(self, module: torch.nn.Module, indices: list[int], step: int) -> tuple[torch.Tensor, dict[str, float], int]:
+        """The training loop's loss function: one forward of the (possibly wrapped) ``DistillModule``."""
+        return module(functools.partial(self.run, indices=indices, step=step))
+
+
+def _stage_data(job: DistillJob, losses: list[Loss]) -> tuple[torch.nn.Module, StageData, bool]:
+    """The student model, the stage's data (holding the teacher when one is needed), and whether the student
+    is a classifier (the stage-2 teacher has a classification head)."""
+    all_needs = frozenset().union(*(loss.needs for loss in losses))
+    model, tokenizer, family = load_student(job.student_dir, job.deepspeed)
+    if job.stage == "stage1":
+        return model, corpus_data(all_needs, job.data, job.vocab_map, job.settings, job.seed, job.runtime), False
+    classifier = has_classification_head(job.data["teacher"])
+    replace = replace_schedule(losses)
+    wants_teacher = classifier or replace is not None or any(feature_flags(all_needs, "teacher").values())
+    teacher = load_teacher(job.data["teacher"], job.settings.get("teacher_deepspeed"), job.runtime) if wants_teacher else None
+    if classifier:
+        model = classifier_student(job.student_dir, teacher)
+    student = Student(model, tokenizer, family, classifier)
+    data = TaskData(job.data, student, teacher, all_needs, job.settings, job.vocab_map, job.seed, job.runtime,
+                    replace)  # fmt: skip
+    return model, data, classifier
+
+
+def _bind_losses(job: DistillJob, losses: list[Loss], model: torch.nn.Module, data: StageData, steps: int) -> None:
+    """Size each loss by the data and the two models, and let it choose what of the student trains."""
+    teacher = data.teacher
+    if any(loss.needs & {"student_attentions", "teacher_attentions"} for loss in losses):
+        require_attentions(model)
+        if teacher is not None:
+            require_attentions(teacher)
+    context = LossContext(stage=job.stage, n_examples=data.n_examples, steps=steps, seed=job.seed,
+                          student_config=model.config, teacher_config=teacher.config if teacher is not None else None,
+                          label_ids=data.label_ids)  # fmt: skip
+    for loss in losses:
+        if loss.needs & INTERNALS and teacher is None:
+            raise ConfigError(f"loss '{loss.name}' needs the teacher's internals, and no teacher is loaded")
+        loss.bind(context)
+        loss.prepare_student(model)
+
+
+def train_phase(job: DistillJob, spec: dict[str, Any], phase: int | None = None) -> dict[str, Any]:
+    """One training of ``job.student_dir`` on the losses ``spec``; the student is written to ``job.out_dir``."""
+    seed_everything(job.seed)  # loss projections, memory banks and heads start from the seed, not the clock
+    losses = build_losses(spec, job.stage)
+    model, data, classifier = _stage_data(job, losses)
+    settings = job.settings
+    steps = steps_for(data.n_examples, settings["epochs"], settings["batch_size"], settings["grad_accum"],
+                      settings.get("max_steps"))  # fmt: skip
+    _bind_losses(job, losses, model, data, steps)
+    runner = StepRunner(data, steps)
+    main = job.runtime.ranks.main
+    with WorkDir(job.work_dir, job.identity(phase), main) as work:
+        trained = train(DistillModule(model, losses), runner.loss_fn, data.n_examples,
+                        TrainSettings.from_config(settings, steps, job.seed), work, job.deepspeed, job.runtime)  # fmt: skip
+        trained = getattr(trained, "student", trained)
+        if not main:  # data-parallel helpers: the main process writes the student
+            return {"stage": job.stage, "steps": steps}
+        release_attentions(trained)
+        trained = merge_factorised(trained)
+        trained.requires_grad_(True)
+        info = {"run": job.run.get("name"), "stage": job.stage, "description": job.run.get("description"),
+                "losses": spec, "steps": steps, "training_examples": data.n_examples, "settings": settings}  # fmt: skip
+        if classifier:
+            info.update(task_type=load_prepared(job.data["task"], "dev").task.name, head="classification",
+                        teacher=str(job.data["teacher"]))  # fmt: skip
+        meta = save_student(trained, job.student_dir, job.out_dir, work.log_csv, info)
+        work.remove()
+    return meta

@@ -1,0 +1,59 @@
+"""What a training run is told: its settings, the seeding, and the deterministic batch of every step."""
+
+from __future__ import annotations
+
+import functools
+import math
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    steps: int
+    batch_size: int
+    grad_accum: int = 1
+    lr: float = 2e-5
+    warmup_ratio: float = 0.06
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    checkpoint_every: int = 50
+    seed: int = 0
+    divergence_factor: float | None = 100.0
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any], steps: int, seed: int) -> TrainSettings:
+        keys = ("batch_size", "grad_accum", "lr", "warmup_ratio", "weight_decay", "max_grad_norm", "checkpoint_every",
+                "divergence_factor")  # fmt: skip
+        return cls(steps=steps, seed=seed, **{k: cfg[k] for k in keys if k in cfg})
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@functools.lru_cache(maxsize=4)
+def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def batch_indices(n: int, step: int, micro: int, settings: TrainSettings) -> list[int]:
+    """Example indices of micro-batch ``micro`` of optimizer step ``step``: epochs of seeded permutations."""
+    per_step = settings.batch_size * settings.grad_accum
+    start = step * per_step + micro * settings.batch_size
+    out = []
+    for position in range(start, start + settings.batch_size):
+        epoch, offset = divmod(position, n)
+        out.append(int(_permutation(settings.seed, epoch, n)[offset]))
+    return out
+
+
+def steps_for(n_examples: int, epochs: float, batch_size: int, grad_accum: int, max_steps: int | None) -> int:
+    steps = math.ceil(epochs * n_examples / (batch_size * grad_accum))
+    return max(1, min(steps, max_steps) if max_steps else steps)

@@ -4,6 +4,7 @@ declared, and the producers of a step run once each, in their table's order."""
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from kdflow.losses.inputs import ALWAYS_PRESENT, StepInputs, UndeclaredInputErro
 from kdflow.distill.producers import Produced, Step, produce
 from kdflow.losses import build_losses
 from kdflow.losses.base import NEEDS, Loss
+from kdflow.recipes import LossSpec
 
 
 def test_step_inputs_fields_are_the_needs_vocabulary_and_the_always_present_fields():
@@ -20,8 +22,13 @@ def test_step_inputs_fields_are_the_needs_vocabulary_and_the_always_present_fiel
     assert need_names() == NEEDS
 
 
-class _Peeking(Loss):  # no name: not registered
-    needs = frozenset({"student_scores"})
+@dataclasses.dataclass(frozen=True)
+class _PeekingSpec(LossSpec):  # no name: not registered
+    needs: ClassVar[frozenset[str]] = frozenset({"student_scores"})
+
+
+class _Peeking(Loss):
+    spec = _PeekingSpec
 
     def forward(self, inputs: StepInputs) -> torch.Tensor:
         return inputs.teacher_scores[0].sum()

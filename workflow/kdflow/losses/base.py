@@ -73,7 +73,8 @@ class Loss(torch.nn.Module):
         if spec is not None:
             cls.name, cls.needs, cls.stages = spec.name, spec.needs, spec.stages
             cls.uses_labels, cls.token_aligned = spec.uses_labels, spec.token_aligned
-            REGISTRY[cls.name] = cls
+            if spec.name:  # an unnamed spec (a test's loss) is not registered
+                REGISTRY[cls.name] = cls
 
 
 def check_losses(spec: dict[str, Any], stage: str) -> tuple[list[Loss], list[Problem]]:

@@ -63,8 +63,10 @@ def main() -> None:
             started = time.perf_counter()
             proc = subprocess.run(
                 [sys.executable, "-c", CHILD, str(corpus), str(tokenizer), str(work / f"out{scale}")],
-                capture_output=True, text=True, check=True,
-            )  # fmt: skip
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             meta = json.loads(proc.stdout.strip().splitlines()[-1])
             rows.append(
                 {

@@ -38,8 +38,13 @@ def tool_env() -> dict[str, str]:
     return env
 
 
-TINY = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-        "max_position_embeddings": 512}  # fmt: skip
+TINY = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "max_position_embeddings": 512,
+}
 
 
 def _tiny(factory: pytest.TempPathFactory, name: str, architecture: str, tokenizer: str, **extra) -> Path:
@@ -65,15 +70,18 @@ def sentiment_task(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("sentiment")
     build_sentiment_task("embedded:rotten-tomatoes", root / "raw", seed=0)
-    prepare_task("sentiment", {"name": "sst2", "max_examples": {"train": 16, "dev": 16, "test": 4}},
-                 str(root / "raw"), root / "prepared")  # fmt: skip
+    prepare_task(
+        "sentiment",
+        {"name": "sst2", "max_examples": {"train": 16, "dev": 16, "test": 4}},
+        str(root / "raw"),
+        root / "prepared",
+    )
     return root / "prepared"
 
 
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _tiny(tmp_path_factory, "tiny_bert", "bert", "embedded:all-minilm-l6-v2")
-
 
 
 REPEATED_TEXT = "\n\n".join(
@@ -102,9 +110,16 @@ def run_checked(cmd: list[str], repo: Path, env: dict[str, str], timeout: int = 
 def tiny_cmd(repo: Path, workdir: Path, *executor: str) -> list[str]:
     """snakemake on the tiny config in ``workdir``: locally on 2 cores, or with the given executor flags."""
     return [
-        "snakemake", "-s", str(repo / "Snakefile"), "-d", str(workdir), *(executor or ("--cores", "2")),
-        "--replace-workflow-config", "--configfile", str(repo / "tests" / "config" / "tiny.yaml"),
-    ]  # fmt: skip
+        "snakemake",
+        "-s",
+        str(repo / "Snakefile"),
+        "-d",
+        str(workdir),
+        *(executor or ("--cores", "2")),
+        "--replace-workflow-config",
+        "--configfile",
+        str(repo / "tests" / "config" / "tiny.yaml"),
+    ]
 
 
 @pytest.fixture(scope="session")

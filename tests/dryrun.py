@@ -54,8 +54,18 @@ def job_list(configfile: Path, env: dict[str, str] | None = None) -> str:
         work.mkdir()
         (Path(tmp) / "shared").symlink_to(REPO.parent / "shared")
         (work / "tests").symlink_to(REPO / "tests")  # the test configs read tests/fixtures/...
-        cmd = ["snakemake", "-n", "-p", "--forceall", "-s", str(REPO / "Snakefile"), "-d", str(work),
-               "--configfile", str(configfile)]  # fmt: skip
+        cmd = [
+            "snakemake",
+            "-n",
+            "-p",
+            "--forceall",
+            "-s",
+            str(REPO / "Snakefile"),
+            "-d",
+            str(work),
+            "--configfile",
+            str(configfile),
+        ]
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")

@@ -153,7 +153,7 @@ class OneNodeCluster:
         proc = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], env=self.env(), capture_output=True, text=True)
         return proc.stdout.strip().split("\n")[0] if proc.returncode == 0 else ""
 
-    def start(self) -> "OneNodeCluster":
+    def start(self) -> OneNodeCluster:
         reason = self.foreign_config()
         if reason:
             raise RuntimeError(reason)

@@ -21,11 +21,25 @@ def bench(tmp_path_factory, tiny_llama):
     rules = root / "results" / "benchmarks"
     (rules / "distill_stage2" / "kd").mkdir(parents=True)
     header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
-    (rules / "distill_stage2" / "kd" / "sentiment.tsv").write_text(header + "12.5\t0:00:12\t900.1\t1\t1\t1\t0\t0\t1\t1\n")
+    (rules / "distill_stage2" / "kd" / "sentiment.tsv").write_text(
+        header + "12.5\t0:00:12\t900.1\t1\t1\t1\t0\t0\t1\t1\n"
+    )
     (rules / "evaluate").mkdir()
     (rules / "evaluate" / "m.tsv").write_text(header + "3.0\t0:00:03\t-\t1\t1\t1\t0\t0\t1\t1\n")
-    settings = BenchSettings(teacher=tiny_llama, results=root / "results", out=root / "out", repeats=2, steps=2,
-                             batch_size=2, block_size=32, blocks=4, documents=30, layers=1, ks=(4,), threads=1)  # fmt: skip
+    settings = BenchSettings(
+        teacher=tiny_llama,
+        results=root / "results",
+        out=root / "out",
+        repeats=2,
+        steps=2,
+        batch_size=2,
+        block_size=32,
+        blocks=4,
+        documents=30,
+        layers=1,
+        ks=(4,),
+        threads=1,
+    )
     return settings, run_bench(settings)
 
 
@@ -35,8 +49,13 @@ def test_every_section_writes_json_and_markdown(bench):
         on_disk = json.loads((settings.out / f"{section}.json").read_text())
         assert on_disk["machine"]["cpus"] >= 1 and on_disk["settings"]["repeats"] == 2
     md = (settings.out / "bench.md").read_text()
-    for title in ("Stage-1 distillation speed", "Cache size and fidelity", "Caching throughput", "scaling",
-                  "Rule wall times"):  # fmt: skip
+    for title in (
+        "Stage-1 distillation speed",
+        "Cache size and fidelity",
+        "Caching throughput",
+        "scaling",
+        "Rule wall times",
+    ):
         assert title in md
 
 
@@ -49,7 +68,9 @@ def test_stage1_medians_and_ratios_come_from_the_runs(bench):
         assert r[name]["tokens_per_second"] == statistics.median(run["tokens_per_second"] for run in runs)
         assert r[name]["peak_rss_mb"] > 100
     online = r["kdflow_online"]["tokens_per_second"]
-    assert r["ratios"]["cached_topk_over_online"] == pytest.approx(r["kdflow_cached_topk"]["tokens_per_second"] / online)
+    assert r["ratios"]["cached_topk_over_online"] == pytest.approx(
+        r["kdflow_cached_topk"]["tokens_per_second"] / online
+    )
     if trl_available():
         assert r["trl_gkd_offpolicy"]["tokens_per_second"] > 0
         assert r["ratios"]["online_over_trl"] == pytest.approx(online / r["trl_gkd_offpolicy"]["tokens_per_second"])

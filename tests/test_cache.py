@@ -24,9 +24,16 @@ from kdflow.prompts import resolve_prompt, to_cloze
 from kdflow.scoring import score_clozes
 
 SETTINGS = {
-    "k": 16, "value_dtype": "fp32", "temperatures": [1.0, 15.0], "mode": "topk", "shard_blocks": 4,
-    "shard_examples": 8, "batch_size": 4, "max_blocks": 12, "max_length": 64,
-}  # fmt: skip
+    "k": 16,
+    "value_dtype": "fp32",
+    "temperatures": [1.0, 15.0],
+    "mode": "topk",
+    "shard_blocks": 4,
+    "shard_examples": 8,
+    "batch_size": 4,
+    "max_blocks": 12,
+    "max_length": 64,
+}
 
 
 @pytest.fixture(scope="module")
@@ -95,13 +102,27 @@ def test_mismatched_fingerprint_is_refused(tmp_path, tiny_llama, tiny_bert, corp
 
 def test_killed_job_resumes_to_an_identical_cache(tmp_path, tiny_llama, corpus, tool_env):
     cache_corpus(tiny_llama, corpus, None, tmp_path / "clean", SETTINGS, seed=0)
-    cmd = [sys.executable, "-m", "kdflow", "cache-logits", "--teacher", str(tiny_llama), "--corpus", str(corpus),
-           "--settings", json.dumps(SETTINGS), "--out", str(tmp_path / "killed")]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "kdflow",
+        "cache-logits",
+        "--teacher",
+        str(tiny_llama),
+        "--corpus",
+        str(corpus),
+        "--settings",
+        json.dumps(SETTINGS),
+        "--out",
+        str(tmp_path / "killed"),
+    ]
     first = subprocess.run(cmd, env={**tool_env, "KDFLOW_FAULT": "shard:2"}, capture_output=True, text=True)
     assert first.returncode == 137
     assert not (tmp_path / "killed" / "manifest.json").exists()
-    assert sorted(p.name for p in (tmp_path / "killed").glob("shard_*.json")) == ["shard_00000.json",
-                                                                                 "shard_00001.json"]  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "killed").glob("shard_*.json")) == [
+        "shard_00000.json",
+        "shard_00001.json",
+    ]
     second = subprocess.run(cmd, env=tool_env, capture_output=True, text=True)
     assert second.returncode == 0, second.stderr[-2000:]
     assert "resuming" in second.stderr
@@ -137,7 +158,9 @@ def test_task_cache_holds_word_targets_and_candidate_scores(tmp_path, tiny_llama
     task = get_task(meta["task"])
     ex = read_prepared(shared_or_fixture_task / "train.jsonl")[3 % len(data)]
     model, tok, family = load_lm(tiny_llama)
-    expected = score_clozes(model, tok, family, [to_cloze(task, resolve_prompt(task, meta["prompt"]), ex)], progress=False)
+    expected = score_clozes(
+        model, tok, family, [to_cloze(task, resolve_prompt(task, meta["prompt"]), ex)], progress=False
+    )
     assert torch.allclose(item["candidate_scores"], torch.tensor(expected[0]), atol=1e-4)
     assert len(item["positions"]) == len(item["input_ids"]) == item["values"].shape[0]
 

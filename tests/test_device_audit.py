@@ -16,11 +16,31 @@ from kdflow.finetune import finetune_classifier, finetune_teacher
 from kdflow.runtime import Runtime, compute_settings
 from kdflow.students import init_student
 
-TRAIN = {"epochs": 1, "max_steps": 2, "batch_size": 4, "grad_accum": 1, "lr": 1e-3, "warmup_ratio": 0.0,
-         "weight_decay": 0.0, "max_grad_norm": 1.0, "checkpoint_every": 2, "max_length": 48, "teacher": "cached",
-         "max_examples": 8}  # fmt: skip
-CACHE = {"k": 16, "value_dtype": "fp32", "temperatures": [1.0, 15.0], "mode": "topk", "shard_blocks": 4,
-         "shard_examples": 8, "batch_size": 4, "max_blocks": 8, "max_length": 48}  # fmt: skip
+TRAIN = {
+    "epochs": 1,
+    "max_steps": 2,
+    "batch_size": 4,
+    "grad_accum": 1,
+    "lr": 1e-3,
+    "warmup_ratio": 0.0,
+    "weight_decay": 0.0,
+    "max_grad_norm": 1.0,
+    "checkpoint_every": 2,
+    "max_length": 48,
+    "teacher": "cached",
+    "max_examples": 8,
+}
+CACHE = {
+    "k": 16,
+    "value_dtype": "fp32",
+    "temperatures": [1.0, 15.0],
+    "mode": "topk",
+    "shard_blocks": 4,
+    "shard_examples": 8,
+    "batch_size": 4,
+    "max_blocks": 8,
+    "max_length": 48,
+}
 EVAL = {"batch_size": 8, "max_length": 48, "bootstrap_samples": 10, "latency_examples": 2}
 
 
@@ -66,46 +86,84 @@ CASES = [  # (losses, stage, track, stage-1 teacher)
 ]
 
 
-@pytest.mark.parametrize(("losses", "stage", "track", "teacher"), CASES,
-                         ids=[f"{'+'.join(c[0])}-{c[1]}-{c[2]}-{c[3]}" for c in CASES])  # fmt: skip
+@pytest.mark.parametrize(
+    ("losses", "stage", "track", "teacher"), CASES, ids=[f"{'+'.join(c[0])}-{c[1]}-{c[2]}-{c[3]}" for c in CASES]
+)
 def test_distillation(env, tiny_llama, tiny_bert, sentiment_task, tmp_path, losses, stage, track, teacher):
     decoder = track == "decoder"
     student = env / ("llama_student" if decoder else "bert_student")
     if stage == "stage1":
         cache = {"cached": env / "ccache", "hidden": env / "hcache"}.get(teacher) if decoder else None
-        data = {"cache": cache, "corpus": env / ("corpus" if decoder else "bert_corpus"),
-                "teacher": tiny_llama if decoder else tiny_bert}  # fmt: skip
+        data = {
+            "cache": cache,
+            "corpus": env / ("corpus" if decoder else "bert_corpus"),
+            "teacher": tiny_llama if decoder else tiny_bert,
+        }
     else:
-        data = {"cache": env / "tcache" if decoder else None, "task": sentiment_task,
-                "teacher": tiny_llama if decoder else env / "classifier"}  # fmt: skip
+        data = {
+            "cache": env / "tcache" if decoder else None,
+            "task": sentiment_task,
+            "teacher": tiny_llama if decoder else env / "classifier",
+        }
     settings = {**TRAIN, "teacher": "online" if teacher == "online" else "cached"}
-    meta = audited(distill, stage, student, tmp_path / "out", tmp_path / "w", {"student": "s", stage: {"losses": losses}},
-                   settings, data, None, seed=0)  # fmt: skip
+    meta = audited(
+        distill,
+        stage,
+        student,
+        tmp_path / "out",
+        tmp_path / "w",
+        {"student": "s", stage: {"losses": losses}},
+        settings,
+        data,
+        None,
+        seed=0,
+    )
     assert meta["steps"] == 2
 
 
 def test_evaluate_and_submit(env, sentiment_task, tmp_path):
     for model in (env / "llama_student", env / "classifier"):
-        result = audited(evaluate, model, sentiment_task, tmp_path / "m.json", tmp_path / "p.jsonl", EVAL,
-                         efficiency_out=tmp_path / "e.json")  # fmt: skip
+        result = audited(
+            evaluate,
+            model,
+            sentiment_task,
+            tmp_path / "m.json",
+            tmp_path / "p.jsonl",
+            EVAL,
+            efficiency_out=tmp_path / "e.json",
+        )
         assert result["examples"] > 0
         audited(submit, model, sentiment_task, tmp_path / model.name, EVAL)
 
 
-@pytest.mark.parametrize("losses", [{"codir": {"negatives": 4}}, {"pkd": {}}, {"word_kl": {}}],
-                         ids=["codir", "pkd", "word_kl"])  # fmt: skip
+@pytest.mark.parametrize(
+    "losses", [{"codir": {"negatives": 4}}, {"pkd": {}}, {"word_kl": {}}], ids=["codir", "pkd", "word_kl"]
+)
 @pytest.mark.parametrize("engine", ["autocast", "deepspeed"])
 def test_bf16_training_saves_an_fp32_student(env, tiny_llama, sentiment_task, tmp_path, losses, engine):
     if engine == "deepspeed":
         pytest.importorskip("deepspeed")
     decoder = "word_kl" in losses
     stage = "stage1" if decoder else "stage2"
-    data = ({"cache": env / "ccache", "corpus": env / "corpus", "teacher": tiny_llama} if decoder else
-            {"cache": None, "task": sentiment_task, "teacher": env / "classifier"})  # fmt: skip
+    data = (
+        {"cache": env / "ccache", "corpus": env / "corpus", "teacher": tiny_llama}
+        if decoder
+        else {"cache": None, "task": sentiment_task, "teacher": env / "classifier"}
+    )
     runtime = Runtime(settings={**compute_settings(None), "precision": "bf16"})
     ds = {"zero_optimization": {"stage": 2}} if engine == "deepspeed" else None
-    distill(stage, env / ("llama_student" if decoder else "bert_student"), tmp_path / "out", tmp_path / "w",
-            {"student": "s", stage: {"losses": losses}}, TRAIN, data, ds, seed=0, runtime=runtime)  # fmt: skip
+    distill(
+        stage,
+        env / ("llama_student" if decoder else "bert_student"),
+        tmp_path / "out",
+        tmp_path / "w",
+        {"student": "s", stage: {"losses": losses}},
+        TRAIN,
+        data,
+        ds,
+        seed=0,
+        runtime=runtime,
+    )
     from safetensors.torch import load_file
 
     weights = load_file(tmp_path / "out" / "model.safetensors")

@@ -11,8 +11,15 @@ from conftest import run_checked
 
 
 def test_diagnostics_experiment_resolves(repo, tool_env, tmp_path):
-    cmd = ["snakemake", "-n", "--forceall", "-d", str(tmp_path), "--configfile",
-           str(repo / "config/experiments/diagnostics.yaml")]  # fmt: skip
+    cmd = [
+        "snakemake",
+        "-n",
+        "--forceall",
+        "-d",
+        str(tmp_path),
+        "--configfile",
+        str(repo / "config/experiments/diagnostics.yaml"),
+    ]
     out = run_checked(cmd, repo, tool_env).stdout
     counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", out, re.M)}
     assert counts["evaluate"] == 2 and counts["submit"] == 3 and counts["prepare_task"] == 3
@@ -22,8 +29,17 @@ def test_diagnostics_experiment_resolves(repo, tool_env, tmp_path):
 
 def test_diagnostics_end_to_end(repo, tool_env, tmp_path):
     (tmp_path / "tests").symlink_to(repo / "tests")
-    cmd = ["snakemake", "-s", str(repo / "Snakefile"), "-d", str(tmp_path), "--cores", "2", "--configfile",
-           str(repo / "tests/config/diagnostics.yaml")]  # fmt: skip
+    cmd = [
+        "snakemake",
+        "-s",
+        str(repo / "Snakefile"),
+        "-d",
+        str(tmp_path),
+        "--cores",
+        "2",
+        "--configfile",
+        str(repo / "tests/config/diagnostics.yaml"),
+    ]
     run_checked(cmd, repo, tool_env)
     results = tmp_path / "results"
     axb = json.loads((results / "metrics/tiny_llama/axb.json").read_text())

@@ -26,12 +26,35 @@ from kdflow.modeling import load_lm
 from kdflow.prepare import prepare_task
 from kdflow.students import init_student, select_layers
 
-TRAIN = {"epochs": 2, "max_steps": 4, "batch_size": 4, "grad_accum": 1, "lr": 1e-3, "warmup_ratio": 0.0,
-         "weight_decay": 0.0, "max_grad_norm": 1.0, "checkpoint_every": 2, "max_length": 48, "teacher": "cached"}  # fmt: skip
-CACHE = {"k": 16, "value_dtype": "fp32", "temperatures": [1.0, 15.0], "mode": "topk", "shard_blocks": 4,
-         "shard_examples": 8, "batch_size": 4, "max_blocks": 8, "max_length": 48}  # fmt: skip
-GLMD = {"student": "s", "stage1": {"losses": {"word_kl": {"weight": 1.0, "temperature": 15.0}}},
-        "stage2": {"losses": {"word_kl": {"temperature": 15.0}, "candidate_kd": {"temperature": 1.0}}}}  # fmt: skip
+TRAIN = {
+    "epochs": 2,
+    "max_steps": 4,
+    "batch_size": 4,
+    "grad_accum": 1,
+    "lr": 1e-3,
+    "warmup_ratio": 0.0,
+    "weight_decay": 0.0,
+    "max_grad_norm": 1.0,
+    "checkpoint_every": 2,
+    "max_length": 48,
+    "teacher": "cached",
+}
+CACHE = {
+    "k": 16,
+    "value_dtype": "fp32",
+    "temperatures": [1.0, 15.0],
+    "mode": "topk",
+    "shard_blocks": 4,
+    "shard_examples": 8,
+    "batch_size": 4,
+    "max_blocks": 8,
+    "max_length": 48,
+}
+GLMD = {
+    "student": "s",
+    "stage1": {"losses": {"word_kl": {"weight": 1.0, "temperature": 15.0}}},
+    "stage2": {"losses": {"word_kl": {"temperature": 15.0}, "candidate_kd": {"temperature": 1.0}}},
+}
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +62,12 @@ def setup(tmp_path_factory, tiny_llama):
     root = tmp_path_factory.mktemp("distill")
     pack_text(root, tiny_llama, name="corpus")
     build_sentiment_task("embedded:rotten-tomatoes", root / "raw", seed=0)
-    prepare_task("sentiment", {"name": "sst2", "max_examples": {"train": 16, "dev": 8, "test": 4}},
-                 str(root / "raw"), root / "task")  # fmt: skip
+    prepare_task(
+        "sentiment",
+        {"name": "sst2", "max_examples": {"train": 16, "dev": 8, "test": 4}},
+        str(root / "raw"),
+        root / "task",
+    )
     cache_corpus(tiny_llama, root / "corpus", None, root / "ccache", CACHE, seed=0)
     hidden = {**CACHE, "mode": "hidden", "max_blocks": None, "shard_blocks": 32}  # all blocks, as online
     cache_corpus(tiny_llama, root / "corpus", None, root / "hcache", hidden, seed=0)
@@ -123,9 +150,17 @@ def test_gradients_flow_only_into_the_student(setup, tiny_llama):
 def test_cached_hidden_and_online_teachers_give_the_same_first_loss(setup, tiny_llama, tmp_path):
     logs = {}
     for name, cache, mode in (("online", None, "online"), ("hidden", setup / "hcache", "cached")):
-        distill("stage1", setup / "student", tmp_path / name, tmp_path / f"w{name}", GLMD,
-                {**TRAIN, "max_steps": 1, "teacher": mode}, {"cache": cache, "corpus": setup / "corpus",
-                "teacher": tiny_llama}, None, seed=0)  # fmt: skip
+        distill(
+            "stage1",
+            setup / "student",
+            tmp_path / name,
+            tmp_path / f"w{name}",
+            GLMD,
+            {**TRAIN, "max_steps": 1, "teacher": mode},
+            {"cache": cache, "corpus": setup / "corpus", "teacher": tiny_llama},
+            None,
+            seed=0,
+        )
         with open(tmp_path / name / "train_log.csv") as fh:
             logs[name] = float(next(csv.DictReader(fh))["word_kl"])
     assert logs["online"] == pytest.approx(logs["hidden"], rel=1e-4)
@@ -138,8 +173,17 @@ def test_stage2_runs_every_recipe(setup, tiny_llama, tmp_path):
         "mse": {"student": "s", "stage2": {"losses": {"mse_logits": {}}}},
     }
     for name, run in recipes.items():
-        meta = distill("stage2", setup / "student", tmp_path / name, tmp_path / f"w{name}", run, TRAIN,
-                       {"cache": setup / "tcache", "task": setup / "task", "teacher": tiny_llama}, None, seed=0)  # fmt: skip
+        meta = distill(
+            "stage2",
+            setup / "student",
+            tmp_path / name,
+            tmp_path / f"w{name}",
+            run,
+            TRAIN,
+            {"cache": setup / "tcache", "task": setup / "task", "teacher": tiny_llama},
+            None,
+            seed=0,
+        )
         assert meta["stage"] == "stage2" and meta["steps"] == 4
         with open(tmp_path / name / "train_log.csv") as fh:
             header = next(csv.reader(fh))
@@ -149,10 +193,32 @@ def test_stage2_runs_every_recipe(setup, tiny_llama, tmp_path):
 def test_killed_distillation_resumes_to_the_same_weights(setup, tiny_llama, tmp_path, tool_env):
     data = {"cache": setup / "ccache", "corpus": setup / "corpus", "teacher": tiny_llama}
     distill("stage1", setup / "student", tmp_path / "clean", tmp_path / "wc", GLMD, TRAIN, data, None, seed=0)
-    cmd = [sys.executable, "-m", "kdflow", "distill", "--stage", "stage1", "--student", str(setup / "student"),
-           "--recipe", json.dumps(GLMD), "--settings", json.dumps(TRAIN), "--cache", str(setup / "ccache"),
-           "--corpus", str(setup / "corpus"), "--teacher", str(tiny_llama), "--out", str(tmp_path / "resumed"),
-           "--work", str(tmp_path / "wr"), "--seed", "0"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "kdflow",
+        "distill",
+        "--stage",
+        "stage1",
+        "--student",
+        str(setup / "student"),
+        "--recipe",
+        json.dumps(GLMD),
+        "--settings",
+        json.dumps(TRAIN),
+        "--cache",
+        str(setup / "ccache"),
+        "--corpus",
+        str(setup / "corpus"),
+        "--teacher",
+        str(tiny_llama),
+        "--out",
+        str(tmp_path / "resumed"),
+        "--work",
+        str(tmp_path / "wr"),
+        "--seed",
+        "0",
+    ]
     assert subprocess.run(cmd, env={**tool_env, "KDFLOW_FAULT": "train_step:3"}, capture_output=True).returncode == 137
     done = subprocess.run(cmd, env=tool_env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -168,8 +234,17 @@ def test_deepspeed_zero_with_cpu_offload_runs_two_steps(setup, tiny_llama, tmp_p
     if stage == 3:
         zero["offload_param"] = {"device": "cpu"}
     ds = {"zero_optimization": zero, "bf16": {"enabled": False}}
-    meta = distill("stage1", setup / "student", tmp_path / "ds", tmp_path / "w", GLMD, {**TRAIN, "max_steps": 2},
-                   {"cache": setup / "ccache", "corpus": setup / "corpus", "teacher": tiny_llama}, ds, seed=0)  # fmt: skip
+    meta = distill(
+        "stage1",
+        setup / "student",
+        tmp_path / "ds",
+        tmp_path / "w",
+        GLMD,
+        {**TRAIN, "max_steps": 2},
+        {"cache": setup / "ccache", "corpus": setup / "corpus", "teacher": tiny_llama},
+        ds,
+        seed=0,
+    )
     assert meta["steps"] == 2
     with open(tmp_path / "ds" / "train_log.csv") as fh:
         assert len(list(csv.DictReader(fh))) == 2
@@ -185,8 +260,10 @@ def test_online_teacher_under_zero3_inference_with_offload(setup, tiny_llama):
     needs = frozenset({"word_targets"})
     a, b = (data.batch([0, 3], needs) for data in (plain, zero3))
     assert torch.equal(a["ids"], b["ids"])
-    targets = [data.teacher_outputs(Step(None, [0, 3], batch, needs)).values["word_targets"]
-               for data, batch in ((plain, a), (zero3, b))]  # fmt: skip
+    targets = [
+        data.teacher_outputs(Step(None, [0, 3], batch, needs)).values["word_targets"]
+        for data, batch in ((plain, a), (zero3, b))
+    ]
     assert torch.allclose(targets[0]["logits"], targets[1]["logits"], atol=1e-5)
 
 
@@ -196,8 +273,15 @@ def test_glmd_stage2_phases_train_one_after_the_other(setup, tiny_llama, tmp_pat
     phase 1 under the same identity and retrains it under another (a changed lr)."""
     import kdflow.distill.phases as engine
 
-    run = {"student": "s", "stage2": {"phases": [{"losses": {"word_kl": {"temperature": 15.0}}},
-                                                 {"losses": {"candidate_kd": {"temperature": 1.0}}}]}}  # fmt: skip
+    run = {
+        "student": "s",
+        "stage2": {
+            "phases": [
+                {"losses": {"word_kl": {"temperature": 15.0}}},
+                {"losses": {"candidate_kd": {"temperature": 1.0}}},
+            ]
+        },
+    }
     data = {"cache": setup / "tcache", "task": setup / "task", "teacher": tiny_llama}
     settings = {**TRAIN, "warmup_ratio": 0.5}
     meta = distill("stage2", setup / "student", tmp_path / "out", tmp_path / "w", run, settings, data, None, seed=0)

@@ -23,9 +23,15 @@ def _head_model(folder, tiny_bert, labels, task_type):
     """A tiny BERT with a sequence-classification head for ``labels``, saved with kdflow metadata."""
     from transformers import AutoTokenizer
 
-    config = BertConfig(vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                        num_attention_heads=2, num_labels=max(len(labels), 1),
-                        id2label=dict(enumerate(labels)) if labels else None)  # fmt: skip
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_labels=max(len(labels), 1),
+        id2label=dict(enumerate(labels)) if labels else None,
+    )
     torch.manual_seed(0)
     model = BertForSequenceClassification(config)
     model.save_pretrained(folder)
@@ -36,12 +42,20 @@ def _head_model(folder, tiny_bert, labels, task_type):
 
 def test_classification_head_scores_its_task(tmp_path, tiny_bert, sentiment_task):
     model = _head_model(tmp_path / "head", tiny_bert, ["0", "1"], "sst2")
-    result = evaluate(model, sentiment_task, tmp_path / "m.json", tmp_path / "p.jsonl", SETTINGS, seed=0,
-                      efficiency_out=tmp_path / "e.json")  # fmt: skip
+    result = evaluate(
+        model,
+        sentiment_task,
+        tmp_path / "m.json",
+        tmp_path / "p.jsonl",
+        SETTINGS,
+        seed=0,
+        efficiency_out=tmp_path / "e.json",
+    )
     assert result["scoring"] == "classification head" and result["examples"] == 16
     rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
-    assert all(len(r["scores"]) == 2 and r["prediction"] == ["0", "1"][r["scores"].index(max(r["scores"]))]
-               for r in rows)  # fmt: skip
+    assert all(
+        len(r["scores"]) == 2 and r["prediction"] == ["0", "1"][r["scores"].index(max(r["scores"]))] for r in rows
+    )
     eff = json.loads((tmp_path / "e.json").read_text())
     assert eff["parameters"]["head"] == 32 * 2 + 2  # the classifier's weight and bias
     assert eff["latency_batch1"]["samples"] == 4 and eff["latency_batch1"]["median_ms"] > 0
@@ -72,8 +86,16 @@ def test_metrics_are_the_same_twice(tmp_path, family, request, sentiment_task):
 
 
 def test_count_parameters_splits_embedding_and_head():
-    model = BertForSequenceClassification(BertConfig(vocab_size=100, hidden_size=8, intermediate_size=16,
-                                                     num_hidden_layers=1, num_attention_heads=2, num_labels=3))  # fmt: skip
+    model = BertForSequenceClassification(
+        BertConfig(
+            vocab_size=100,
+            hidden_size=8,
+            intermediate_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_labels=3,
+        )
+    )
     counts = count_parameters(model)
     assert counts["head"] == 8 * 3 + 3
     assert counts["embedding"] == 100 * 8  # the word-embedding rows (positions belong to the body)
@@ -94,10 +116,19 @@ def test_leaderboard_averages():
 
 def _entry(model, task, task_type, metrics, role, primary=None):
     primary = primary or next(iter(metrics))
-    result = {"task_type": task_type, "metrics": metrics, "primary_metric": primary,
-              "ci95": {primary: [metrics[primary] - 0.05, metrics[primary] + 0.05]}}  # fmt: skip
-    eff = {"parameters": {"total": 1000, "embedding": 100, "head": 0}, "vocabulary_size": 50, "disk_bytes": 4000,
-           "latency_batch1": {"median_ms": 2.0}, "throughput": {"examples_per_second": 10.0}}  # fmt: skip
+    result = {
+        "task_type": task_type,
+        "metrics": metrics,
+        "primary_metric": primary,
+        "ci95": {primary: [metrics[primary] - 0.05, metrics[primary] + 0.05]},
+    }
+    eff = {
+        "parameters": {"total": 1000, "embedding": 100, "head": 0},
+        "vocabulary_size": 50,
+        "disk_bytes": 4000,
+        "latency_batch1": {"median_ms": 2.0},
+        "throughput": {"examples_per_second": 10.0},
+    }
     return {"model": model, "task": task, "role": role, "result": result, "efficiency": eff}
 
 
@@ -108,8 +139,10 @@ def test_summary_table_rows_averages_and_retention():
         _entry("runs/small", "rte", "rte", {"accuracy": 0.6}, "run"),
         _entry("runs/small", "mrpc", "mrpc", {"f1": 0.8, "accuracy": 0.6}, "run"),
     ]
-    manifest = {"reference": {"rte": "teacher_finetuned", "mrpc": "teacher_finetuned"},
-                "runs": {"small": {"student": "s", "vocabulary": "half"}}}  # fmt: skip
+    manifest = {
+        "reference": {"rte": "teacher_finetuned", "mrpc": "teacher_finetuned"},
+        "runs": {"small": {"student": "s", "vocabulary": "half"}},
+    }
     table = summary_table(manifest, entries).set_index("model")
     assert table.loc["small", "mrpc"] == pytest.approx(70.0)
     assert table.loc["small", "GLUE avg"] == pytest.approx(65.0) and table.loc["small", "GLUE tasks"] == "2/9"

@@ -18,17 +18,48 @@ from kdflow.losses import PRESETS, REGISTRY, expand_presets
 from kdflow.reproduce import compare, to_markdown
 
 EXPERIMENTS = {
-    "glmd-superglue": {"build_model": 1, "finetune_teacher": 8, "cache_logits_task": 8, "distill_stage1": 1,
-                       "distill_stage2": 8, "evaluate": 24, "total": 88},
-    "glmd-10b": {"finetune_teacher": 6, "cache_logits_task": 6, "distill_stage1": 1, "distill_stage2": 6,
-                 "evaluate": 18, "total": 68},
-    "codir-glue": {"finetune_classifier": 10, "distill_stage1": 1, "distill_stage2": 30, "evaluate": 50,
-                   "reproduce": 1, "total": 157},
-    "gkd-methods": {"finetune_classifier": 7, "distill_stage1": 6, "distill_stage2": 112, "evaluate": 126,
-                    "reproduce": 1, "total": 390},
-    "cpu-real": {"finetune_teacher": 9, "cache_logits_task": 9, "distill_stage1": 1, "distill_stage2": 18,
-                 "evaluate": 36, "total": 91},
-}  # fmt: skip
+    "glmd-superglue": {
+        "build_model": 1,
+        "finetune_teacher": 8,
+        "cache_logits_task": 8,
+        "distill_stage1": 1,
+        "distill_stage2": 8,
+        "evaluate": 24,
+        "total": 88,
+    },
+    "glmd-10b": {
+        "finetune_teacher": 6,
+        "cache_logits_task": 6,
+        "distill_stage1": 1,
+        "distill_stage2": 6,
+        "evaluate": 18,
+        "total": 68,
+    },
+    "codir-glue": {
+        "finetune_classifier": 10,
+        "distill_stage1": 1,
+        "distill_stage2": 30,
+        "evaluate": 50,
+        "reproduce": 1,
+        "total": 157,
+    },
+    "gkd-methods": {
+        "finetune_classifier": 7,
+        "distill_stage1": 6,
+        "distill_stage2": 112,
+        "evaluate": 126,
+        "reproduce": 1,
+        "total": 390,
+    },
+    "cpu-real": {
+        "finetune_teacher": 9,
+        "cache_logits_task": 9,
+        "distill_stage1": 1,
+        "distill_stage2": 18,
+        "evaluate": 36,
+        "total": 91,
+    },
+}
 
 
 def _dry_run(repo, tool_env, tmp_path, configfile):
@@ -45,8 +76,13 @@ def _jobs(out: str) -> list[dict[str, str]]:
             continue
         resources = re.search(r"resources: (.*)", block)
         shell = re.search(r"Shell command: (.*)", block)
-        jobs.append({"rule": match.group(1), "resources": resources.group(1) if resources else "",
-                     "shell": shell.group(1) if shell else ""})  # fmt: skip
+        jobs.append(
+            {
+                "rule": match.group(1),
+                "resources": resources.group(1) if resources else "",
+                "shell": shell.group(1) if shell else "",
+            }
+        )
     return jobs
 
 
@@ -84,7 +120,9 @@ def test_experiment_resolves_with_expected_jobs_and_gpus(repo, tool_env, tmp_pat
             assert f"--gpus {spec['gpu']}" in job["shell"], job["shell"][-200:]  # the job stops if it finds none
         processes = spec.get("processes", 1)
         if job["rule"].startswith("distill_stage"):
-            launch = f"torchrun --standalone --nproc_per_node {processes} -m kdflow" if processes > 1 else "kdflow distill"
+            launch = (
+                f"torchrun --standalone --nproc_per_node {processes} -m kdflow" if processes > 1 else "kdflow distill"
+            )
             assert job["shell"].startswith(launch), (name, job["shell"][:120])
     if name != "cpu-real":
         assert any(spec.get("gpu") for spec in wanted.values()), f"{name} asks for no GPU"
@@ -116,14 +154,30 @@ def test_glmd_superglue_has_the_papers_schedule(repo):
     cfg = yaml.safe_load((repo / "config" / "experiments" / "glmd-superglue.yaml").read_text())
     assert cfg["vocabularies"]["half"]["size"] == 0.5
     assert cfg["runs"]["glmd"]["stage1"]["losses"]["word_kl"]["temperature"] == 15.0
-    assert cfg["distill"]["stage2"]["task_epochs"] == {"copa": 50, "rte": 50, "cb": 50, "wsc": 50, "wic": 30,
-                                                       "boolq": 20, "multirc": 15, "record": 5}  # fmt: skip
+    assert cfg["distill"]["stage2"]["task_epochs"] == {
+        "copa": 50,
+        "rte": 50,
+        "cb": 50,
+        "wsc": 50,
+        "wic": 30,
+        "boolq": 20,
+        "multirc": 15,
+        "record": 5,
+    }
     superglue = {"boolq", "cb", "copa", "multirc", "record", "rte_sg", "wic", "wsc"}
     assert {t["name"] for t in cfg["tasks"].values()} == superglue
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "experiments/glmd-superglue.yaml", "experiments/glmd-10b.yaml",
-                                  "experiments/cpu-real.yaml", "experiments/cpu-long.yaml"])  # fmt: skip
+@pytest.mark.parametrize(
+    "name",
+    [
+        "config.yaml",
+        "experiments/glmd-superglue.yaml",
+        "experiments/glmd-10b.yaml",
+        "experiments/cpu-real.yaml",
+        "experiments/cpu-long.yaml",
+    ],
+)
 def test_glmd_runs_follow_the_reference_stage2_schedule(repo, name):
     """GLMKD's recorded commands (distill/ft_logs/GLMD_110M-66M.json): word KL alone at T = 15 for the task's
     epochs, then from that student the candidates' soft cross-entropy alone at T = 1 for the same epochs."""
@@ -132,8 +186,10 @@ def test_glmd_runs_follow_the_reference_stage2_schedule(repo, name):
     assert runs
     for run in runs.values():
         assert run["stage1"]["losses"] == {"word_kl": {"weight": 1.0, "temperature": 15.0}}
-        assert [p["losses"] for p in run["stage2"]["phases"]] == [{"word_kl": {"weight": 1.0, "temperature": 15.0}},
-                                                                  {"candidate_kd": {"weight": 1.0, "temperature": 1.0}}]
+        assert [p["losses"] for p in run["stage2"]["phases"]] == [
+            {"word_kl": {"weight": 1.0, "temperature": 15.0}},
+            {"candidate_kd": {"weight": 1.0, "temperature": 1.0}},
+        ]
 
 
 def _base(repo) -> dict:
@@ -148,8 +204,13 @@ def test_config_refuses_bad_task_losses_and_published_rows(repo):
     with pytest.raises(ConfigError) as err:
         validate_config(cfg)
     text = str(err.value)
-    for key in ("runs.kd.stage2.task_losses.nosuch", "task_losses.sentiment.bogus", "runs.glmd.stage1.task_losses",
-                "published[0].compare_with", "published[0].scores.other"):  # fmt: skip
+    for key in (
+        "runs.kd.stage2.task_losses.nosuch",
+        "task_losses.sentiment.bogus",
+        "runs.glmd.stage1.task_losses",
+        "published[0].compare_with",
+        "published[0].scores.other",
+    ):
         assert key in text, text
 
 
@@ -186,10 +247,18 @@ def test_per_task_epochs_reach_the_training_jobs(repo, tool_env, tmp_path):
 
 def test_reproduce_puts_published_next_to_ours(tmp_path):
     metrics = tmp_path / "m.json"
-    metrics.write_text(json.dumps({"metrics": {"mcc": 0.5, "accuracy": 0.8}, "primary_metric": "mcc",
-                                   "ci95": {"mcc": [0.4, 0.6]}}))  # fmt: skip
-    published = [{"label": "Paper", "source": "Table 1", "compare_with": "runs/x",
-                  "scores": {"cola": 51.3, "rte": 59.9}, "metrics": {"rte": "accuracy"}}]  # fmt: skip
+    metrics.write_text(
+        json.dumps({"metrics": {"mcc": 0.5, "accuracy": 0.8}, "primary_metric": "mcc", "ci95": {"mcc": [0.4, 0.6]}})
+    )
+    published = [
+        {
+            "label": "Paper",
+            "source": "Table 1",
+            "compare_with": "runs/x",
+            "scores": {"cola": 51.3, "rte": 59.9},
+            "metrics": {"rte": "accuracy"},
+        }
+    ]
     table = compare(published, {"runs/x": {"cola": str(metrics)}})
     cola = table.set_index("task").loc["cola"]
     assert cola["metric"] == "mcc" and cola["ours"] == pytest.approx(50.0)

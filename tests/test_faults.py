@@ -36,10 +36,30 @@ from kdflow.train.loop import TrainingError, TrainSettings, train
 from kdflow.train.workdir import WorkDir
 from kdflow.vocab.stage import compress_vocab
 
-TRAIN = {"epochs": 2, "max_steps": 4, "batch_size": 4, "grad_accum": 1, "lr": 1e-3, "warmup_ratio": 0.0,
-         "weight_decay": 0.0, "max_grad_norm": 1.0, "checkpoint_every": 2, "max_length": 48, "teacher": "cached"}  # fmt: skip
-CACHE = {"k": 16, "value_dtype": "fp32", "temperatures": [1.0, 15.0], "mode": "topk", "shard_blocks": 4,
-         "shard_examples": 8, "batch_size": 4, "max_blocks": 8, "max_length": 48}  # fmt: skip
+TRAIN = {
+    "epochs": 2,
+    "max_steps": 4,
+    "batch_size": 4,
+    "grad_accum": 1,
+    "lr": 1e-3,
+    "warmup_ratio": 0.0,
+    "weight_decay": 0.0,
+    "max_grad_norm": 1.0,
+    "checkpoint_every": 2,
+    "max_length": 48,
+    "teacher": "cached",
+}
+CACHE = {
+    "k": 16,
+    "value_dtype": "fp32",
+    "temperatures": [1.0, 15.0],
+    "mode": "topk",
+    "shard_blocks": 4,
+    "shard_examples": 8,
+    "batch_size": 4,
+    "max_blocks": 8,
+    "max_length": 48,
+}
 RUN = {"student": "s", "stage1": {"losses": {"word_kl": {"temperature": 15.0}}}}
 
 
@@ -53,15 +73,38 @@ def setup(tmp_path_factory, tiny_llama):
 
 
 def _cmd(setup: Path, teacher: Path, out: Path, work: Path, settings: dict, cache: Path | None = None) -> list[str]:
-    return [sys.executable, "-m", "kdflow", "distill", "--stage", "stage1", "--student", str(setup / "student"),
-            "--recipe", json.dumps(RUN), "--settings", json.dumps(settings), "--cache", str(cache or setup / "cache"),
-            "--corpus", str(setup / "corpus"), "--teacher", str(teacher), "--out", str(out), "--work", str(work),
-            "--seed", "0"]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "kdflow",
+        "distill",
+        "--stage",
+        "stage1",
+        "--student",
+        str(setup / "student"),
+        "--recipe",
+        json.dumps(RUN),
+        "--settings",
+        json.dumps(settings),
+        "--cache",
+        str(cache or setup / "cache"),
+        "--corpus",
+        str(setup / "corpus"),
+        "--teacher",
+        str(teacher),
+        "--out",
+        str(out),
+        "--work",
+        str(work),
+        "--seed",
+        "0",
+    ]
 
 
 def _run(cmd: list[str], env: dict[str, str], fault: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, env={**env, **({"KDFLOW_FAULT": fault} if fault else {})}, capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
+    return subprocess.run(
+        cmd, env={**env, **({"KDFLOW_FAULT": fault} if fault else {})}, capture_output=True, text=True, timeout=600
+    )
 
 
 def _log(folder: Path) -> list[dict[str, str]]:
@@ -75,8 +118,17 @@ def _same_weights(a: Path, b: Path) -> bool:
 
 
 def _clean(setup, tiny_llama, tmp_path, settings, name="clean") -> Path:
-    distill("stage1", setup / "student", tmp_path / name, tmp_path / f"w{name}", RUN, settings,
-            {"cache": setup / "cache", "corpus": setup / "corpus", "teacher": tiny_llama}, None, seed=0)  # fmt: skip
+    distill(
+        "stage1",
+        setup / "student",
+        tmp_path / name,
+        tmp_path / f"w{name}",
+        RUN,
+        settings,
+        {"cache": setup / "cache", "corpus": setup / "corpus", "teacher": tiny_llama},
+        None,
+        seed=0,
+    )
     return tmp_path / name
 
 
@@ -118,7 +170,10 @@ def test_finished_job_run_again_gives_the_same_result(setup, tiny_llama, tmp_pat
 def test_changed_settings_discard_the_stale_checkpoint(setup, tiny_llama, tmp_path, tool_env, change):
     final = {**TRAIN, **change}
     clean = _clean(setup, tiny_llama, tmp_path, final)
-    assert _run(_cmd(setup, tiny_llama, tmp_path / "out", tmp_path / "work", TRAIN), tool_env, "train_step:3").returncode == 137
+    assert (
+        _run(_cmd(setup, tiny_llama, tmp_path / "out", tmp_path / "work", TRAIN), tool_env, "train_step:3").returncode
+        == 137
+    )
     assert (tmp_path / "work" / "checkpoint" / "checkpoint.pt").exists()
     done = _run(_cmd(setup, tiny_llama, tmp_path / "out", tmp_path / "work", final), tool_env)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -267,7 +322,9 @@ def test_disk_full_on_a_checkpoint_names_the_path_and_leaves_no_partial_file(tmp
 
     monkeypatch.setattr(torch, "save", full)
     settings = TrainSettings(steps=2, batch_size=2, checkpoint_every=1)
-    with pytest.raises(WriteError, match=r"checkpoint.pt: writing failed \(RuntimeError: .*iostream error; .* MiB free"):
+    with pytest.raises(
+        WriteError, match=r"checkpoint.pt: writing failed \(RuntimeError: .*iostream error; .* MiB free"
+    ):
         with WorkDir(tmp_path / "w", {}) as work:
             train(torch.nn.Linear(4, 1), _linear_loss(lambda s: 1.0), 4, settings, work)
     assert not list((tmp_path / "w" / "checkpoint").glob("*"))
@@ -331,5 +388,11 @@ def test_a_vocabulary_smaller_than_its_must_keep_set_names_the_key(tmp_path, tin
     pack_text(tmp_path, tiny_llama, name="corpus")
     count_tokens(tmp_path / "corpus", tiny_llama, [], tmp_path / "counts.csv")
     with pytest.raises(ConfigError, match=r"vocabularies.tiny.size: vocabulary size 8 .* smaller than the must-keep"):
-        compress_vocab(tmp_path / "counts.csv", tiny_llama, [str(sentiment_task)], {"size": 8, "round_to": 8},
-                       tmp_path / "v", name="tiny")  # fmt: skip
+        compress_vocab(
+            tmp_path / "counts.csv",
+            tiny_llama,
+            [str(sentiment_task)],
+            {"size": 8, "round_to": 8},
+            tmp_path / "v",
+            name="tiny",
+        )

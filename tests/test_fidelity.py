@@ -31,25 +31,32 @@ import torch.nn.functional as F
 from conftest import step_inputs
 from transformers import BertConfig, BertModel, LlamaConfig, LlamaModel
 
-from kdflow.losses.inputs import StepInputs
 from kdflow.features import Features, forward_features, require_attentions, transformer_layers
 from kdflow.losses import PRESETS, REGISTRY, LossContext, build_losses, expand_presets
 from kdflow.losses.codir import CoDIR, draw_distinct, memory_init, sample_negatives
+from kdflow.losses.inputs import StepInputs
 from kdflow.vocab.vmap import RESERVED, VocabMap
 
 # every registered loss and preset -> the test(s) below that check it against its reference
 CHECKED = {
-    "word_kl": "test_word_kl_equals_glmkd_logitsdistil", "candidate_kd": "test_candidate_kd_equals_glmkd_and_tinybert",
-    "kd": "test_kd_equals_codir_and_distilbert", "ce": "test_ce_and_mse_logits_equal_codir",
-    "mse_logits": "test_ce_and_mse_logits_equal_codir", "lm": "test_lm_equals_distilbert_mlm",
-    "pkd": "test_pkd_equals_patience_loss", "hidden_cosine": "test_hidden_cosine_equals_distilbert",
+    "word_kl": "test_word_kl_equals_glmkd_logitsdistil",
+    "candidate_kd": "test_candidate_kd_equals_glmkd_and_tinybert",
+    "kd": "test_kd_equals_codir_and_distilbert",
+    "ce": "test_ce_and_mse_logits_equal_codir",
+    "mse_logits": "test_ce_and_mse_logits_equal_codir",
+    "lm": "test_lm_equals_distilbert_mlm",
+    "pkd": "test_pkd_equals_patience_loss",
+    "hidden_cosine": "test_hidden_cosine_equals_distilbert",
     "tinybert_hidden": "test_tinybert_hidden_equals_rep_loss",
-    "tinybert_attention": "test_tinybert_attention_equals_att_loss_on_scores", "minilm": "test_minilm_equals_the_paper",
-    "minilmv2": "test_minilmv2_equals_the_paper", "lrc": "test_lrc_is_in_batch_infonce_documented_difference",
-    "theseus": "test_theseus_schedule_loss_and_trained_modules", "codir": "test_codir_equals_crd_loss_and_memory",
+    "tinybert_attention": "test_tinybert_attention_equals_att_loss_on_scores",
+    "minilm": "test_minilm_equals_the_paper",
+    "minilmv2": "test_minilmv2_equals_the_paper",
+    "lrc": "test_lrc_is_in_batch_infonce_documented_difference",
+    "theseus": "test_theseus_schedule_loss_and_trained_modules",
+    "codir": "test_codir_equals_crd_loss_and_memory",
     "distilbert": "test_distilbert_preset_equals_distiller_step",
     "tinybert": "test_tinybert_preset_equals_task_distill",
-}  # fmt: skip
+}
 
 
 def test_every_loss_and_preset_is_checked_against_a_reference():
@@ -65,10 +72,26 @@ def _padding_mask(lengths: list[int], width: int) -> torch.Tensor:
     return (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).long()
 
 
-def _bind(loss, student: BertConfig | LlamaConfig, teacher: BertConfig | LlamaConfig, stage: str = "stage2",
-          n: int = 8, labels: tuple[int, ...] | None = None, seed: int = 0):  # fmt: skip
-    loss.bind(LossContext(stage=stage, n_examples=n, steps=10, seed=seed, student_config=student,
-                          teacher_config=teacher, label_ids=labels))  # fmt: skip
+def _bind(
+    loss,
+    student: BertConfig | LlamaConfig,
+    teacher: BertConfig | LlamaConfig,
+    stage: str = "stage2",
+    n: int = 8,
+    labels: tuple[int, ...] | None = None,
+    seed: int = 0,
+):
+    loss.bind(
+        LossContext(
+            stage=stage,
+            n_examples=n,
+            steps=10,
+            seed=seed,
+            student_config=student,
+            teacher_config=teacher,
+            label_ids=labels,
+        )
+    )
     return loss
 
 
@@ -79,8 +102,9 @@ def _one(name: str, stage: str = "stage2", **settings):
 # ---- predictions: GLMD word KL, candidates, KD, CE, MSE, MLM --------------------------------------------
 
 
-def ref_glmkd_kl_div(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float,
-                     pad_mask: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+def ref_glmkd_kl_div(
+    s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float, pad_mask: torch.Tensor | None = None
+) -> torch.Tensor:
     # GLMKD distill/distill_model.py LogitsDistil.inter_loss: with --logitsdistil_mask_pad the logits of padded
     # positions are multiplied by 0 ("s_logits = s_logits * mask"), then
     # "l = CustomLoss.kl_div(s_logits_ / T, t_logits_ / T, ...) * T ** 2";
@@ -105,7 +129,11 @@ def test_word_kl_equals_glmkd_logitsdistil():
     old_to_new[kept.numpy()] = np.arange(24)
     vmap = VocabMap(kept.numpy(), old_to_new)
     s_small = torch.randn(3, 7, 24, generator=g) * 4
-    got = loss(step_inputs(word_logits=s_small.reshape(-1, 24), word_targets={"logits": vmap.project_logits(t.reshape(-1, 50))}))  # fmt: skip
+    got = loss(
+        step_inputs(
+            word_logits=s_small.reshape(-1, 24), word_targets={"logits": vmap.project_logits(t.reshape(-1, 50))}
+        )
+    )
     assert torch.allclose(got, ref_glmkd_kl_div(s_small, t[..., kept], 15.0), rtol=1e-5)
 
 
@@ -182,11 +210,16 @@ def test_kd_equals_codir_and_distilbert():
     # CoDIR sentence_prediction_crd.py line 45 "torch.nn.KLDivLoss(reduction='sum')", lines 147-148
     # "loss_kd = kd_loss_func(log_softmax(logits/T), softmax(logits_teacher/T)) * T ** 2"; the fairseq trainer
     # divides the gradient by sample_size (the batch size)
-    codir = torch.nn.KLDivLoss(reduction="sum")(F.log_softmax(s / temperature, -1),
-                                                F.softmax(t / temperature, -1)) * temperature**2 / len(s)  # fmt: skip
+    codir = (
+        torch.nn.KLDivLoss(reduction="sum")(F.log_softmax(s / temperature, -1), F.softmax(t / temperature, -1))
+        * temperature**2
+        / len(s)
+    )
     # HF distiller.py: ce_loss_fct = nn.KLDivLoss(reduction="batchmean"), "* (self.temperature) ** 2"
-    hf = torch.nn.KLDivLoss(reduction="batchmean")(F.log_softmax(s / temperature, -1),
-                                                   F.softmax(t / temperature, -1)) * temperature**2  # fmt: skip
+    hf = (
+        torch.nn.KLDivLoss(reduction="batchmean")(F.log_softmax(s / temperature, -1), F.softmax(t / temperature, -1))
+        * temperature**2
+    )
     assert torch.allclose(got, codir, rtol=1e-6) and torch.allclose(got, hf, rtol=1e-6)
 
 
@@ -317,13 +350,15 @@ def test_hidden_cosine_equals_distilbert():
     # HF distiller.py (alpha_cos): masked_select of the last hidden states by the attention mask, then
     # nn.CosineEmbeddingLoss(reduction="mean")(s_slct, t_slct, target=ones)
     sel = mask.bool()
-    reference = torch.nn.CosineEmbeddingLoss(reduction="mean")(s_hidden[-1][sel], t_hidden[-1][sel],
-                                                                torch.ones(int(sel.sum())))  # fmt: skip
+    reference = torch.nn.CosineEmbeddingLoss(reduction="mean")(
+        s_hidden[-1][sel], t_hidden[-1][sel], torch.ones(int(sel.sum()))
+    )
     assert torch.allclose(got, reference, rtol=1e-5)
 
 
-def ref_tinybert_rep_loss(student_reps: list[torch.Tensor], teacher_reps: list[torch.Tensor],
-                          fit_dense: torch.nn.Linear) -> torch.Tensor:  # fmt: skip
+def ref_tinybert_rep_loss(
+    student_reps: list[torch.Tensor], teacher_reps: list[torch.Tensor], fit_dense: torch.nn.Linear
+) -> torch.Tensor:
     # TinyBERT transformer/modeling.py TinyBertForPreTraining.forward: every student layer output goes through
     # the one "self.fit_dense = nn.Linear(config.hidden_size, fit_size)"; task_distill.py (and general_distill.py):
     # "new_teacher_reps = [teacher_reps[i * layers_per_block] for i in range(student_layer_num + 1)]",
@@ -370,16 +405,29 @@ def test_tinybert_mse_padding_documented_difference():
 
 def _bert(layers: int, seed: int, width: int = 64, heads: int = 4, **extra) -> BertModel:
     torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=100, hidden_size=width, num_hidden_layers=layers, num_attention_heads=heads,
-                     intermediate_size=2 * width, **extra)  # fmt: skip
+    cfg = BertConfig(
+        vocab_size=100,
+        hidden_size=width,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=2 * width,
+        **extra,
+    )
     return BertModel(cfg, add_pooling_layer=False).eval()
 
 
 def _llama(layers: int, seed: int) -> LlamaModel:
     """Grouped-query attention like SmolLM2 (there 9 query heads share 3 key/value heads)."""
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=100, hidden_size=48, num_hidden_layers=layers, num_attention_heads=6,
-                      num_key_value_heads=2, head_dim=8, intermediate_size=96)  # fmt: skip
+    cfg = LlamaConfig(
+        vocab_size=100,
+        hidden_size=48,
+        num_hidden_layers=layers,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        head_dim=8,
+        intermediate_size=96,
+    )
     return LlamaModel(cfg).eval()
 
 
@@ -392,9 +440,12 @@ def ref_tinybert_scores(model: BertModel, ids: torch.Tensor, mask: torch.Tensor)
     """TinyBERT's attention_scores, computed here from each layer's input: q k^T / sqrt(d) + the extended mask
     (1 - mask) * -10000 (transformer/modeling.py BertSelfAttention / BertModel)."""
     inputs: list[torch.Tensor] = []
-    hooks = [layer.attention.self.register_forward_pre_hook(
-        lambda _m, args, kwargs: inputs.append(args[0] if args else kwargs["hidden_states"]), with_kwargs=True)
-        for layer in transformer_layers(model)]  # fmt: skip
+    hooks = [
+        layer.attention.self.register_forward_pre_hook(
+            lambda _m, args, kwargs: inputs.append(args[0] if args else kwargs["hidden_states"]), with_kwargs=True
+        )
+        for layer in transformer_layers(model)
+    ]
     with torch.no_grad():
         model(input_ids=ids, attention_mask=mask)
     for hook in hooks:
@@ -446,10 +497,12 @@ def test_tinybert_attention_padding_documented_difference():
     mask = _padding_mask([7, 4], 7)
     s, t = _maps(student, ids, mask), _maps(teacher, ids, mask)
     with torch.no_grad():
-        got = _bind(_one("tinybert_attention"), student.config, teacher.config)(step_inputs(student=s, teacher=t))  # fmt: skip
+        got = _bind(_one("tinybert_attention"), student.config, teacher.config)(step_inputs(student=s, teacher=t))
     pairs = (mask[:, None, :, None] * mask[:, None, None, :]).bool().expand(-1, 4, -1, -1)
-    on_real = sum(F.mse_loss(a[pairs], b[pairs]) for a, b in zip(ref_tinybert_scores(student, ids, mask),
-                                                                  ref_tinybert_scores(teacher, ids, mask)))  # fmt: skip
+    on_real = sum(
+        F.mse_loss(a[pairs], b[pairs])
+        for a, b in zip(ref_tinybert_scores(student, ids, mask), ref_tinybert_scores(teacher, ids, mask))
+    )
     assert torch.allclose(got, on_real, rtol=1e-4)
 
 
@@ -495,8 +548,12 @@ def _per_example_maps(model: torch.nn.Module, ids: torch.Tensor, layer: int) -> 
     found: dict[str, torch.Tensor] = {}
     modules = dict(transformer_layers(model)[layer].named_modules())
     names = ("query", "key", "value") if "attention.self.query" in modules else ("q_proj", "k_proj", "v_proj")
-    hooks = [m.register_forward_hook(lambda _m, _i, out, n=n: found.update({n: out}))
-             for path, m in modules.items() for n in names if path.endswith(n)]  # fmt: skip
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, out, n=n: found.update({n: out}))
+        for path, m in modules.items()
+        for n in names
+        if path.endswith(n)
+    ]
     with torch.no_grad():
         out = model(input_ids=ids[None], output_attentions=True)
     for hook in hooks:
@@ -557,8 +614,9 @@ def test_minilm_equals_the_paper(family):
     assert torch.allclose(got, reference, rtol=1e-4)
 
 
-def ref_minilmv2(teacher: torch.nn.Module, student: torch.nn.Module, examples: list[torch.Tensor], heads: int,
-                 teacher_layer: int) -> torch.Tensor:  # fmt: skip
+def ref_minilmv2(
+    teacher: torch.nn.Module, student: torch.nn.Module, examples: list[torch.Tensor], heads: int, teacher_layer: int
+) -> torch.Tensor:
     # MiniLMv2 eqs. 4-6: for Q-Q, K-K and V-V, the queries/keys/values of all attention heads concatenated and
     # split into A_r relation heads, R = softmax(A A^T / sqrt(d_r)); L = sum over the three relations of
     # 1/(A_r |x|) sum_a sum_t KL(R^T_{a,t} || R^S_{a,t}); teacher: layer `teacher_layer`, student: its last
@@ -610,7 +668,9 @@ def test_lrc_is_in_batch_infonce_documented_difference():
     cfg = BertConfig(hidden_size=64, num_hidden_layers=2)
     mask = _padding_mask([5, 5, 3, 2], 5)
     s_hidden, t_hidden = _states(2, 4, 5, 64, 37), _states(2, 4, 5, 64, 38)
-    got = _bind(_one("lrc", temperature=0.1), cfg, cfg)(step_inputs(student=Features(mask, hidden=s_hidden), teacher=Features(mask, hidden=t_hidden)))  # fmt: skip
+    got = _bind(_one("lrc", temperature=0.1), cfg, cfg)(
+        step_inputs(student=Features(mask, hidden=s_hidden), teacher=Features(mask, hidden=t_hidden))
+    )
     terms = []
     for layer in (1, 2):
         s, t = F.normalize(s_hidden[layer][:, 0], dim=-1), F.normalize(t_hidden[layer][:, 0], dim=-1)
@@ -674,10 +734,13 @@ def test_codir_equals_crd_loss_and_memory():
     s_hidden = tuple(h.requires_grad_() for h in _states(6, 4, 9, 768, 41))
     t_hidden = _states(12, 4, 9, 768, 42)
     own = torch.tensor([3, 17, 25, 38])
-    tensors = step_inputs(student=Features(mask, hidden=s_hidden), teacher=Features(mask, hidden=t_hidden), example_ids=own, step=2)  # fmt: skip
+    tensors = step_inputs(
+        student=Features(mask, hidden=s_hidden), teacher=Features(mask, hidden=t_hidden), example_ids=own, step=2
+    )
     reference = RefContrast(loss.memory_student, loss.memory_teacher, 0.07, 0.5)
-    negatives = sample_negatives(own, torch.tensor(labels), 40, 10, torch.Generator().manual_seed(5 * 1_000_003 + 2),
-                                 loss.pools)  # fmt: skip
+    negatives = sample_negatives(
+        own, torch.tensor(labels), 40, 10, torch.Generator().manual_seed(5 * 1_000_003 + 2), loss.pools
+    )
     # sentence_prediction_crd.py lines 133-134 (hidden_stat): every student layer's and teacher layers [1::2]'
     # first token, concatenated; criterion.py Embed: Linear then L2 normalisation
     f_s = F.normalize(loss.student_proj(torch.cat([h[:, 0] for h in s_hidden[1:]], -1)), dim=-1)
@@ -733,8 +796,9 @@ def test_theseus_schedule_loss_and_trained_modules():
     assert torch.allclose(got, F.cross_entropy(hybrid, labels), rtol=1e-6)  # BertForSequenceClassification's loss
     from transformers import BertForSequenceClassification
 
-    student = BertForSequenceClassification(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
-                                                       num_attention_heads=2, intermediate_size=64))  # fmt: skip
+    student = BertForSequenceClassification(
+        BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    )
     loss.prepare_student(student)
     trainable = {n for n, p in student.named_parameters() if p.requires_grad}
     assert trainable == {n for n, _ in student.named_parameters() if n.startswith("bert.encoder.layer.")}
@@ -743,19 +807,24 @@ def test_theseus_schedule_loss_and_trained_modules():
 # ---- presets -----------------------------------------------------------------------------------------
 
 
-def ref_distiller_step(s_logits, t_logits, attention_mask, lm_labels, s_last, t_last, temperature,
-                       restrict_ce_to_mask: bool) -> torch.Tensor:  # fmt: skip
+def ref_distiller_step(
+    s_logits, t_logits, attention_mask, lm_labels, s_last, t_last, temperature, restrict_ce_to_mask: bool
+) -> torch.Tensor:
     # HF distiller.py Distiller.step (mlm): "if self.params.restrict_ce_to_mask: mask = (lm_labels > -1)" else the
     # attention mask; loss_ce = KLDivLoss(batchmean)(log_softmax(s_slct / T), softmax(t_slct / T)) * T ** 2;
     # loss_mlm = CrossEntropyLoss(ignore_index=-100); loss_cos = CosineEmbeddingLoss over the real tokens' last
     # hidden states; README.md's command: --alpha_ce 5.0 --alpha_mlm 2.0 --alpha_cos 1.0 --alpha_clm 0.0 --mlm
     sel = (lm_labels > -1) if restrict_ce_to_mask else attention_mask.bool()
-    loss_ce = torch.nn.KLDivLoss(reduction="batchmean")(F.log_softmax(s_logits[sel] / temperature, -1),
-                                                        F.softmax(t_logits[sel] / temperature, -1)) * temperature**2
+    loss_ce = (
+        torch.nn.KLDivLoss(reduction="batchmean")(
+            F.log_softmax(s_logits[sel] / temperature, -1), F.softmax(t_logits[sel] / temperature, -1)
+        )
+        * temperature**2
+    )
     loss_mlm = torch.nn.CrossEntropyLoss(ignore_index=-100)(s_logits.view(-1, s_logits.shape[-1]), lm_labels.view(-1))
     real = attention_mask.bool()
     loss_cos = torch.nn.CosineEmbeddingLoss()(s_last[real], t_last[real], torch.ones(int(real.sum())))
-    return 5.0 * loss_ce + 2.0 * loss_mlm + 1.0 * loss_cos  # fmt: skip
+    return 5.0 * loss_ce + 2.0 * loss_mlm + 1.0 * loss_cos
 
 
 def _distilbert_batch():
@@ -773,7 +842,13 @@ def _distilbert_batch():
 def _kdflow_distilbert(s_logits, t_logits, mask, labels, chosen, s_hidden, t_hidden) -> torch.Tensor:
     losses = build_losses({"distilbert": {"temperature": 2.0}}, "stage1")
     cfg = BertConfig(hidden_size=64, num_hidden_layers=1)
-    tensors = step_inputs(word_logits=s_logits[chosen], word_targets={"logits": t_logits[chosen]}, word_labels=labels[chosen], student=Features(mask, hidden=s_hidden), teacher=Features(mask, hidden=t_hidden))  # fmt: skip
+    tensors = step_inputs(
+        word_logits=s_logits[chosen],
+        word_targets={"logits": t_logits[chosen]},
+        word_labels=labels[chosen],
+        student=Features(mask, hidden=s_hidden),
+        teacher=Features(mask, hidden=t_hidden),
+    )
     total = torch.tensor(0.0)
     for loss in losses:
         _bind(loss, cfg, BertConfig(hidden_size=64, num_hidden_layers=2), "stage1")
@@ -783,7 +858,10 @@ def _kdflow_distilbert(s_logits, t_logits, mask, labels, chosen, s_hidden, t_hid
 
 def test_distilbert_preset_equals_distiller_step():
     assert expand_presets({"distilbert": {}}, "stage1") == {
-        "word_kl": {"weight": 5.0, "temperature": 2.0}, "lm": {"weight": 2.0}, "hidden_cosine": {"weight": 1.0}}
+        "word_kl": {"weight": 5.0, "temperature": 2.0},
+        "lm": {"weight": 2.0},
+        "hidden_cosine": {"weight": 1.0},
+    }
     batch = _distilbert_batch()
     s_logits, t_logits, mask, labels, chosen, s_hidden, t_hidden = batch
     reference = ref_distiller_step(s_logits, t_logits, mask, labels, s_hidden[-1], t_hidden[-1], 2.0, True)
@@ -813,7 +891,7 @@ def test_tinybert_preset_equals_task_distill():
     s, t = _maps(student, ids, full), _maps(teacher, ids, full)
     g = _gen(53)
     s_scores, t_scores = torch.randn(2, 3, generator=g), torch.randn(2, 3, generator=g)
-    tensors = step_inputs(student=s, teacher=t, student_scores=list(s_scores), teacher_scores=list(t_scores))  # fmt: skip
+    tensors = step_inputs(student=s, teacher=t, student_scores=list(s_scores), teacher_scores=list(t_scores))
     for loss in losses:
         _bind(loss, student.config, teacher.config)
     with torch.no_grad():

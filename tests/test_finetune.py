@@ -17,9 +17,18 @@ from kdflow.train.loop import TrainingError, TrainSettings, train
 from kdflow.train.workdir import WorkDir
 
 FT = {
-    "epochs": 3, "max_steps": 6, "max_examples": 16, "batch_size": 4, "grad_accum": 2, "lr": 5e-3,
-    "warmup_ratio": 0.0, "weight_decay": 0.0, "max_grad_norm": 1.0, "checkpoint_every": 2, "max_length": 48,
-}  # fmt: skip
+    "epochs": 3,
+    "max_steps": 6,
+    "max_examples": 16,
+    "batch_size": 4,
+    "grad_accum": 2,
+    "lr": 5e-3,
+    "warmup_ratio": 0.0,
+    "weight_decay": 0.0,
+    "max_grad_norm": 1.0,
+    "checkpoint_every": 2,
+    "max_length": 48,
+}
 EVAL = {"batch_size": 16, "max_length": 48, "bootstrap_samples": 20}
 
 
@@ -50,9 +59,24 @@ def test_finetuning_lowers_the_cloze_loss(tmp_path, family, request, task_dir):
 
 def test_killed_finetuning_resumes_to_the_same_weights(tmp_path, tiny_llama, task_dir, tool_env):
     finetune_teacher(tiny_llama, task_dir, tmp_path / "clean", tmp_path / "wc", FT, None, 0)
-    cmd = [sys.executable, "-m", "kdflow", "finetune-teacher", "--teacher", str(tiny_llama), "--task", str(task_dir),
-           "--out", str(tmp_path / "resumed"), "--work", str(tmp_path / "wr"),
-           "--settings", json.dumps(FT), "--seed", "0"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "kdflow",
+        "finetune-teacher",
+        "--teacher",
+        str(tiny_llama),
+        "--task",
+        str(task_dir),
+        "--out",
+        str(tmp_path / "resumed"),
+        "--work",
+        str(tmp_path / "wr"),
+        "--settings",
+        json.dumps(FT),
+        "--seed",
+        "0",
+    ]
     killed = subprocess.run(cmd, env={**tool_env, "KDFLOW_FAULT": "train_step:3"}, capture_output=True, text=True)
     assert killed.returncode == 137 and (tmp_path / "wr" / "checkpoint" / "checkpoint.pt").exists()
     resumed = subprocess.run(cmd, env=tool_env, capture_output=True, text=True)

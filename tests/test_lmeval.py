@@ -11,8 +11,11 @@ import pytest
 try:
     import lm_eval  # noqa: F401
 except ImportError:  # pragma: no cover - depends on the environment
-    pytest.skip("lm-eval is not installed (make venv installs it from envs/eval.txt): the agreement with "
-                "lm-evaluation-harness is not tested", allow_module_level=True)  # fmt: skip
+    pytest.skip(
+        "lm-eval is not installed (make venv installs it from envs/eval.txt): the agreement with "
+        "lm-evaluation-harness is not tested",
+        allow_module_level=True,
+    )
 
 from kdflow.bench.lmeval import TASKS, compare, hf_rows, kdflow_scores, lmeval_scores
 from kdflow.modeling import load_lm
@@ -62,8 +65,9 @@ def bos_llama(tiny_llama, tmp_path_factory):
     shutil.copytree(tiny_llama, folder)
     tok = AutoTokenizer.from_pretrained(folder)
     bos = tok.bos_token
-    tok.backend_tokenizer.post_processor = TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A $B",
-                                                              special_tokens=[(bos, tok.bos_token_id)])  # fmt: skip
+    tok.backend_tokenizer.post_processor = TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, tok.bos_token_id)]
+    )
     tok.save_pretrained(folder)
     model, tok, _ = load_lm(folder)
     assert tok("x")["input_ids"][0] == tok.bos_token_id

@@ -21,10 +21,30 @@ from kdflow.losses.codir import CoDIR, momentum_update, nce_loss, nce_scores, sa
 from kdflow.modeling import load_lm
 from kdflow.students import init_student
 
-TRAIN = {"epochs": 1, "max_steps": 2, "batch_size": 4, "grad_accum": 1, "lr": 1e-3, "warmup_ratio": 0.0,
-         "weight_decay": 0.0, "max_grad_norm": 1.0, "checkpoint_every": 2, "max_length": 48, "teacher": "cached"}  # fmt: skip
-CACHE = {"k": 16, "value_dtype": "fp32", "temperatures": [1.0, 2.0, 15.0], "mode": "topk", "shard_blocks": 4,
-         "shard_examples": 8, "batch_size": 4, "max_blocks": 8, "max_length": 48}  # fmt: skip
+TRAIN = {
+    "epochs": 1,
+    "max_steps": 2,
+    "batch_size": 4,
+    "grad_accum": 1,
+    "lr": 1e-3,
+    "warmup_ratio": 0.0,
+    "weight_decay": 0.0,
+    "max_grad_norm": 1.0,
+    "checkpoint_every": 2,
+    "max_length": 48,
+    "teacher": "cached",
+}
+CACHE = {
+    "k": 16,
+    "value_dtype": "fp32",
+    "temperatures": [1.0, 2.0, 15.0],
+    "mode": "topk",
+    "shard_blocks": 4,
+    "shard_examples": 8,
+    "batch_size": 4,
+    "max_blocks": 8,
+    "max_length": 48,
+}
 SMALL_CODIR = {"negatives": 4}
 
 # (loss or preset, settings, track, stage): every registered name appears at least once (checked below)
@@ -66,17 +86,22 @@ def tracks(tmp_path_factory, tiny_llama, tiny_bert, sentiment_task):
     pack_text(root, tiny_bert, name="bert_corpus")
     cache_corpus(tiny_llama, root / "corpus", None, root / "ccache", CACHE, seed=0)
     cache_task(tiny_llama, sentiment_task, None, root / "tcache", CACHE)
-    finetune_classifier(tiny_bert, sentiment_task, root / "classifier", root / "wc", {**TRAIN, "max_steps": 2},
-                        None, seed=0)  # fmt: skip
+    finetune_classifier(
+        tiny_bert, sentiment_task, root / "classifier", root / "wc", {**TRAIN, "max_steps": 2}, None, seed=0
+    )
     for name, teacher in (("llama_student", tiny_llama), ("bert_student", tiny_bert)):
         init_student(teacher, {"layers": {"strategy": "last", "count": 1}}, None, root / name, seed=0)
     return {
-        "decoder": {"student": root / "llama_student", "stage1": {"cache": root / "ccache", "corpus": root / "corpus",
-                    "teacher": tiny_llama}, "stage2": {"cache": root / "tcache", "task": sentiment_task,
-                    "teacher": tiny_llama}},  # fmt: skip
-        "encoder": {"student": root / "bert_student", "stage1": {"cache": None, "corpus": root / "bert_corpus",
-                    "teacher": tiny_bert}, "stage2": {"cache": None, "task": sentiment_task,
-                    "teacher": root / "classifier"}},  # fmt: skip
+        "decoder": {
+            "student": root / "llama_student",
+            "stage1": {"cache": root / "ccache", "corpus": root / "corpus", "teacher": tiny_llama},
+            "stage2": {"cache": root / "tcache", "task": sentiment_task, "teacher": tiny_llama},
+        },
+        "encoder": {
+            "student": root / "bert_student",
+            "stage1": {"cache": None, "corpus": root / "bert_corpus", "teacher": tiny_bert},
+            "stage2": {"cache": None, "task": sentiment_task, "teacher": root / "classifier"},
+        },
     }
 
 
@@ -84,13 +109,11 @@ def test_every_registered_method_has_a_case():
     assert {name for name, *_ in CASES} == set(REGISTRY) | set(PRESETS)
 
 
-@pytest.mark.parametrize(("name", "settings", "track", "stage"), CASES,
-                         ids=[f"{c[0]}-{c[2]}-{c[3]}" for c in CASES])  # fmt: skip
+@pytest.mark.parametrize(("name", "settings", "track", "stage"), CASES, ids=[f"{c[0]}-{c[2]}-{c[3]}" for c in CASES])
 def test_method_trains_two_steps(tracks, tmp_path, name, settings, track, stage):
     setup = tracks[track]
     run = {"student": "s", stage: {"losses": {name: settings}}}
-    meta = distill(stage, setup["student"], tmp_path / "out", tmp_path / "work", run, TRAIN, setup[stage], None,
-                   seed=0)  # fmt: skip
+    meta = distill(stage, setup["student"], tmp_path / "out", tmp_path / "work", run, TRAIN, setup[stage], None, seed=0)
     assert meta["steps"] == 2
     with open(tmp_path / "out" / "train_log.csv") as fh:
         rows = list(csv.DictReader(fh))
@@ -103,8 +126,10 @@ def test_method_trains_two_steps(tracks, tmp_path, name, settings, track, stage)
 
 def test_three_methods_in_one_run(tracks, tmp_path):
     setup = tracks["decoder"]
-    run = {"student": "s", "stage2": {"losses": {"word_kl": {"temperature": 15.0}, "codir": SMALL_CODIR,
-                                                 "tinybert": {"switch": 1.0}}}}  # fmt: skip
+    run = {
+        "student": "s",
+        "stage2": {"losses": {"word_kl": {"temperature": 15.0}, "codir": SMALL_CODIR, "tinybert": {"switch": 1.0}}},
+    }
     distill("stage2", setup["student"], tmp_path / "out", tmp_path / "work", run, TRAIN, setup["stage2"], None, seed=0)
     with open(tmp_path / "out" / "train_log.csv") as fh:
         row = next(csv.DictReader(fh))
@@ -120,8 +145,15 @@ def test_same_seed_same_weights_for_new_heads_and_projections(tracks, tiny_bert,
     from safetensors.torch import load_file
 
     def classifier(name, seed):
-        finetune_classifier(tiny_bert, sentiment_task, tmp_path / name, tmp_path / f"w{name}", {**TRAIN, "max_steps": 1},
-                            None, seed=seed)  # fmt: skip
+        finetune_classifier(
+            tiny_bert,
+            sentiment_task,
+            tmp_path / name,
+            tmp_path / f"w{name}",
+            {**TRAIN, "max_steps": 1},
+            None,
+            seed=seed,
+        )
         return load_file(tmp_path / name / "model.safetensors")
 
     first, again, other = classifier("a", 0), classifier("b", 0), classifier("c", 1)
@@ -130,8 +162,17 @@ def test_same_seed_same_weights_for_new_heads_and_projections(tracks, tiny_bert,
     setup = tracks["encoder"]
     run = {"student": "s", "stage2": {"losses": {"codir": SMALL_CODIR, "pkd": {}}}}
     for name in ("d", "e"):
-        distill("stage2", setup["student"], tmp_path / name, tmp_path / f"w{name}", run, TRAIN, setup["stage2"], None,
-                seed=3)  # fmt: skip
+        distill(
+            "stage2",
+            setup["student"],
+            tmp_path / name,
+            tmp_path / f"w{name}",
+            run,
+            TRAIN,
+            setup["stage2"],
+            None,
+            seed=3,
+        )
     d, e = load_file(tmp_path / "d" / "model.safetensors"), load_file(tmp_path / "e" / "model.safetensors")
     assert all(torch.equal(d[k], e[k]) for k in d)
 
@@ -228,8 +269,17 @@ def test_codir_loss_and_bank_updates_follow_the_formulas():
     config, student, teacher = _codir_inputs()
     loss = CoDIR(negatives=3, dim=2, momentum=0.5)
     labels = (0, 1, 0, 1, 0, 1, 0, 1)
-    loss.bind(LossContext(stage="stage2", n_examples=8, steps=1, seed=3, student_config=config,
-                          teacher_config=config, label_ids=labels))  # fmt: skip
+    loss.bind(
+        LossContext(
+            stage="stage2",
+            n_examples=8,
+            steps=1,
+            seed=3,
+            student_config=config,
+            teacher_config=config,
+            label_ids=labels,
+        )
+    )
     own = torch.tensor([0, 1, 2])
     bank_s, bank_t = loss.memory_student.clone(), loss.memory_teacher.clone()
     f_s, f_t = loss.features(step_inputs(student=student, teacher=teacher))
@@ -239,8 +289,9 @@ def test_codir_loss_and_bank_updates_follow_the_formulas():
     f_s, f_t = f_s.detach(), f_t.detach()
     z_s = float(nce_scores(f_s, bank_t, indices, 0.07).mean() * 8)
     z_t = float(nce_scores(f_t, bank_s, indices, 0.07).mean() * 8)
-    expected = (_nce_by_hand(f_s.tolist(), bank_t.tolist(), indices.tolist(), 0.07, z_s, 8)
-                + _nce_by_hand(f_t.tolist(), bank_s.tolist(), indices.tolist(), 0.07, z_t, 8))  # fmt: skip
+    expected = _nce_by_hand(f_s.tolist(), bank_t.tolist(), indices.tolist(), 0.07, z_s, 8) + _nce_by_hand(
+        f_t.tolist(), bank_s.tolist(), indices.tolist(), 0.07, z_t, 8
+    )
     got = loss(step_inputs(student=student, teacher=teacher, example_ids=own, step=5))
     assert float(got) == pytest.approx(expected / 2 / len(own), rel=1e-4)  # CRDLoss's /2, fairseq's /batch
     for bank, before, feats in ((loss.memory_student, bank_s, f_s), (loss.memory_teacher, bank_t, f_t)):
@@ -296,8 +347,9 @@ def test_stsb_regression_head_distils_with_mse_logits(shared_data, tiny_bert, tm
     from kdflow.prepare import prepare_task
 
     task = tmp_path / "stsb"
-    prepare_task("stsb", {"name": "stsb", "max_examples": {"train": 16, "dev": 8}}, str(shared_data / "glue" / "STS-B"),
-                 task)  # fmt: skip
+    prepare_task(
+        "stsb", {"name": "stsb", "max_examples": {"train": 16, "dev": 8}}, str(shared_data / "glue" / "STS-B"), task
+    )
     finetune_classifier(tiny_bert, task, tmp_path / "teacher", tmp_path / "wt", TRAIN, None, seed=0)
     init_student(tiny_bert, {"layers": {"strategy": "last", "count": 1}}, None, tmp_path / "student", seed=0)
     run = {"student": "s", "stage2": {"losses": {"mse_logits": {}, "codir": SMALL_CODIR}}}
@@ -307,5 +359,14 @@ def test_stsb_regression_head_distils_with_mse_logits(shared_data, tiny_bert, tm
     student, _, _ = load_lm(tmp_path / "out", keep_architecture=True)
     assert student.config.num_labels == 1 and student.config.problem_type == "regression"
     with pytest.raises(ConfigError, match="regression head"):
-        distill("stage2", tmp_path / "student", tmp_path / "out2", tmp_path / "w2",
-                {"student": "s", "stage2": {"losses": {"ce": {}}}}, TRAIN, data, None, seed=0)  # fmt: skip
+        distill(
+            "stage2",
+            tmp_path / "student",
+            tmp_path / "out2",
+            tmp_path / "w2",
+            {"student": "s", "stage2": {"losses": {"ce": {}}}},
+            TRAIN,
+            data,
+            None,
+            seed=0,
+        )

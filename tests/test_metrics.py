@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 
 import numpy as np
-
 import pytest
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
@@ -123,13 +122,24 @@ def test_paired_bootstrap_over_seeds_averages_the_per_seed_differences_on_shared
     rng = np.random.default_rng(11)
     golds = rng.integers(0, 2, 200)
     noisy = [np.where(rng.random(200) < q, golds, 1 - golds) for q in (0.75, 0.8, 0.6, 0.65)]
-    got = M.paired_bootstrap("mcc", list(golds), [list(noisy[0]), list(noisy[1])], [list(noisy[2]), list(noisy[3])],
-                             [{}] * 200, samples=200, seed=5)  # fmt: skip
+    got = M.paired_bootstrap(
+        "mcc",
+        list(golds),
+        [list(noisy[0]), list(noisy[1])],
+        [list(noisy[2]), list(noisy[3])],
+        [{}] * 200,
+        samples=200,
+        seed=5,
+    )
     from sklearn.metrics import matthews_corrcoef as mcc
 
     def diff(idx):
-        return np.mean([mcc(golds[idx], noisy[0][idx]) - mcc(golds[idx], noisy[2][idx]),
-                        mcc(golds[idx], noisy[1][idx]) - mcc(golds[idx], noisy[3][idx])])  # fmt: skip
+        return np.mean(
+            [
+                mcc(golds[idx], noisy[0][idx]) - mcc(golds[idx], noisy[2][idx]),
+                mcc(golds[idx], noisy[1][idx]) - mcc(golds[idx], noisy[3][idx]),
+            ]
+        )
 
     draw = np.random.default_rng(5)
     picks = [draw.integers(0, 200, 200) for _ in range(200)]

@@ -36,10 +36,17 @@ def tiny_with(**changes) -> dict:
 def test_plan_module_imports_no_torch():
     """Importing the plan, validating a config (its loss recipes included) and building the plan: no torch,
     so the scheduler process does not need it."""
-    code = ("import sys, kdflow.plan, kdflow.config; "
-            "kdflow.plan.build_plan(kdflow.config.load_config('config/config.yaml')); print('torch' in sys.modules)")  # fmt: skip
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[1]).stdout  # fmt: skip
+    code = (
+        "import sys, kdflow.plan, kdflow.config; "
+        "kdflow.plan.build_plan(kdflow.config.load_config('config/config.yaml')); print('torch' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    ).stdout
     assert out.strip() == "False"
 
 
@@ -80,11 +87,16 @@ def test_default_plan_vocabularies_tasks_and_pairs():
     assert plan.corpora["package_texts_minilm"].tokenizer_folder == "results/assets/models/minilm"
     assert plan.tasks["sentiment"].teacher == "teacher_finetuned" and plan.tasks["sentiment"].splits == ("train", "dev")
     assert plan.tasks["sentiment"].source == "results/assets/tasks/sentiment"
-    assert plan.eval_pairs[:3] == (("smollm2", "sentiment"), ("teacher_finetuned", "sentiment"),
-                                   ("classifiers/minilm", "sentiment"))  # fmt: skip
+    assert plan.eval_pairs[:3] == (
+        ("smollm2", "sentiment"),
+        ("teacher_finetuned", "sentiment"),
+        ("classifiers/minilm", "sentiment"),
+    )
     assert {m for m, _ in plan.eval_pairs} >= {f"runs/{r}" for r in plan.runs}
-    assert plan.cache_inputs("half", "sentiment") == {"teacher": "results/teachers/sentiment",
-                                                      "vmap": ["results/vocab/half/map.json"]}  # fmt: skip
+    assert plan.cache_inputs("half", "sentiment") == {
+        "teacher": "results/teachers/sentiment",
+        "vmap": ["results/vocab/half/map.json"],
+    }
     assert plan.cache_inputs("full") == {"teacher": "results/assets/models/smollm2", "vmap": []}
 
 
@@ -98,7 +110,9 @@ def test_default_plan_summary():
     assert glmd["layers"] == "uniform 6" and glmd["reference"] == {"sentiment": "teacher_finetuned"}
     assert list(glmd["logs"]) == ["stage1", "sentiment"]
     assert plan.summary["runs"]["codir"]["reference"] == {"sentiment": "classifiers/minilm"}
-    assert "results/runs/glmd/stage1" in plan.summary_inputs and list(plan.summary_inputs) == sorted(plan.summary_inputs)
+    assert "results/runs/glmd/stage1" in plan.summary_inputs and list(plan.summary_inputs) == sorted(
+        plan.summary_inputs
+    )
     assert plan.targets[-2:] == ("results/summary.csv", "results/summary.md")
 
 
@@ -188,8 +202,10 @@ def test_dry_run_job_list_is_the_recorded_one(name, tool_env):
 
 def test_several_processes_launch_training_and_caching_rules_only():
     raw = yaml.safe_load(CONFIGS["tests-tiny"].read_text())
-    resources = {**raw["resources"], "rules": {"cache_logits_task": {"processes": 2},
-                                               "distill_stage1": {"nodes": 1, "processes": 2}}}  # fmt: skip
+    resources = {
+        **raw["resources"],
+        "rules": {"cache_logits_task": {"processes": 2}, "distill_stage1": {"nodes": 1, "processes": 2}},
+    }
     rules = build_plan(tiny_with(resources=resources)).rules
     rules.check(["cache_logits_task", "distill_stage1", "evaluate"])
     assert rules.launcher("cache_logits_task") == "torchrun --standalone --nproc_per_node 2 -m kdflow"

@@ -19,14 +19,28 @@ from kdflow.scoring import score_clozes
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SOURCES = {
-    "cola": ("glue/CoLA", "dev"), "sst2": ("glue/SST-2", "dev"), "mrpc": ("glue/MRPC", "dev"),
-    "stsb": ("glue/STS-B", "dev"), "rte": ("glue/RTE", "dev"), "cb": ("superglue/CB", "dev"),
-    "copa": ("superglue/COPA", "dev"), "rte_sg": ("superglue/RTE", "dev"), "wic": ("superglue/WiC", "dev"),
-    "boolq": ("superglue/BoolQ", "train"), "qqp": ("glue/QQP", "dev"), "mnli_m": ("glue/MNLI", "dev"),
-    "mnli_mm": ("glue/MNLI", "dev"), "qnli": ("glue/QNLI", "dev"), "wnli": ("glue/WNLI", "dev"),
-    "ax": ("glue/AX", "test"), "multirc": ("superglue/MultiRC", "dev"), "record": ("superglue/ReCoRD", "dev"),
-    "wsc": ("superglue/WSC", "dev"), "axb": ("superglue/AX-b", "test"), "axg": ("superglue/AX-g", "test"),
-}  # fmt: skip
+    "cola": ("glue/CoLA", "dev"),
+    "sst2": ("glue/SST-2", "dev"),
+    "mrpc": ("glue/MRPC", "dev"),
+    "stsb": ("glue/STS-B", "dev"),
+    "rte": ("glue/RTE", "dev"),
+    "cb": ("superglue/CB", "dev"),
+    "copa": ("superglue/COPA", "dev"),
+    "rte_sg": ("superglue/RTE", "dev"),
+    "wic": ("superglue/WiC", "dev"),
+    "boolq": ("superglue/BoolQ", "train"),
+    "qqp": ("glue/QQP", "dev"),
+    "mnli_m": ("glue/MNLI", "dev"),
+    "mnli_mm": ("glue/MNLI", "dev"),
+    "qnli": ("glue/QNLI", "dev"),
+    "wnli": ("glue/WNLI", "dev"),
+    "ax": ("glue/AX", "test"),
+    "multirc": ("superglue/MultiRC", "dev"),
+    "record": ("superglue/ReCoRD", "dev"),
+    "wsc": ("superglue/WSC", "dev"),
+    "axb": ("superglue/AX-b", "test"),
+    "axg": ("superglue/AX-g", "test"),
+}
 
 
 def _examples(name: str, shared: Path | None, n: int = 3):
@@ -88,9 +102,12 @@ def test_multi_token_candidates_sum_log_probs(tiny_llama):
 
     model, tok, family = load_lm(tiny_llama)
     task = get_task("copa")
-    ex = {"idx": 0, "fields": {"premise": "It rained.", "question": "effect", "choice1": "x", "choice2": "y",
-                               "connective": "so"}, "label": "0",
-          "candidates": ["The streets were wet and shiny.", "Nothing happened at all today."]}  # fmt: skip
+    ex = {
+        "idx": 0,
+        "fields": {"premise": "It rained.", "question": "effect", "choice1": "x", "choice2": "y", "connective": "so"},
+        "label": "0",
+        "candidates": ["The streets were wet and shiny.", "Nothing happened at all today."],
+    }
     cloze = to_cloze(task, task.prompt, ex)
     got = score_clozes(model, tok, family, [cloze], progress=False)[0]
     prefix = tok(cloze.prefix.rstrip())["input_ids"]
@@ -135,11 +152,13 @@ def test_superglue_submission_formats(tmp_path):
     (row,) = [json.loads(x) for x in path.read_text().splitlines()]
     assert row == {
         "idx": 0,
-        "passage": {"questions": [
-            {"idx": 0, "answers": [{"idx": 0, "label": 1}, {"idx": 1, "label": 0}]},
-            {"idx": 1, "answers": [{"idx": 2, "label": 1}, {"idx": 3, "label": 0}, {"idx": 4, "label": 1}]},
-        ]},
-    }  # fmt: skip
+        "passage": {
+            "questions": [
+                {"idx": 0, "answers": [{"idx": 0, "label": 1}, {"idx": 1, "label": 0}]},
+                {"idx": 1, "answers": [{"idx": 2, "label": 1}, {"idx": 3, "label": 0}, {"idx": 4, "label": 1}]},
+            ]
+        },
+    }
     rec = read_split(get_task("record"), FIXTURES / "superglue/ReCoRD", "test")
     path = write_submission(get_task("record"), rec, ["Afghanistan"], tmp_path)
     assert json.loads(path.read_text()) == {"idx": 0, "label": "Afghanistan"}
@@ -157,26 +176,46 @@ def test_pattern_slices_filters_and_maps():
     """What lm-eval's COPA and WiC templates need: slices by metadata offsets, filters, value maps, and the
     mask slot's filters applied to every candidate."""
     wic = get_task("wic")
-    ex = {"idx": 0, "fields": {"word": "stripe", "sentence1": "Men of every stripe joined.", "sentence2": "x"},
-          "label": "true", "meta": {"start1": 13, "end1": 19}}  # fmt: skip
-    cloze = to_cloze(wic, Prompt("'{sentence1[start1:end1]}' {word|upper_first} {mask}", {"false": "no", "true": "yes"}), ex)
+    ex = {
+        "idx": 0,
+        "fields": {"word": "stripe", "sentence1": "Men of every stripe joined.", "sentence2": "x"},
+        "label": "true",
+        "meta": {"start1": 13, "end1": 19},
+    }
+    cloze = to_cloze(
+        wic, Prompt("'{sentence1[start1:end1]}' {word|upper_first} {mask}", {"false": "no", "true": "yes"}), ex
+    )
     assert cloze.prefix == "'stripe' Stripe "
     copa = get_task("copa")
-    ex = {"idx": 0, "fields": {"premise": " It rained. ", "question": "effect", "choice1": "The street got wet.",
-                               "choice2": "Nothing."}, "label": "0", "candidates": ["The street got wet.", "Nothing."]}  # fmt: skip
-    cloze = to_cloze(copa, Prompt("{premise|strip[:-1]} {question|cause=because,effect=therefore}  {mask|lower_first}"), ex)
+    ex = {
+        "idx": 0,
+        "fields": {
+            "premise": " It rained. ",
+            "question": "effect",
+            "choice1": "The street got wet.",
+            "choice2": "Nothing.",
+        },
+        "label": "0",
+        "candidates": ["The street got wet.", "Nothing."],
+    }
+    cloze = to_cloze(
+        copa, Prompt("{premise|strip[:-1]} {question|cause=because,effect=therefore}  {mask|lower_first}"), ex
+    )
     # lm-eval's super_glue/copa/utils.py: premise.strip()[:-1] + " therefore"; choices " " + lower-cased first letter
     assert cloze.prefix == "It rained therefore  " and cloze.candidates == ["the street got wet.", "nothing."]
     assert to_cloze(copa, Prompt("{{{premise|strip}}} {mask}"), ex).prefix == "{It rained.} "
 
 
-@pytest.mark.parametrize(("pattern", "message"), [
-    ("{premise|shout} {mask}", r"unknown filter \|shout"),
-    ("{question|cause=because} {mask}", r"the map \|cause=because has no entry for 'effect'"),
-    ("{premise[a:b]} {mask}", r"slice bound 'a' should be an integer"),
-    ("{premise} { {mask}", r"has a single '\{' at 10"),
-    ("{premise~x} {mask}", r"cannot read '~x' in slot"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("pattern", "message"),
+    [
+        ("{premise|shout} {mask}", r"unknown filter \|shout"),
+        ("{question|cause=because} {mask}", r"the map \|cause=because has no entry for 'effect'"),
+        ("{premise[a:b]} {mask}", r"slice bound 'a' should be an integer"),
+        ("{premise} { {mask}", r"has a single '\{' at 10"),
+        ("{premise~x} {mask}", r"cannot read '~x' in slot"),
+    ],
+)
 def test_bad_patterns_are_clear_config_errors(pattern, message):
     ex = {"idx": 0, "fields": {"premise": "p.", "question": "effect"}, "label": "0", "candidates": ["a", "b"]}
     with pytest.raises(ConfigError, match=message):
@@ -221,8 +260,9 @@ def test_truncation_point_and_special_tokens(tiny_llama):
     whole = tok(premise)["input_ids"] + cont
     assert first.input_ids == whole[-9:-1] and first.truncated
     assert [p for _, pairs in first.targets for p, _ in pairs] == list(range(8 - len(cont), 8))
-    tok.backend_tokenizer.post_processor = TemplateProcessing(single=f"{tok.bos_token} $A",
-                                                              special_tokens=[(tok.bos_token, tok.bos_token_id)])  # fmt: skip
+    tok.backend_tokenizer.post_processor = TemplateProcessing(
+        single=f"{tok.bos_token} $A", special_tokens=[(tok.bos_token, tok.bos_token_id)]
+    )
     short = to_cloze(task, task.prompt, {"idx": 0, "fields": {"sentence": "fun"}, "label": "1"})
     assert build_items([short], tok, "causal", 64)[0].input_ids[0] == tok.bos_token_id
     assert build_items([short], tok, "causal", 64, add_special_tokens=False)[0].input_ids[0] != tok.bos_token_id

@@ -45,12 +45,22 @@ def test_axb_string_idx_is_read_and_echoed_in_the_submission(tmp_path):
 
 @pytest.mark.parametrize("task", ["cb", "boolq", "copa", "rte_sg", "wic"])
 def test_every_superglue_task_takes_a_numeric_string_idx(tmp_path, task):
-    row = {"cb": {"premise": "p", "hypothesis": "h", "label": "neutral"},
-           "boolq": {"question": "q", "passage": "p", "label": True},
-           "copa": {"premise": "p.", "choice1": "a", "choice2": "b", "question": "cause", "label": 0},
-           "rte_sg": {"premise": "p", "hypothesis": "h", "label": "entailment"},
-           "wic": {"word": "w", "sentence1": "a w", "sentence2": "w b", "start1": 2, "end1": 3, "start2": 0,
-                   "end2": 1, "label": False}}[task]  # fmt: skip
+    row = {
+        "cb": {"premise": "p", "hypothesis": "h", "label": "neutral"},
+        "boolq": {"question": "q", "passage": "p", "label": True},
+        "copa": {"premise": "p.", "choice1": "a", "choice2": "b", "question": "cause", "label": 0},
+        "rte_sg": {"premise": "p", "hypothesis": "h", "label": "entailment"},
+        "wic": {
+            "word": "w",
+            "sentence1": "a w",
+            "sentence2": "w b",
+            "start1": 2,
+            "end1": 3,
+            "start2": 0,
+            "end2": 1,
+            "label": False,
+        },
+    }[task]
     _jsonl(tmp_path / "val.jsonl", [{**row, "idx": "7"}, {**row, "idx": 8}])
     assert [ex["idx"] for ex in read_split(get_task(task), tmp_path, "dev")] == ["7", 8]
     _jsonl(tmp_path / "val.jsonl", [{**row, "idx": "7a"}])
@@ -77,9 +87,15 @@ def _release_axg(n_pairs: int, seed: int = 0) -> list[dict]:
     for i in range(n_pairs):
         hyp = f"The worker number {i} was tired."
         for pronoun in ("he", "she"):
-            rows.append({"hypothesis": hyp, "premise": f"The worker number {i} said that {pronoun} was tired.",
-                         "idx": len(rows), "pair_id": 551646 + len(rows),
-                         "label": rng.choice(["entailment", "not_entailment"])})  # fmt: skip
+            rows.append(
+                {
+                    "hypothesis": hyp,
+                    "premise": f"The worker number {i} said that {pronoun} was tired.",
+                    "idx": len(rows),
+                    "pair_id": 551646 + len(rows),
+                    "label": rng.choice(["entailment", "not_entailment"]),
+                }
+            )
     return rows
 
 
@@ -118,8 +134,11 @@ def test_axg_rows_that_do_not_pair_are_refused(tmp_path):
     rows = _release_axg(3)
     rows[3]["hypothesis"] = "Someone else was tired."
     _jsonl(tmp_path / "AX-g.jsonl", rows)
-    with pytest.raises(DataError, match=r"AX-g\.jsonl:4: axg rows pair up in file order .* should share the "
-                                        r"hypothesis"):  # fmt: skip
+    with pytest.raises(
+        DataError,
+        match=r"AX-g\.jsonl:4: axg rows pair up in file order .* should share the "
+        r"hypothesis",
+    ):
         read_split(get_task("axg"), tmp_path, "test")
     _jsonl(tmp_path / "AX-g.jsonl", _release_axg(3)[:5])
     with pytest.raises(DataError, match=r"AX-g\.jsonl:5: axg has an odd number of rows \(5\)"):
@@ -132,7 +151,9 @@ def test_max_examples_counts_whole_pairs_and_whole_questions(tmp_path):
     mrc = get_task("multirc")  # dev fixture: question 0 has 2 answers, question 1 has 3
     assert len(read_split(mrc, FIXTURES / "MultiRC", "dev", limit=1)) == 2
     assert len(read_split(mrc, FIXTURES / "MultiRC", "dev", limit=2)) == 5
-    meta = prepare_task("mrc", {"name": "multirc", "max_examples": {"dev": 1}}, str(FIXTURES / "MultiRC"), tmp_path / "m")
+    meta = prepare_task(
+        "mrc", {"name": "multirc", "max_examples": {"dev": 1}}, str(FIXTURES / "MultiRC"), tmp_path / "m"
+    )
     assert meta["splits"]["dev"] == 2
 
 
@@ -168,17 +189,29 @@ def test_a_multirc_answer_without_label_is_refused(tmp_path):
 # ------------------------------------------------------------------------------------------ WSC span
 def test_wsc_prompt_marks_the_pronoun_it_means(tmp_path):
     text = "The trophy doesn't fit into the suitcase because it is too large, and it shows."
-    _jsonl(tmp_path / "val.jsonl", [{"text": text, "idx": 0, "label": True,
-                                     "target": {"span1_text": "The trophy", "span1_index": 0, "span2_text": "it",
-                                                "span2_index": 8}}])  # fmt: skip
+    _jsonl(
+        tmp_path / "val.jsonl",
+        [
+            {
+                "text": text,
+                "idx": 0,
+                "label": True,
+                "target": {"span1_text": "The trophy", "span1_index": 0, "span2_text": "it", "span2_index": 8},
+            }
+        ],
+    )
     meta = prepare_task("wsc", {"name": "wsc"}, str(tmp_path), tmp_path / "out")
     cloze = load_prepared(tmp_path / "out", "dev").clozes[0]
     assert "because *it* is too large, and it shows." in cloze.prefix
     assert "the pronoun '*it*' refer to 'The trophy'" in cloze.prefix and meta["splits"] == {"dev": 1}
     fixture = read_split(get_task("wsc"), FIXTURES / "WSC", "dev")
     assert fixture[0]["fields"]["text_marked"].endswith("his book. *He* should have been more truthful.")
-    bad = {"text": text, "idx": 0, "label": True,
-           "target": {"span1_text": "The trophy", "span1_index": 0, "span2_text": "it", "span2_index": 9}}  # fmt: skip
+    bad = {
+        "text": text,
+        "idx": 0,
+        "label": True,
+        "target": {"span1_text": "The trophy", "span1_index": 0, "span2_text": "it", "span2_index": 9},
+    }
     _jsonl(tmp_path / "bad" / "val.jsonl", [bad])
     with pytest.raises(DataError, match=r"val\.jsonl:1: word 9 of the text is 'is', expected the span 'it' there"):
         read_split(get_task("wsc"), tmp_path / "bad", "dev")
@@ -187,10 +220,16 @@ def test_wsc_prompt_marks_the_pronoun_it_means(tmp_path):
 # ------------------------------------------------------------------------------- submissions
 def test_every_superglue_submission_format(tmp_path):
     """As jiant v1's reference writer (jiant/evaluate.py, _write_*_preds) and the SuperGLUE server read them."""
-    expected = {"boolq": ("true", "true"), "wic": ("false", "false"), "wsc": ("true", "True"),
-                "cb": ("neutral", "neutral"), "rte_sg": ("not_entailment", "not_entailment"),
-                "axb": ("entailment", "entailment"), "axg": ("not_entailment", "not_entailment"),
-                "copa": ("1", 1)}  # fmt: skip
+    expected = {
+        "boolq": ("true", "true"),
+        "wic": ("false", "false"),
+        "wsc": ("true", "True"),
+        "cb": ("neutral", "neutral"),
+        "rte_sg": ("not_entailment", "not_entailment"),
+        "axb": ("entailment", "entailment"),
+        "axg": ("not_entailment", "not_entailment"),
+        "copa": ("1", 1),
+    }
     superglue = {name for name, t in TASKS.items() if t.benchmark == "superglue"}
     assert superglue == {*expected, "multirc", "record"}  # multirc, record: tests/test_prompts_scoring.py
     for name, (pred, written) in expected.items():
@@ -200,8 +239,9 @@ def test_every_superglue_submission_format(tmp_path):
 
 
 # ---------------------------------------------------------------- diagnostics are evaluated, AX is not
-@pytest.mark.parametrize(("task", "folder", "metrics"), [("axb", "AX-b", ["mcc"]),
-                                                          ("axg", "AX-g", ["gender_parity", "accuracy"])])  # fmt: skip
+@pytest.mark.parametrize(
+    ("task", "folder", "metrics"), [("axb", "AX-b", ["mcc"]), ("axg", "AX-g", ["gender_parity", "accuracy"])]
+)
 def test_diagnostics_are_evaluated_on_their_labelled_test_file(tmp_path, tiny_llama, task, folder, metrics):
     meta = prepare_task(task, {"name": task}, str(FIXTURES / folder), tmp_path / "task")
     assert meta["eval_split"] == "test" and "dev" not in meta["splits"]
@@ -218,9 +258,12 @@ def test_diagnostics_are_evaluated_on_their_labelled_test_file(tmp_path, tiny_ll
 def test_glue_ax_has_nothing_to_evaluate(tmp_path):
     assert not evaluable({"name": "ax"}) and evaluable({"name": "axb"}) and evaluable({"name": "axg"})
     assert evaluable({"name": "rte"}) and not evaluable({"name": "boolq", "splits": {"dev": "test"}})
-    config = {"teacher": "m", "models": {"m": {"source": "embedded:smollm2-135m-instruct"}},
-              "tasks": {"ax": {"name": "ax", "source": "x"}, "rte": {"name": "rte", "source": "y"}},
-              "evaluate": {"tasks": ["ax", "rte"]}}  # fmt: skip
+    config = {
+        "teacher": "m",
+        "models": {"m": {"source": "embedded:smollm2-135m-instruct"}},
+        "tasks": {"ax": {"name": "ax", "source": "x"}, "rte": {"name": "rte", "source": "y"}},
+        "evaluate": {"tasks": ["ax", "rte"]},
+    }
     with pytest.raises(ConfigError, match=r"'evaluate.tasks\[0\]': task 'ax' \(ax\) has no labelled split"):
         validate_config(config)
     meta = prepare_task("ax", {"name": "ax"}, str(Path(__file__).parent / "fixtures/glue/AX"), tmp_path / "ax")

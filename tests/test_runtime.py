@@ -21,16 +21,22 @@ def test_torchrun_environment():
 
 
 def test_slurm_environment_one_task_per_gpu():
-    env = {"SLURM_PROCID": "5", "SLURM_LOCALID": "1", "SLURM_NTASKS": "8", "SLURM_JOB_ID": "123456",
-           "SLURM_JOB_NODELIST": "gpu[03-04,09]"}  # fmt: skip
+    env = {
+        "SLURM_PROCID": "5",
+        "SLURM_LOCALID": "1",
+        "SLURM_NTASKS": "8",
+        "SLURM_JOB_ID": "123456",
+        "SLURM_JOB_NODELIST": "gpu[03-04,09]",
+    }
     ranks = Ranks.from_env(env)
     assert (ranks.rank, ranks.local_rank, ranks.size, ranks.master_addr) == (5, 1, 8, "gpu03")
     assert ranks.launcher == "slurm" and ranks.master_port == 20000 + 123456 % 20000
     assert Ranks.from_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}) == Ranks()  # one task: no rendezvous
 
 
-@pytest.mark.parametrize(("nodes", "first"), [("a1", "a1"), ("n[7-9]", "n7"), ("gpu[12,14-15],cpu1", "gpu12"),
-                                              ("x-y[001-002]", "x-y001")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("nodes", "first"), [("a1", "a1"), ("n[7-9]", "n7"), ("gpu[12,14-15],cpu1", "gpu12"), ("x-y[001-002]", "x-y001")]
+)
 def test_first_host_of_a_node_list(nodes, first):
     assert first_host(nodes) == first
 
@@ -42,8 +48,9 @@ def test_auto_device_is_the_cpu_without_cuda_and_a_gpu_job_stops():
     assert Runtime.create({"device": "cpu"}, gpus=2, env={}, cuda_available=False).device.type == "cpu"  # opt-out
     with pytest.raises(ConfigError, match="no CUDA device"):
         Runtime.create({"device": "cuda"}, env={}, cuda_available=False)
-    rt = Runtime.create({"device": "auto"}, gpus=1, env={"RANK": "0", "LOCAL_RANK": "3", "WORLD_SIZE": "4"},
-                        cuda_available=True)  # fmt: skip
+    rt = Runtime.create(
+        {"device": "auto"}, gpus=1, env={"RANK": "0", "LOCAL_RANK": "3", "WORLD_SIZE": "4"}, cuda_available=True
+    )
     assert rt.device == torch.device("cuda:3") and rt.backend == "nccl"
 
 
@@ -64,8 +71,15 @@ def test_to_moves_every_container_and_the_audit_sees_it():
     with DeviceAudit() as audit:
         rt = Runtime(audit=audit)
         enc = BatchEncoding({"input_ids": torch.ones(2, 3, dtype=torch.long)})
-        moved = rt.to({"a": [torch.ones(2)], "b": (torch.zeros(3),), "enc": enc,
-                       "f": _Feats([torch.ones(2, 2)], torch.ones(2)), "n": 3})  # fmt: skip
+        moved = rt.to(
+            {
+                "a": [torch.ones(2)],
+                "b": (torch.zeros(3),),
+                "enc": enc,
+                "f": _Feats([torch.ones(2, 2)], torch.ones(2)),
+                "n": 3,
+            }
+        )
         assert audit.on_device(moved["a"][0]) and audit.on_device(moved["b"][0])
         assert audit.on_device(moved["enc"]["input_ids"]) and audit.on_device(moved["f"].hidden[0])
         assert audit.on_device(moved["f"].mask) and moved["n"] == 3
@@ -78,8 +92,16 @@ def test_to_moves_every_container_and_the_audit_sees_it():
 def test_audit_of_a_placed_model_training_step():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    model = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                         num_attention_heads=2, num_key_value_heads=1, vocab_size=64))  # fmt: skip
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            vocab_size=64,
+        )
+    )
     with DeviceAudit() as audit:
         rt = Runtime(audit=audit)
         model = rt.place(model)

@@ -9,10 +9,10 @@ from typing import ClassVar
 import pytest
 import torch
 
-from kdflow.losses.inputs import ALWAYS_PRESENT, StepInputs, UndeclaredInputError, need_names
 from kdflow.distill.producers import Produced, Step, produce
 from kdflow.losses import build_losses
 from kdflow.losses.base import NEEDS, Loss
+from kdflow.losses.inputs import ALWAYS_PRESENT, StepInputs, UndeclaredInputError, need_names
 from kdflow.recipes import LossSpec
 
 

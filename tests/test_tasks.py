@@ -123,8 +123,11 @@ def test_label_outside_label_set_names_file_and_line(tmp_path):
 def test_malformed_jsonl_row_names_file_and_line(tmp_path):
     good = json.dumps({"premise": "p", "hypothesis": "h", "label": "entailment", "idx": 0})
     _write(tmp_path / "val.jsonl", good + "\n{not json\n")
-    with pytest.raises(DataError, match=r"val\.jsonl:2: not valid JSON: Expecting property name enclosed in double "
-                                        r"quotes \(column 2\)"):
+    with pytest.raises(
+        DataError,
+        match=r"val\.jsonl:2: not valid JSON: Expecting property name enclosed in double "
+        r"quotes \(column 2\)",
+    ):
         read_split(get_task("cb"), tmp_path, "dev")
 
 
@@ -172,7 +175,9 @@ def test_hub_rows_match_official_rows(monkeypatch):
 
 
 def test_prepare_task_writes_splits_and_answers(tmp_path, shared_data):
-    meta = prepare_task("copa", {"name": "copa", "max_examples": {"train": 10}}, str(shared_data / "superglue/COPA"), tmp_path)
+    meta = prepare_task(
+        "copa", {"name": "copa", "max_examples": {"train": 10}}, str(shared_data / "superglue/COPA"), tmp_path
+    )
     assert meta["splits"] == {"train": 10, "dev": 100, "test": 500}
     assert "Water flowed from the spout." in meta["answer_strings"]
     meta = prepare_task("boolq", {"name": "boolq"}, str(shared_data / "superglue/BoolQ"), tmp_path / "b")

@@ -75,9 +75,7 @@ def test_size_smaller_than_must_keep_names_both(tiny_llama):
 
 
 def test_nearest_on_a_hand_built_embedding():
-    emb = torch.tensor(
-        [[1.0, 0.0], [0.0, 1.0], [10.0, 10.0], [0.9, 0.1], [0.1, 3.0], [4.0, 4.4]]
-    )
+    emb = torch.tensor([[1.0, 0.0], [0.0, 1.0], [10.0, 10.0], [0.9, 0.1], [0.1, 3.0], [4.0, 4.4]])
     kept, dropped = np.array([0, 1, 2]), np.array([3, 4, 5])
     # cosine: 3 -> 0, 4 -> 1, 5 -> 2 (direction of (1,1.1) is closest to (1,1))
     assert nearest_kept(emb, kept, dropped, "cosine").tolist() == [0, 1, 2]
@@ -123,7 +121,9 @@ def test_projected_teacher_logits_renormalise_over_kept_columns(tiny_llama):
     assert torch.allclose(probs, expected / expected.sum(-1, keepdim=True), atol=1e-6)
 
 
-@pytest.mark.parametrize(("fixture", "auto"), [("tiny_llama", AutoModelForCausalLM), ("tiny_bert", AutoModelForMaskedLM)])
+@pytest.mark.parametrize(
+    ("fixture", "auto"), [("tiny_llama", AutoModelForCausalLM), ("tiny_bert", AutoModelForMaskedLM)]
+)
 def test_exported_student_matches_in_pipeline_logits(fixture, auto, request, tmp_path):
     folder = request.getfixturevalue(fixture)
     model, tok, _ = load_lm(folder)
@@ -202,8 +202,9 @@ def test_vocabulary_embedding_dim_builds_trains_and_exports_a_factorised_student
     vmap = build_vocab_map(_zipf_counts(len(tok)), tok, ANSWERS, {"size": 256, "round_to": 64})
     vmap.meta.update(tokenizer_sha256=tokenizer_fingerprint(tiny_llama), embedding_dim=8)
     vmap.save(tmp_path / "map.json")
-    meta = init_student(tiny_llama, {"layers": {"strategy": "last", "count": 1}}, tmp_path / "map.json",
-                        tmp_path / "student", seed=0)  # fmt: skip
+    meta = init_student(
+        tiny_llama, {"layers": {"strategy": "last", "count": 1}}, tmp_path / "map.json", tmp_path / "student", seed=0
+    )
     hidden = AutoModelForCausalLM.from_pretrained(tmp_path / "student").config.hidden_size
     assert meta["embedding_dim"] == 8 and meta["factorised_parameters"]["embedding"] == 256 * 8 + 8 * hidden
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "student", local_files_only=True)
@@ -212,8 +213,18 @@ def test_vocabulary_embedding_dim_builds_trains_and_exports_a_factorised_student
     assert isinstance(model.get_input_embeddings(), FactorisedEmbedding)
     assert count_parameters(model)["embedding"] == 256 * 8 + 8 * hidden
     pack_text(tmp_path, tiny_llama, name="corpus")
-    settings = {"epochs": 1, "max_steps": 2, "batch_size": 4, "grad_accum": 1, "lr": 1e-2, "warmup_ratio": 0.0,
-                "weight_decay": 0.0, "max_grad_norm": 1.0, "checkpoint_every": 2, "teacher": "online"}  # fmt: skip
+    settings = {
+        "epochs": 1,
+        "max_steps": 2,
+        "batch_size": 4,
+        "grad_accum": 1,
+        "lr": 1e-2,
+        "warmup_ratio": 0.0,
+        "weight_decay": 0.0,
+        "max_grad_norm": 1.0,
+        "checkpoint_every": 2,
+        "teacher": "online",
+    }
     run = {"student": "s", "stage1": {"losses": {"word_kl": {"temperature": 2.0}}}}
     data = {"cache": None, "corpus": tmp_path / "corpus", "teacher": tiny_llama}
     out = distill("stage1", tmp_path / "student", tmp_path / "out", tmp_path / "w", run, settings, data, None, seed=0)

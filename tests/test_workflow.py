@@ -49,7 +49,9 @@ def test_tiny_dag_end_to_end(repo, tool_env, tiny_run):
     ft = json.loads((results / "metrics" / "teacher_finetuned" / "sentiment.json").read_text())
     assert ft["examples"] == 64 and 0.0 <= ft["metrics"]["accuracy"] <= 1.0
     for vocab, size in (("full", 49152), ("half", 24576)):
-        corpus_cache = json.loads((results / "cache" / "corpus" / "package_texts" / vocab / "manifest.json").read_text())
+        corpus_cache = json.loads(
+            (results / "cache" / "corpus" / "package_texts" / vocab / "manifest.json").read_text()
+        )
         assert corpus_cache["blocks"] == 24 and corpus_cache["student_vocab_size"] == size
         task_cache = json.loads((results / "cache" / "task" / "sentiment" / vocab / "manifest.json").read_text())
         assert task_cache["examples"] == 200 and len(task_cache["shards"]) == 4
@@ -91,8 +93,19 @@ def test_tiny_dag_end_to_end(repo, tool_env, tiny_run):
 def test_tiny_dag_summary_and_plots(tiny_run):
     results = tiny_run / "results"
     table = pd.read_csv(results / "summary.csv")
-    expected = {"tiny_llama", "tiny_bert", "teacher_finetuned", "classifiers/tiny_bert", "glmd", "glmd_full_vocab",
-                "kd", "no_distill", "codir", "codir_pretrain", "combined"}
+    expected = {
+        "tiny_llama",
+        "tiny_bert",
+        "teacher_finetuned",
+        "classifiers/tiny_bert",
+        "glmd",
+        "glmd_full_vocab",
+        "kd",
+        "no_distill",
+        "codir",
+        "codir_pretrain",
+        "combined",
+    }
     assert set(table["model"]) == expected
     assert table["sentiment"].between(0, 100).all() and table["parameters"].gt(0).all()
     assert table["latency ms"].gt(0).all() and table["examples/s"].gt(0).all()
@@ -110,8 +123,15 @@ def test_tiny_dag_summary_and_plots(tiny_run):
         assert image.shape[0] > 200 and image.shape[1] > 400 and image.std() > 0.01, plot
 
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]  # fmt: skip
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.mark.e2e
@@ -157,8 +177,19 @@ def test_rules_launch_torchrun_for_several_processes(repo, tool_env, tmp_path):
         cfg["resources"]["rules"][rule]["processes"] = 2
     path = tmp_path / "two.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    cmd = ["snakemake", "-n", "-p", "-s", str(repo / "Snakefile"), "-d", str(tmp_path), "--forceall",
-           "--replace-workflow-config", "--configfile", str(path)]  # fmt: skip
+    cmd = [
+        "snakemake",
+        "-n",
+        "-p",
+        "-s",
+        str(repo / "Snakefile"),
+        "-d",
+        str(tmp_path),
+        "--forceall",
+        "--replace-workflow-config",
+        "--configfile",
+        str(path),
+    ]
     out = _run(cmd, repo, tool_env).stdout
     with_stage1 = sum("stage1" in run for run in cfg["runs"].values())
     assert with_stage1 == 3 and len(cfg["runs"]) == 7

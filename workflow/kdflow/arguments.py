@@ -18,11 +18,16 @@ def parse_json(text: str) -> Any:
 
 def compute_arguments(p: argparse.ArgumentParser) -> None:
     """``--compute`` / ``--gpus`` of the subcommands that run a model (see kdflow.runtime)."""
-    p.add_argument("--compute", type=parse_json, default=None,
-                   help="the rule's compute settings (device, precision, teacher_dtype, tf32, "
-                        "attn_implementation, gradient_checkpointing), as JSON")  # fmt: skip
-    p.add_argument("--gpus", type=int, default=0,
-                   help="GPUs the scheduler gave this job: with none visible, the job stops")  # fmt: skip
+    p.add_argument(
+        "--compute",
+        type=parse_json,
+        default=None,
+        help="the rule's compute settings (device, precision, teacher_dtype, tf32, "
+        "attn_implementation, gradient_checkpointing), as JSON",
+    )
+    p.add_argument(
+        "--gpus", type=int, default=0, help="GPUs the scheduler gave this job: with none visible, the job stops"
+    )
 
 
 @dataclass(frozen=True)
@@ -55,8 +60,13 @@ def _prepare_task(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spec", type=parse_json, required=True)
     p.add_argument("--source", required=True, help="folder of official files, or hf:DATASET")
     p.add_argument("--out", required=True)
-    p.add_argument("--require", nargs="*", default=[], choices=["train", "dev", "test"],
-                   help="splits the experiment uses: a missing file of one is an error")  # fmt: skip
+    p.add_argument(
+        "--require",
+        nargs="*",
+        default=[],
+        choices=["train", "dev", "test"],
+        help="splits the experiment uses: a missing file of one is an error",
+    )
 
 
 def _evaluate(p: argparse.ArgumentParser) -> None:
@@ -77,7 +87,9 @@ def _submit(p: argparse.ArgumentParser) -> None:
 
 
 def _summarize(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--manifest", type=parse_json, required=True, help="entries, runs, vocabularies (see rule summarize)")
+    p.add_argument(
+        "--manifest", type=parse_json, required=True, help="entries, runs, vocabularies (see rule summarize)"
+    )
     p.add_argument("--out", required=True, help="folder for summary.csv/.md/.html and runs.html")
     p.add_argument("--plots", required=True, help="folder for the PNG plots")
 
@@ -89,8 +101,11 @@ def _reproduce(p: argparse.ArgumentParser) -> None:
 
 
 def _bench(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sections", default="stage1,cache,caching,scaling,rules",
-                   help="comma-separated: stage1, cache, caching, scaling, rules")  # fmt: skip
+    p.add_argument(
+        "--sections",
+        default="stage1,cache,caching,scaling,rules",
+        help="comma-separated: stage1, cache, caching, scaling, rules",
+    )
     p.add_argument("--teacher", help="teacher folder (default: the embedded SmolLM2)")
     p.add_argument("--results", default="results", help="an experiment's results folder (rule wall times)")
     p.add_argument("--out", default="results/bench")
@@ -139,8 +154,12 @@ def _finetune_teacher(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="fine-tuned model folder")
     p.add_argument("--work", required=True, help="checkpoints and logs (kept across failures)")
     p.add_argument("--settings", type=parse_json, required=True, help="the config's teacher_finetune section")
-    p.add_argument("--head", choices=["cloze", "classification"], default="cloze",
-                   help="cloze: word prediction on the prompt's candidates; classification: a new task head")
+    p.add_argument(
+        "--head",
+        choices=["cloze", "classification"],
+        default="cloze",
+        help="cloze: word prediction on the prompt's candidates; classification: a new task head",
+    )
     p.add_argument("--deepspeed", type=parse_json, default=None)
     p.add_argument("--seed", type=int, default=0)
 
@@ -199,9 +218,16 @@ COMMANDS = [
     Command("preprocess-corpus", "tokenise and pack a corpus into flat memmaps", _preprocess_corpus),
     Command("count-tokens", "token frequency table of a preprocessed corpus (+ task inputs)", _count_tokens),
     Command("compress-vocab", "build a compressed vocabulary map from token counts", _compress_vocab),
-    Command("finetune-teacher", "fine-tune a teacher on a task (cloze prompts, or a classification head)", _finetune_teacher, computes=True),
-    Command("cache-logits", "run the teacher once and cache sparse targets (corpus or task)", _cache_logits, computes=True),
+    Command(
+        "finetune-teacher",
+        "fine-tune a teacher on a task (cloze prompts, or a classification head)",
+        _finetune_teacher,
+        computes=True,
+    ),
+    Command(
+        "cache-logits", "run the teacher once and cache sparse targets (corpus or task)", _cache_logits, computes=True
+    ),
     Command("init-student", "build a student: teacher layer subset / narrower width / vocabulary", _init_student),
     Command("distill", "train a student with a run's losses (stage1: corpus, stage2: task)", _distill, computes=True),
     Command("tasks", "list the task types", _tasks),
-]  # fmt: skip
+]

@@ -37,16 +37,22 @@ def check_head_matches(folder: str | Path, model: PreTrainedModel, task: TaskTyp
     meta = read_metadata(folder)
     trained_for = meta.get("task_type")
     if task.kind not in HEAD_KINDS:
-        raise DataError(f"{folder}: a classification head cannot score {task.name} ({task_dir}), a "
-                        f"{task.kind} task; use a word-prediction model (cloze scoring) for it")  # fmt: skip
+        raise DataError(
+            f"{folder}: a classification head cannot score {task.name} ({task_dir}), a "
+            f"{task.kind} task; use a word-prediction model (cloze scoring) for it"
+        )
     if trained_for is not None and trained_for != task.name:
-        raise DataError(f"{folder}: this classification head was trained for task type '{trained_for}', "
-                        f"not '{task.name}' ({task_dir})")  # fmt: skip
+        raise DataError(
+            f"{folder}: this classification head was trained for task type '{trained_for}', "
+            f"not '{task.name}' ({task_dir})"
+        )
     labels = head_labels(model)
     expected = list(task.labels) if task.kind == "classification" else []
     if labels != expected:
-        raise DataError(f"{folder}: the head's labels {labels or '(one regression output)'} are not the labels "
-                        f"of {task.name} ({task_dir}): {expected or '(one regression output)'}")  # fmt: skip
+        raise DataError(
+            f"{folder}: the head's labels {labels or '(one regression output)'} are not the labels "
+            f"of {task.name} ({task_dir}): {expected or '(one regression output)'}"
+        )
 
 
 def head_inputs(example: Example) -> tuple[str, str | None]:
@@ -57,13 +63,15 @@ def head_inputs(example: Example) -> tuple[str, str | None]:
     return texts[0], (" ".join(texts[1:]) or None)
 
 
-def load_classifier(folder: str | Path, runtime: Runtime | None = None,
-                    teacher: bool = False) -> tuple[PreTrainedModel, Any]:  # fmt: skip
+def load_classifier(
+    folder: str | Path, runtime: Runtime | None = None, teacher: bool = False
+) -> tuple[PreTrainedModel, Any]:
     """A sequence-classification model (eval mode; on the runtime's device, in the teacher dtype when it is a
     frozen teacher, else fp32) and its tokenizer."""
     runtime = runtime or Runtime()
-    model = AutoModelForSequenceClassification.from_pretrained(folder, local_files_only=True,
-                                                               **runtime.load_kwargs(teacher))  # fmt: skip
+    model = AutoModelForSequenceClassification.from_pretrained(
+        folder, local_files_only=True, **runtime.load_kwargs(teacher)
+    )
     model = runtime.place(model, teacher=teacher)
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
@@ -81,8 +89,9 @@ def encode_pairs(tokenizer: Any, examples: Sequence[Example], max_length: int) -
     if all(b is None for b in seconds):
         return tokenizer(firsts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
     seconds = [b or "" for b in seconds]
-    return tokenizer(firsts, seconds, truncation="longest_first", max_length=max_length, padding=True,
-                     return_tensors="pt")  # fmt: skip
+    return tokenizer(
+        firsts, seconds, truncation="longest_first", max_length=max_length, padding=True, return_tensors="pt"
+    )
 
 
 @torch.no_grad()

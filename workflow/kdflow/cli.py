@@ -58,9 +58,13 @@ def _preprocess(a: argparse.Namespace) -> None:
     meta = preprocess_corpus(a.source, a.spec, a.tokenizer, a.out, a.settings, seed=a.seed)
     log.info(
         "corpus %s -> %s: %s tokens, %s train / %s valid blocks, %.0f tokens/s",
-        a.source, a.out, f"{meta['tokens']:,}", meta["splits"]["train"]["blocks"],
-        meta["splits"]["valid"]["blocks"], meta["tokens_per_second"] or 0,
-    )  # fmt: skip
+        a.source,
+        a.out,
+        f"{meta['tokens']:,}",
+        meta["splits"]["train"]["blocks"],
+        meta["splits"]["valid"]["blocks"],
+        meta["tokens_per_second"] or 0,
+    )
 
 
 def _count_tokens(a: argparse.Namespace) -> None:
@@ -76,10 +80,13 @@ def _compress_vocab(a: argparse.Namespace) -> None:
     p = compress_vocab(a.counts, a.teacher, a.tasks, a.spec, a.out, a.name)
     log.info(
         "vocabulary %s -> %s tokens, coverage %.4f, embedding+head parameters %s -> %s (-%.1f %%)",
-        f"{p['teacher_vocab_size']:,}", f"{p['compressed_vocab_size']:,}", p["coverage"],
+        f"{p['teacher_vocab_size']:,}",
+        f"{p['compressed_vocab_size']:,}",
+        p["coverage"],
         f"{p['uncompressed']['embedding'] + p['uncompressed']['head']:,}",
-        f"{p['compressed']['embedding'] + p['compressed']['head']:,}", 100 * p["embedding_and_head_reduction"],
-    )  # fmt: skip
+        f"{p['compressed']['embedding'] + p['compressed']['head']:,}",
+        100 * p["embedding_and_head_reduction"],
+    )
 
 
 def _finetune(a: argparse.Namespace) -> None:
@@ -105,8 +112,13 @@ def _init_student(a: argparse.Namespace) -> None:
     from .students import init_student
 
     meta = init_student(a.teacher, a.spec, a.vocab_map or None, a.out, a.seed)
-    log.info("student %s: %s parameters (teacher %s), layers %s", a.out, f"{meta['parameters']['total']:,}",
-             f"{meta['teacher_parameters']['total']:,}", meta["layers_from_teacher"])  # fmt: skip
+    log.info(
+        "student %s: %s parameters (teacher %s), layers %s",
+        a.out,
+        f"{meta['parameters']['total']:,}",
+        f"{meta['teacher_parameters']['total']:,}",
+        meta["layers_from_teacher"],
+    )
 
 
 def _distill(a: argparse.Namespace) -> None:
@@ -121,8 +133,9 @@ def _distill(a: argparse.Namespace) -> None:
 def _evaluate(a: argparse.Namespace) -> None:
     from .evaluate import evaluate
 
-    result = evaluate(a.model, a.task, a.out, a.predictions, a.settings, seed=a.seed, efficiency_out=a.efficiency,
-                      runtime=_runtime(a))  # fmt: skip
+    result = evaluate(
+        a.model, a.task, a.out, a.predictions, a.settings, seed=a.seed, efficiency_out=a.efficiency, runtime=_runtime(a)
+    )
     log.info("%s on %s: %s", a.model, result["task"], result["metrics"])
 
 
@@ -137,8 +150,9 @@ def _summarize(a: argparse.Namespace) -> None:
     from .summarize import summarize
 
     table = summarize(a.manifest, a.out, a.plots)
-    log.info("summary of %d models x %d tasks -> %s", len(table), len({e["task"] for e in a.manifest["entries"]}),
-             a.out)  # fmt: skip
+    log.info(
+        "summary of %d models x %d tasks -> %s", len(table), len({e["task"] for e in a.manifest["entries"]}), a.out
+    )
 
 
 def _reproduce(a: argparse.Namespace) -> None:
@@ -151,10 +165,20 @@ def _reproduce(a: argparse.Namespace) -> None:
 def _bench(a: argparse.Namespace) -> None:
     from .bench.harness import BenchSettings, run_bench
 
-    settings = BenchSettings(teacher=Path(a.teacher) if a.teacher else None, results=Path(a.results), out=Path(a.out),
-                             sections=tuple(a.sections.split(",")), repeats=a.repeats, steps=a.steps,
-                             batch_size=a.batch_size, block_size=a.block_size, blocks=a.blocks, documents=a.documents,
-                             layers=a.layers, threads=a.threads or BenchSettings().threads)  # fmt: skip
+    settings = BenchSettings(
+        teacher=Path(a.teacher) if a.teacher else None,
+        results=Path(a.results),
+        out=Path(a.out),
+        sections=tuple(a.sections.split(",")),
+        repeats=a.repeats,
+        steps=a.steps,
+        batch_size=a.batch_size,
+        block_size=a.block_size,
+        blocks=a.blocks,
+        documents=a.documents,
+        layers=a.layers,
+        threads=a.threads or BenchSettings().threads,
+    )
     run_bench(settings)
     print((settings.out / "bench.md").read_text())
 
@@ -181,12 +205,25 @@ def _tasks(a: argparse.Namespace) -> None:
 
 
 HANDLERS: dict[str, Callable[[argparse.Namespace], None]] = {
-    "build-model": _build_model, "build-corpus": _build_corpus, "build-task": _build_task,
-    "prepare-task": _prepare_task, "evaluate": _evaluate, "submit": _submit, "summarize": _summarize,
-    "reproduce": _reproduce, "bench": _bench, "validate-config": _validate, "preprocess-corpus": _preprocess,
-    "count-tokens": _count_tokens, "compress-vocab": _compress_vocab, "finetune-teacher": _finetune,
-    "cache-logits": _cache, "init-student": _init_student, "distill": _distill, "tasks": _tasks,
-}  # fmt: skip
+    "build-model": _build_model,
+    "build-corpus": _build_corpus,
+    "build-task": _build_task,
+    "prepare-task": _prepare_task,
+    "evaluate": _evaluate,
+    "submit": _submit,
+    "summarize": _summarize,
+    "reproduce": _reproduce,
+    "bench": _bench,
+    "validate-config": _validate,
+    "preprocess-corpus": _preprocess,
+    "count-tokens": _count_tokens,
+    "compress-vocab": _compress_vocab,
+    "finetune-teacher": _finetune,
+    "cache-logits": _cache,
+    "init-student": _init_student,
+    "distill": _distill,
+    "tasks": _tasks,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

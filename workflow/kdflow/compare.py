@@ -38,8 +38,9 @@ def _verdict(result: dict[str, Any]) -> str:
     return "win" if result["wins"] else "loss" if result["loses"] else "inside the interval"
 
 
-def _comparison_rows(comparison: dict[str, Any], entries: dict[tuple[str, str], dict[str, Any]],
-                     seeds: dict[str, Any], samples: int) -> list[dict[str, Any]]:  # fmt: skip
+def _comparison_rows(
+    comparison: dict[str, Any], entries: dict[tuple[str, str], dict[str, Any]], seeds: dict[str, Any], samples: int
+) -> list[dict[str, Any]]:
     """One row per seed, plus a pooled row when there are several seeds."""
     task = comparison["task"]
     metric = entries[(comparison["pairs"][0][0], task)]["result"]["primary_metric"]
@@ -49,18 +50,34 @@ def _comparison_rows(comparison: dict[str, Any], entries: dict[tuple[str, str], 
         _aligned(a, loaded[0][0], f"{pair[0]} vs {comparison['pairs'][0][0]} on {task}")
     golds, examples = [r["label"] for r in loaded[0][0]], loaded[0][0]
     base = {"run": comparison["run"], "baseline": comparison["baseline"], "task": task, "metric": metric}
-    groups = [(str(seeds.get(run_of(pair[0]), run_of(pair[0]))), [a], [b])
-              for pair, (a, b) in zip(comparison["pairs"], loaded, strict=True)]  # fmt: skip
+    groups = [
+        (str(seeds.get(run_of(pair[0]), run_of(pair[0]))), [a], [b])
+        for pair, (a, b) in zip(comparison["pairs"], loaded, strict=True)
+    ]
     if len(groups) > 1:
         groups.append(("pooled", [a for a, _ in loaded], [b for _, b in loaded]))
     rows = []
     for label, side_a, side_b in groups:
-        result = paired_bootstrap(metric, golds, [[r["prediction"] for r in p] for p in side_a],
-                                  [[r["prediction"] for r in p] for p in side_b], examples, samples=samples)  # fmt: skip
+        result = paired_bootstrap(
+            metric,
+            golds,
+            [[r["prediction"] for r in p] for p in side_a],
+            [[r["prediction"] for r in p] for p in side_b],
+            examples,
+            samples=samples,
+        )
         if result is None:
             continue
-        rows.append({**base, "seed": label, "difference": 100 * result["difference"], "low": 100 * result["low"],
-                     "high": 100 * result["high"], "verdict": _verdict(result)})  # fmt: skip
+        rows.append(
+            {
+                **base,
+                "seed": label,
+                "difference": 100 * result["difference"],
+                "low": 100 * result["low"],
+                "high": 100 * result["high"],
+                "verdict": _verdict(result),
+            }
+        )
     return rows
 
 
@@ -88,9 +105,16 @@ def seed_table(manifest: dict[str, Any], table: pd.DataFrame, tasks: list[str]) 
             if not values:
                 continue
             numbers = [v for _, v in values]
-            rows.append({"run": base, "task": task, "seeds": len(values), "mean": statistics.fmean(numbers),
-                         "sd": statistics.stdev(numbers) if len(numbers) > 1 else math.nan,
-                         "per seed": ", ".join(f"{s}: {v:.1f}" for s, v in values)})  # fmt: skip
+            rows.append(
+                {
+                    "run": base,
+                    "task": task,
+                    "seeds": len(values),
+                    "mean": statistics.fmean(numbers),
+                    "sd": statistics.stdev(numbers) if len(numbers) > 1 else math.nan,
+                    "per seed": ", ".join(f"{s}: {v:.1f}" for s, v in values),
+                }
+            )
     return pd.DataFrame(rows, columns=["run", "task", "seeds", "mean", "sd", "per seed"])
 
 
@@ -103,6 +127,12 @@ def top_class_table(entries: list[dict[str, Any]]) -> pd.DataFrame:
             continue
         counts = Counter(str(r["prediction"]) for r in read_predictions(e["predictions"]))
         label, count = counts.most_common(1)[0]
-        rows.append({"run": run_of(e["model"]), "task": e["task"], "top prediction": label,
-                     "share %": 100 * count / sum(counts.values())})  # fmt: skip
+        rows.append(
+            {
+                "run": run_of(e["model"]),
+                "task": e["task"],
+                "top prediction": label,
+                "share %": 100 * count / sum(counts.values()),
+            }
+        )
     return pd.DataFrame(rows, columns=["run", "task", "top prediction", "share %"])

@@ -16,8 +16,18 @@ from .config_checks import check_references
 from .errors import ConfigError
 from .plan.names import corpus_tokenizer, evaluable, run_spec, stage1_corpus, stage_phases, student_teacher
 
-__all__ = ["SCHEMA_PATH", "corpus_tokenizer", "evaluable", "load_config", "load_schema", "run_recipe", "stage1_corpus",
-           "stage_phases", "student_teacher", "validate_config"]  # fmt: skip
+__all__ = [
+    "SCHEMA_PATH",
+    "corpus_tokenizer",
+    "evaluable",
+    "load_config",
+    "load_schema",
+    "run_recipe",
+    "stage1_corpus",
+    "stage_phases",
+    "student_teacher",
+    "validate_config",
+]
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "config.schema.yaml"
 
@@ -54,10 +64,7 @@ def _describe(error: ValidationError) -> str:
         expected = error.validator_value
         expected = expected if isinstance(expected, list) else [expected]
         names = " or ".join(_TYPE_NAMES.get(t, t) for t in expected)
-        return (
-            f"config key '{_key(where)}': expected {names}, "
-            f"got {type(error.instance).__name__} {error.instance!r}"
-        )
+        return f"config key '{_key(where)}': expected {names}, got {type(error.instance).__name__} {error.instance!r}"
     if error.validator == "required":
         return f"config key '{_key(where)}': {error.message}"
     return f"config key '{_key(where)}': {error.message}"

@@ -26,15 +26,19 @@ def check_models(config: Config) -> list[str]:
     models = config.get("models", {})
     problems = []
     if config.get("teacher") not in models:
-        problems.append(f"config key 'teacher': '{config.get('teacher')}' is not a key of 'models' "
-                        f"(defined: {', '.join(models)})")  # fmt: skip
+        problems.append(
+            f"config key 'teacher': '{config.get('teacher')}' is not a key of 'models' (defined: {', '.join(models)})"
+        )
     for name in models:
         if name in names.RESERVED_MODEL_NAMES:
-            problems.append(f"config key 'models.{name}': '{name}' is reserved (results/metrics/{name} holds "
-                            f"{names.RESERVED_MODEL_NAMES[name]}); rename the model")  # fmt: skip
+            problems.append(
+                f"config key 'models.{name}': '{name}' is reserved (results/metrics/{name} holds "
+                f"{names.RESERVED_MODEL_NAMES[name]}); rename the model"
+            )
     problems += _unknown("evaluate.models", "model", config.get("evaluate", {}).get("models", []), models)
-    problems += _unknown("classifier_finetune.models", "model",
-                         config.get("classifier_finetune", {}).get("models", []), models)  # fmt: skip
+    problems += _unknown(
+        "classifier_finetune.models", "model", config.get("classifier_finetune", {}).get("models", []), models
+    )
     if config.get("teacher_finetune", {}).get("models"):
         problems.append("config key 'teacher_finetune.models': only classifier_finetune lists models")
     tok_model = config.get("preprocess", {}).get("tokenizer_model")
@@ -50,23 +54,29 @@ def check_tasks(config: Config) -> list[str]:
         if name not in tasks:
             problems.append(f"config key 'evaluate.tasks[{i}]': unknown task '{name}'")
         elif tasks[name].get("name") in TASKS and not names.evaluable(tasks[name]):
-            problems.append(f"config key 'evaluate.tasks[{i}]': task '{name}' ({tasks[name]['name']}) has no labelled "
-                            f"split to evaluate on; leave it out (with evaluate.test_submissions its test split is "
-                            f"still written for submission)")  # fmt: skip
+            problems.append(
+                f"config key 'evaluate.tasks[{i}]': task '{name}' ({tasks[name]['name']}) has no labelled "
+                f"split to evaluate on; leave it out (with evaluate.test_submissions its test split is "
+                f"still written for submission)"
+            )
     for section in ("teacher_finetune", "classifier_finetune", "cache", "distill"):
         problems += _unknown(f"{section}.tasks", "task", config.get(section, {}).get("tasks", []), tasks)
     if config.get("runs") and not config.get("distill", {}).get("tasks"):
         problems.append("config key 'distill.tasks': runs are defined but no task to distil on")
     for name, task in tasks.items():
         if task.get("name") not in TASKS:
-            problems.append(f"config key 'tasks.{name}.name': unknown task type '{task.get('name')}' "
-                            f"(known: {', '.join(sorted(TASKS))})")  # fmt: skip
+            problems.append(
+                f"config key 'tasks.{name}.name': unknown task type '{task.get('name')}' "
+                f"(known: {', '.join(sorted(TASKS))})"
+            )
             continue
         prompt_set = task.get("prompts") or config.get("prompts", "pet")
         if task["name"] not in PROMPT_SETS[prompt_set]:
-            problems.append(f"config key 'tasks.{name}.prompts': prompt set '{prompt_set}' has no template for "
-                            f"{task['name']} (it has: {', '.join(PROMPT_SETS[prompt_set])}); set prompts: pet "
-                            f"for this task")  # fmt: skip
+            problems.append(
+                f"config key 'tasks.{name}.prompts': prompt set '{prompt_set}' has no template for "
+                f"{task['name']} (it has: {', '.join(PROMPT_SETS[prompt_set])}); set prompts: pet "
+                f"for this task"
+            )
     return problems
 
 
@@ -82,8 +92,9 @@ def check_corpora(config: Config) -> list[str]:
             problems.append(f"config key 'vocabularies.{name}': needs a corpus, and 'corpora' is empty")
         elif corpus is not None and corpus not in corpora:
             problems.append(f"config key 'vocabularies.{name}.corpus': unknown corpus '{corpus}'")
-        problems += _unknown(f"vocabularies.{name}.count_tasks", "task", vocab.get("count_tasks", []),
-                             config.get("tasks", {}))  # fmt: skip
+        problems += _unknown(
+            f"vocabularies.{name}.count_tasks", "task", vocab.get("count_tasks", []), config.get("tasks", {})
+        )
     problems += _unknown("cache.corpora", "corpus", config.get("cache", {}).get("corpora", []), corpora)
     for i, vocab in enumerate(config.get("cache", {}).get("vocabularies", [])):
         if vocab != "full" and vocab not in vocabularies:
@@ -101,8 +112,10 @@ def check_students(config: Config) -> list[str]:
         if teacher is not None and teacher not in config.get("models", {}):
             problems.append(f"config key 'students.{name}.teacher': unknown model '{teacher}'")
         if teacher not in (None, config.get("teacher")) and vocab != "full":
-            problems.append(f"config key 'students.{name}.vocabulary': vocabularies are built for the teacher's "
-                            f"tokenizer; a student of '{teacher}' needs 'full'")  # fmt: skip
+            problems.append(
+                f"config key 'students.{name}.vocabulary': vocabularies are built for the teacher's "
+                f"tokenizer; a student of '{teacher}' needs 'full'"
+            )
         strategy = student.get("layers", {}).get("strategy", "uniform")
         if strategy == "explicit" and not student.get("layers", {}).get("list"):
             problems.append(f"config key 'students.{name}.layers.list': needed with strategy 'explicit'")
@@ -121,18 +134,26 @@ def _loss_groups(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def _word_losses(losses: dict[str, Any], stage: str) -> list[str]:
     """The losses of a recipe that learn word predictions."""
-    return [loss for loss, settings in expand_presets(losses, stage).items()
-            if recipe_needs({loss: settings}, stage) & WORD_NEEDS]  # fmt: skip
+    return [
+        loss
+        for loss, settings in expand_presets(losses, stage).items()
+        if recipe_needs({loss: settings}, stage) & WORD_NEEDS
+    ]
 
 
 def check_stage(config: Config, run: str, stage: str, classifier: bool) -> list[str]:
     """A run's stage: `losses` or `phases`, every recipe sound, no word losses for a classifier student."""
     spec = config["runs"][run][stage]
     if ("losses" in spec) == ("phases" in spec):
-        return [f"config key 'runs.{run}.{stage}': give either 'losses' or 'phases' (a list of "
-                "{losses: ...} trained one after the other), not both or neither"]  # fmt: skip
-    problems = [f"config key 'runs.{run}.{stage}.task_losses.{t}': unknown task '{t}'"
-                for t in spec.get("task_losses", {}) if t not in config.get("tasks", {})]  # fmt: skip
+        return [
+            f"config key 'runs.{run}.{stage}': give either 'losses' or 'phases' (a list of "
+            "{losses: ...} trained one after the other), not both or neither"
+        ]
+    problems = [
+        f"config key 'runs.{run}.{stage}.task_losses.{t}': unknown task '{t}'"
+        for t in spec.get("task_losses", {})
+        if t not in config.get("tasks", {})
+    ]
     for key, losses in _loss_groups(spec).items():
         where = f"runs.{run}.{stage}.{key}"
         found = check_recipe(losses, stage)
@@ -140,9 +161,11 @@ def check_stage(config: Config, run: str, stage: str, classifier: bool) -> list[
         words = _word_losses(losses, stage) if not found and stage == "stage2" and classifier else []
         if words:
             teacher = names.student_teacher(config, config["runs"][run]["student"])
-            problems.append(f"config key '{where}': {', '.join(words)} learn(s) word predictions, and the student "
-                            f"of run '{run}' is a classifier in stage 2 (its teacher '{teacher}' is in "
-                            f"classifier_finetune.models)")  # fmt: skip
+            problems.append(
+                f"config key '{where}': {', '.join(words)} learn(s) word predictions, and the student "
+                f"of run '{run}' is a classifier in stage 2 (its teacher '{teacher}' is in "
+                f"classifier_finetune.models)"
+            )
     return problems
 
 
@@ -158,8 +181,10 @@ def check_stage1_corpus(config: Config, run: str) -> list[str]:
     tokenizer = names.corpus_tokenizer(config, corpus) if corpus is not None else teacher
     if tokenizer == teacher:
         return []
-    return [f"config key 'runs.{run}.stage1': corpus '{corpus}' is tokenised by '{tokenizer}', the student's "
-            f"teacher is '{teacher}' (add a corpus with tokenizer_model: {teacher}, or set runs.{run}.stage1.corpus)"]
+    return [
+        f"config key 'runs.{run}.stage1': corpus '{corpus}' is tokenised by '{tokenizer}', the student's "
+        f"teacher is '{teacher}' (add a corpus with tokenizer_model: {teacher}, or set runs.{run}.stage1.corpus)"
+    ]
 
 
 def check_runs(config: Config) -> list[str]:
@@ -187,10 +212,15 @@ def check_published(config: Config) -> list[str]:
     comparable, problems = set(names.model_names(config)), []
     for i, entry in enumerate(config.get("published", [])):
         if entry["compare_with"] not in comparable:
-            problems.append(f"config key 'published[{i}].compare_with': '{entry['compare_with']}' is not a model "
-                            f"of this experiment (have: {', '.join(sorted(comparable))})")  # fmt: skip
-        problems += [f"config key 'published[{i}].scores.{task}': unknown task '{task}'"
-                     for task in entry["scores"] if task not in config.get("tasks", {})]  # fmt: skip
+            problems.append(
+                f"config key 'published[{i}].compare_with': '{entry['compare_with']}' is not a model "
+                f"of this experiment (have: {', '.join(sorted(comparable))})"
+            )
+        problems += [
+            f"config key 'published[{i}].scores.{task}': unknown task '{task}'"
+            for task in entry["scores"]
+            if task not in config.get("tasks", {})
+        ]
     return problems
 
 
@@ -200,17 +230,27 @@ def check_seeds_and_baselines(config: Config) -> list[str]:
     for base in runs:
         for seed in names.seeds(config)[1:]:
             if f"{base}.seed{seed}" in runs:
-                problems.append(f"config key 'runs.{base}.seed{seed}': the name of run '{base}' under another seed "
-                                "(seeds)")  # fmt: skip
+                problems.append(
+                    f"config key 'runs.{base}.seed{seed}': the name of run '{base}' under another seed (seeds)"
+                )
     chosen = config.get("evaluate", {}).get("compare_with") or []
-    problems += [f"config key 'evaluate.compare_with': '{b}' is not a run (runs: {', '.join(runs) or 'none'})"
-                 for b in chosen if b not in runs]  # fmt: skip
+    problems += [
+        f"config key 'evaluate.compare_with': '{b}' is not a run (runs: {', '.join(runs) or 'none'})"
+        for b in chosen
+        if b not in runs
+    ]
     return problems
 
 
 CHECKS: tuple[Callable[[Config], list[str]], ...] = (
-    check_models, check_corpora, check_students, check_runs, check_published, check_tasks, check_seeds_and_baselines
-)  # fmt: skip
+    check_models,
+    check_corpora,
+    check_students,
+    check_runs,
+    check_published,
+    check_tasks,
+    check_seeds_and_baselines,
+)
 
 
 def check_references(config: Config) -> list[str]:

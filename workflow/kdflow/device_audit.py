@@ -19,14 +19,35 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.weak import WeakIdKeyDictionary
 
 _LEAVE = {torch.Tensor.cpu, torch.Tensor.numpy, torch.Tensor.tolist, torch.Tensor.item}
-_FACTORIES = {torch.arange, torch.zeros, torch.ones, torch.full, torch.empty, torch.tensor, torch.as_tensor,
-              torch.randn, torch.rand, torch.randint, torch.eye, torch.linspace, torch.tril, torch.triu}  # fmt: skip
+_FACTORIES = {
+    torch.arange,
+    torch.zeros,
+    torch.ones,
+    torch.full,
+    torch.empty,
+    torch.tensor,
+    torch.as_tensor,
+    torch.randn,
+    torch.rand,
+    torch.randint,
+    torch.eye,
+    torch.linspace,
+    torch.tril,
+    torch.triu,
+}
 # Copies between devices, which CUDA allows (``dst.copy_(host)``, ``dst[i] = host``, load_state_dict).
 _TRANSFERS = {torch.Tensor.copy_, torch.Tensor.__setitem__}
 # Bookkeeping calls that read no tensor data.
-_NEUTRAL = {torch.Tensor.dim, torch.Tensor.size, torch.Tensor.numel, torch.Tensor.data_ptr,
-            torch.Tensor.is_floating_point, torch.Tensor.register_hook, torch.Tensor.requires_grad_,
-            torch.Tensor.__len__}  # fmt: skip
+_NEUTRAL = {
+    torch.Tensor.dim,
+    torch.Tensor.size,
+    torch.Tensor.numel,
+    torch.Tensor.data_ptr,
+    torch.Tensor.is_floating_point,
+    torch.Tensor.register_hook,
+    torch.Tensor.requires_grad_,
+    torch.Tensor.__len__,
+}
 
 
 class DeviceAudit(TorchFunctionMode):
@@ -69,10 +90,15 @@ class DeviceAudit(TorchFunctionMode):
             strays = [t for t in tensors if t not in self._on and t.dim() > 0]
             if strays:
                 name = getattr(func, "__qualname__", None) or getattr(func, "__name__", repr(func))
-                self.violations.append(f"{name}: device {[tuple(t.shape) for t in on][:3]} with host "
-                                       f"{[tuple(t.shape) for t in strays][:3]}")  # fmt: skip
-        if on or (func in _FACTORIES and kwargs.get("device") is not None) or (
-                func in (torch.Tensor.to, torch.Tensor.cuda) and _names_device(args, kwargs)):  # fmt: skip
+                self.violations.append(
+                    f"{name}: device {[tuple(t.shape) for t in on][:3]} with host "
+                    f"{[tuple(t.shape) for t in strays][:3]}"
+                )
+        if (
+            on
+            or (func in _FACTORIES and kwargs.get("device") is not None)
+            or (func in (torch.Tensor.to, torch.Tensor.cuda) and _names_device(args, kwargs))
+        ):
             for t in tree_leaves(out):
                 if isinstance(t, torch.Tensor):
                     self._on[t] = True

@@ -37,14 +37,23 @@ def median_latency(score_one: Callable[[int], Any], count: int, warmup: int = 2)
         score_one(i)
         times.append(time.perf_counter() - start)
     q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
-    return {"median_ms": 1000 * statistics.median(times), "p25_ms": 1000 * q[0], "p75_ms": 1000 * q[2],
-            "samples": len(times)}  # fmt: skip
+    return {
+        "median_ms": 1000 * statistics.median(times),
+        "p25_ms": 1000 * q[0],
+        "p75_ms": 1000 * q[2],
+        "samples": len(times),
+    }
 
 
 def machine() -> dict[str, Any]:
     """Where timings were taken."""
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}  # fmt: skip
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
 
 
 def efficiency_report(

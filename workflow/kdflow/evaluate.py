@@ -33,8 +33,9 @@ log = logging.getLogger(__name__)
 HEAD = "classification head"
 
 
-def predictions(task: TaskType, labels: list[str], scores: list[list[float]], examples: list[Example],
-                mode: str = "cloze") -> list[Any]:  # fmt: skip
+def predictions(
+    task: TaskType, labels: list[str], scores: list[list[float]], examples: list[Example], mode: str = "cloze"
+) -> list[Any]:
     """Turn candidate scores (or a head's logits, ``mode`` = HEAD) into labels in the task's label space."""
     out: list[Any] = []
     for row, ex in zip(scores, examples, strict=True):
@@ -70,8 +71,10 @@ class Scorer:
         """The model on the runtime's device, in its frozen-model dtype (``compute.teacher_dtype``)."""
         model_dir = Path(model_dir)
         if not model_dir.is_dir():
-            raise AssetError(f"{model_dir}: model folder does not exist (is the model name right, and did the rule "
-                             f"that makes it run?)")  # fmt: skip
+            raise AssetError(
+                f"{model_dir}: model folder does not exist (is the model name right, and did the rule "
+                f"that makes it run?)"
+            )
         if (model_dir / "config.json").exists() and has_classification_head(model_dir):
             model, tokenizer = load_classifier(model_dir, runtime, teacher=True)
             check_head_matches(model_dir, model, data.task, task_dir)
@@ -80,26 +83,46 @@ class Scorer:
         mode = "continuation log-likelihood" if family == "causal" else "mask filling"
         return cls(model, tokenizer, mode, family, runtime)
 
-    def scores(self, data: PreparedTask, indices: Sequence[int], settings: dict[str, Any], progress: bool = True,
-               truncated: list[int] | None = None) -> list[list[float]]:  # fmt: skip
+    def scores(
+        self,
+        data: PreparedTask,
+        indices: Sequence[int],
+        settings: dict[str, Any],
+        progress: bool = True,
+        truncated: list[int] | None = None,
+    ) -> list[list[float]]:
         """Scores of the examples ``indices`` of ``data`` (candidate log-likelihoods, or head logits);
         ``truncated`` receives the positions (in ``indices``) of the examples cut to ``max_length``."""
         batch = settings["batch_size"]
         length = context_length(self.model, self.tokenizer, settings.get("max_length"))
         if self.mode == HEAD:
-            out = classify(self.model, self.tokenizer, [data.examples[i] for i in indices], batch, length, progress,
-                           self.runtime)  # fmt: skip
+            out = classify(
+                self.model, self.tokenizer, [data.examples[i] for i in indices], batch, length, progress, self.runtime
+            )
         else:
-            out = score_clozes(self.model, self.tokenizer, self.family, [data.clozes[i] for i in indices],
-                               batch_size=batch, max_length=length, progress=progress, truncated=truncated,
-                               add_special_tokens=settings.get("add_special_tokens", True),
-                               runtime=self.runtime)  # fmt: skip
+            out = score_clozes(
+                self.model,
+                self.tokenizer,
+                self.family,
+                [data.clozes[i] for i in indices],
+                batch_size=batch,
+                max_length=length,
+                progress=progress,
+                truncated=truncated,
+                add_special_tokens=settings.get("add_special_tokens", True),
+                runtime=self.runtime,
+            )
         self.runtime.synchronize()  # timings around this call measure finished work
         return out
 
 
-def predict_split(model_dir: str | Path, task_dir: str | Path, split: str | None, settings: dict[str, Any],
-                  runtime: Runtime | None = None) -> dict[str, Any]:  # fmt: skip
+def predict_split(
+    model_dir: str | Path,
+    task_dir: str | Path,
+    split: str | None,
+    settings: dict[str, Any],
+    runtime: Runtime | None = None,
+) -> dict[str, Any]:
     """Load the model and the prepared split (None: the split `evaluate` scores, dev or a labelled test file),
     score every example; returns what evaluate/submit need."""
     data = load_prepared(task_dir, split or evaluation_split(task_dir))
@@ -109,12 +132,23 @@ def predict_split(model_dir: str | Path, task_dir: str | Path, split: str | None
     scores = scorer.scores(data, range(len(data.examples)), settings, truncated=truncated)
     seconds = time.perf_counter() - started
     if truncated:
-        log.warning("%s: %d of %d examples are longer than max_length %s and lose tokens on the left (first: idx %s)",
-                    task_dir, len(truncated), len(data.examples), settings.get("max_length"),
-                    data.examples[truncated[0]]["idx"])  # fmt: skip
+        log.warning(
+            "%s: %d of %d examples are longer than max_length %s and lose tokens on the left (first: idx %s)",
+            task_dir,
+            len(truncated),
+            len(data.examples),
+            settings.get("max_length"),
+            data.examples[truncated[0]]["idx"],
+        )
     preds = predictions(data.task, data.labels, scores, data.examples, scorer.mode)
-    return {"data": data, "scores": scores, "preds": preds, "scorer": scorer, "seconds": seconds,
-            "truncated": len(truncated)}  # fmt: skip
+    return {
+        "data": data,
+        "scores": scores,
+        "preds": preds,
+        "scorer": scorer,
+        "seconds": seconds,
+        "truncated": len(truncated),
+    }
 
 
 def evaluation_split(task_dir: str | Path) -> str:
@@ -122,8 +156,10 @@ def evaluation_split(task_dir: str | Path) -> str:
     meta = read_json(Path(task_dir) / "task.json")
     split = meta.get("eval_split", "dev" if "dev" in meta["splits"] else None)
     if split is None:
-        raise DataError(f"{task_dir}: task {meta['name']} has no labelled split to evaluate on (prepared: "
-                        f"{', '.join(meta['splits']) or 'none'}; {meta['task']}'s test file carries no labels)")  # fmt: skip
+        raise DataError(
+            f"{task_dir}: task {meta['name']} has no labelled split to evaluate on (prepared: "
+            f"{', '.join(meta['splits']) or 'none'}; {meta['task']}'s test file carries no labels)"
+        )
     return split
 
 
@@ -174,15 +210,29 @@ def evaluate(
     if efficiency_out is not None:
         scorer = r["scorer"]
         count = min(settings.get("latency_examples", 16), len(examples))
-        report = efficiency_report(scorer.model, model_dir, lambda i: scorer.scores(data, [i], settings, False), count,
-                                   len(examples), r["seconds"], settings["batch_size"])  # fmt: skip
-        write_json(efficiency_out, {"task": meta["name"], "scoring": scorer.mode, **report,
-                                    "compute": scorer.runtime.describe()})  # fmt: skip
+        report = efficiency_report(
+            scorer.model,
+            model_dir,
+            lambda i: scorer.scores(data, [i], settings, False),
+            count,
+            len(examples),
+            r["seconds"],
+            settings["batch_size"],
+        )
+        write_json(
+            efficiency_out,
+            {"task": meta["name"], "scoring": scorer.mode, **report, "compute": scorer.runtime.describe()},
+        )
     return result
 
 
-def submit(model_dir: str | Path, task_dir: str | Path, out_dir: str | Path, settings: dict[str, Any],
-           runtime: Runtime | None = None) -> Path:  # fmt: skip
+def submit(
+    model_dir: str | Path,
+    task_dir: str | Path,
+    out_dir: str | Path,
+    settings: dict[str, Any],
+    runtime: Runtime | None = None,
+) -> Path:
     """Predict the test split and write it in the benchmark's submission format."""
     r = predict_split(model_dir, task_dir, "test", settings, runtime)
     return write_submission(r["data"].task, r["data"].examples, r["preds"], out_dir)

@@ -5,8 +5,8 @@ plus pooling and layer mapping.
 Attention maps come from ``MAPS_ATTENTION``, an eager attention implementation registered with transformers
 on first use: the library's own eager attention returns the probabilities *after* dropout in train mode
 (rows no longer sum to 1), while TinyBERT and MiniLM compare the maps before dropout; TinyBERT also needs
-the scores before the softmax. The implementation computes softmax(q k^T * scale + mask) like eager attention (grouped-query
-keys/values repeated per query head), applies dropout only to what multiplies the values, returns the
+the scores before the softmax. The implementation computes softmax(q k^T * scale + mask) like eager attention
+(grouped-query keys/values repeated per query head), applies dropout only to what multiplies the values, returns the
 undropped probabilities as the layer's attention weights and hands the masked scores to a list passed
 in the forward call."""
 
@@ -21,15 +21,44 @@ import torch
 from .errors import ConfigError
 
 QKV_NAMES = (("query", "key", "value"), ("q_proj", "k_proj", "v_proj"))
-DECODER_TYPES = frozenset({"llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi", "phi3",
-                           "gpt2", "gpt_neox", "gptj", "opt", "bloom", "falcon", "olmo", "olmo2", "granite", "smollm3"})
+DECODER_TYPES = frozenset(
+    {
+        "llama",
+        "mistral",
+        "mixtral",
+        "qwen2",
+        "qwen3",
+        "gemma",
+        "gemma2",
+        "gemma3",
+        "phi",
+        "phi3",
+        "gpt2",
+        "gpt_neox",
+        "gptj",
+        "opt",
+        "bloom",
+        "falcon",
+        "olmo",
+        "olmo2",
+        "granite",
+        "smollm3",
+    }
+)
 MAPS_ATTENTION = "kdflow_maps"
 SCORES_KWARG = "kdflow_scores"
 
 
-def maps_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                   attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
-                   **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def maps_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Eager attention [b, heads, l, d] returning (output [b, l, heads, d], probabilities before dropout);
     appends the scores + mask [b, heads, q, k] to ``kwargs[SCORES_KWARG]`` when that list is given."""
     for feature in ("sinks", "softcap"):  # computed inside other models' eager attention: not reproduced here
@@ -113,7 +142,9 @@ def capture_qkv(model: torch.nn.Module):
         slot: dict[int, torch.Tensor] = {}
         records.append(slot)
         for role, proj in enumerate(_projections(layer)):
-            handles.append(proj.register_forward_hook(lambda _m, _i, out, slot=slot, role=role: slot.update({role: out})))
+            handles.append(
+                proj.register_forward_hook(lambda _m, _i, out, slot=slot, role=role: slot.update({role: out}))
+            )
     try:
         yield records
     finally:
@@ -131,8 +162,10 @@ def require_attentions(model: torch.nn.Module) -> None:
     try:
         model.set_attn_implementation(MAPS_ATTENTION)
     except Exception as exc:  # noqa: BLE001 - the library's reason is passed on
-        raise ConfigError(f"{type(model).__name__} cannot return attentions: its attention implementation "
-                          f"'{current}' does not, and switching to eager attention failed ({exc})") from None  # fmt: skip
+        raise ConfigError(
+            f"{type(model).__name__} cannot return attentions: its attention implementation "
+            f"'{current}' does not, and switching to eager attention failed ({exc})"
+        ) from None
 
 
 def release_attentions(model: torch.nn.Module) -> None:
@@ -141,8 +174,14 @@ def release_attentions(model: torch.nn.Module) -> None:
         model.set_attn_implementation("sdpa" if model._supports_sdpa else "eager")
 
 
-def forward_features(model: torch.nn.Module, inputs: dict[str, torch.Tensor], *, hidden: bool = False,
-                     attentions: bool = False, qkv: bool = False) -> Features:  # fmt: skip
+def forward_features(
+    model: torch.nn.Module,
+    inputs: dict[str, torch.Tensor],
+    *,
+    hidden: bool = False,
+    attentions: bool = False,
+    qkv: bool = False,
+) -> Features:
     """One forward pass of ``model`` on ``inputs`` (input_ids, attention_mask, ...) keeping what is asked."""
     mask = inputs.get("attention_mask")
     if mask is None:
@@ -159,11 +198,19 @@ def forward_features(model: torch.nn.Module, inputs: dict[str, torch.Tensor], *,
     n_layers = len(transformer_layers(model))
     got_attentions = tuple(getattr(out, "attentions", None) or ())
     if attentions and (len(scores) != n_layers or len(got_attentions) != n_layers):
-        raise ConfigError(f"{type(model).__name__} returned no attention maps under the "
-                          f"'{model.config._attn_implementation}' attention implementation; call "
-                          "features.require_attentions first")  # fmt: skip
-    return Features(mask=mask, output=out, hidden=tuple(getattr(out, "hidden_states", None) or ()),
-                    attentions=got_attentions, scores=tuple(scores), qkv=captured)  # fmt: skip
+        raise ConfigError(
+            f"{type(model).__name__} returned no attention maps under the "
+            f"'{model.config._attn_implementation}' attention implementation; call "
+            "features.require_attentions first"
+        )
+    return Features(
+        mask=mask,
+        output=out,
+        hidden=tuple(getattr(out, "hidden_states", None) or ()),
+        attentions=got_attentions,
+        scores=tuple(scores),
+        qkv=captured,
+    )
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:

@@ -11,19 +11,19 @@ from typing import Any
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from . import faults
 from .classify import HEAD_KINDS, encode_pairs
 from .data.tasks import Example, TaskType
 from .errors import DataError
-from . import faults
 from .fingerprint import job_identity, weights_fingerprint
 from .jsonio import read_json, write_json
-from .modeling import count_parameters, load_lm
 from .losses.inputs import StepInputs
 from .losses.prediction import GoldCE
+from .modeling import count_parameters, load_lm
 from .prepare import load_prepared
+from .runtime import Runtime
 from .safeio import atomic_folder
 from .scoring import candidate_scores
-from .runtime import Runtime
 from .train.loop import train
 from .train.settings import TrainSettings, seed_everything, steps_for
 from .train.workdir import WorkDir
@@ -73,22 +73,35 @@ def finetune_teacher(
     gold_ce = GoldCE()
 
     def loss_fn(module: torch.nn.Module, indices: list[int], step: int) -> tuple[torch.Tensor, dict[str, float], int]:
-        scores, tokens = candidate_scores(module, tokenizer, family, [clozes[i] for i in indices],
-                                          settings["max_length"], runtime)  # fmt: skip
+        scores, tokens = candidate_scores(
+            module, tokenizer, family, [clozes[i] for i in indices], settings["max_length"], runtime
+        )
         loss = gold_ce(StepInputs(student_scores=scores, labels=runtime.to([targets[i] for i in indices])))
         return loss, {"cloze_ce": loss.item()}, tokens
 
-    steps = steps_for(len(examples), settings["epochs"], settings["batch_size"], settings["grad_accum"],
-                      settings.get("max_steps"))  # fmt: skip
-    identity = job_identity({"model": teacher_dir, "task": task_dir}, job="finetune_teacher", settings=settings,
-                            deepspeed=deepspeed, seed=seed)  # fmt: skip
+    steps = steps_for(
+        len(examples), settings["epochs"], settings["batch_size"], settings["grad_accum"], settings.get("max_steps")
+    )
+    identity = job_identity(
+        {"model": teacher_dir, "task": task_dir},
+        job="finetune_teacher",
+        settings=settings,
+        deepspeed=deepspeed,
+        seed=seed,
+    )
     with WorkDir(work_dir, identity, runtime.ranks.main) as work:
-        trained = train(model, loss_fn, len(examples), TrainSettings.from_config(settings, steps, seed), work, deepspeed,
-                        runtime)  # fmt: skip
+        trained = train(
+            model, loss_fn, len(examples), TrainSettings.from_config(settings, steps, seed), work, deepspeed, runtime
+        )
         if not runtime.ranks.main:  # data-parallel helpers: the main process writes the model
             return {}
-        info = {"task": meta["name"], "steps": steps, "training_examples": len(examples), "settings": settings,
-                "deepspeed": deepspeed}  # fmt: skip
+        info = {
+            "task": meta["name"],
+            "steps": steps,
+            "training_examples": len(examples),
+            "settings": settings,
+            "deepspeed": deepspeed,
+        }
         meta = _save_teacher(trained, tokenizer, teacher_dir, out_dir, work, {**info, "family": family})
         work.remove()
     return meta
@@ -111,17 +124,24 @@ def finetune_classifier(
     data = load_prepared(task_dir, "train", settings.get("max_examples"))
     task, examples = data.task, data.examples
     if task.kind not in HEAD_KINDS:
-        raise DataError(f"{task_dir}: {task.name} is a {task.kind} task; a classification head cannot learn it "
-                        "(use the word-prediction teacher, teacher_finetune)")  # fmt: skip
+        raise DataError(
+            f"{task_dir}: {task.name} is a {task.kind} task; a classification head cannot learn it "
+            "(use the word-prediction teacher, teacher_finetune)"
+        )
     regression = task.kind == "regression"
     labels = [] if regression else list(task.labels)
     seed_everything(seed)  # the new head's initial weights come from the seed
     head: dict[str, Any] = {"num_labels": 1, "problem_type": "regression"}
     if not regression:
-        head = {"num_labels": len(labels), "id2label": dict(enumerate(labels)), "problem_type": "single_label_classification",
-                "label2id": {lab: i for i, lab in enumerate(labels)}}  # fmt: skip
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, local_files_only=True, **head,
-                                                               **runtime.load_kwargs())  # fmt: skip
+        head = {
+            "num_labels": len(labels),
+            "id2label": dict(enumerate(labels)),
+            "problem_type": "single_label_classification",
+            "label2id": {lab: i for i, lab in enumerate(labels)},
+        }
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_dir, local_files_only=True, **head, **runtime.load_kwargs()
+    )
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     if regression:
         targets = torch.tensor([float(ex["label"]) for ex in examples])
@@ -129,8 +149,9 @@ def finetune_classifier(
         targets = torch.tensor([labels.index(str(ex["label"])) for ex in examples])
 
     def loss_fn(module: torch.nn.Module, indices: list[int], step: int) -> tuple[torch.Tensor, dict[str, float], int]:
-        enc, gold = runtime.to((encode_pairs(tokenizer, [examples[i] for i in indices], settings["max_length"]),
-                                targets[indices]))  # fmt: skip
+        enc, gold = runtime.to(
+            (encode_pairs(tokenizer, [examples[i] for i in indices], settings["max_length"]), targets[indices])
+        )
         logits = module(**enc).logits.float()
         if regression:
             loss = torch.nn.functional.mse_loss(logits[:, 0], gold)
@@ -138,24 +159,40 @@ def finetune_classifier(
             loss = torch.nn.functional.cross_entropy(logits, gold)
         return loss, {"head_loss": loss.item()}, int(enc["attention_mask"].sum())
 
-    steps = steps_for(len(examples), settings["epochs"], settings["batch_size"], settings["grad_accum"],
-                      settings.get("max_steps"))  # fmt: skip
-    identity = job_identity({"model": model_dir, "task": task_dir}, job="finetune_classifier", settings=settings,
-                            deepspeed=deepspeed, seed=seed)  # fmt: skip
+    steps = steps_for(
+        len(examples), settings["epochs"], settings["batch_size"], settings["grad_accum"], settings.get("max_steps")
+    )
+    identity = job_identity(
+        {"model": model_dir, "task": task_dir},
+        job="finetune_classifier",
+        settings=settings,
+        deepspeed=deepspeed,
+        seed=seed,
+    )
     with WorkDir(work_dir, identity, runtime.ranks.main) as work:
-        trained = train(model, loss_fn, len(examples), TrainSettings.from_config(settings, steps, seed), work, deepspeed,
-                        runtime)  # fmt: skip
+        trained = train(
+            model, loss_fn, len(examples), TrainSettings.from_config(settings, steps, seed), work, deepspeed, runtime
+        )
         if not runtime.ranks.main:
             return {}
-        info = {"task": data.meta["name"], "task_type": task.name, "head": "classification", "steps": steps,
-                "training_examples": len(examples), "settings": settings, "deepspeed": deepspeed, "family": "masked"}  # fmt: skip
+        info = {
+            "task": data.meta["name"],
+            "task_type": task.name,
+            "head": "classification",
+            "steps": steps,
+            "training_examples": len(examples),
+            "settings": settings,
+            "deepspeed": deepspeed,
+            "family": "masked",
+        }
         meta = _save_teacher(trained, tokenizer, model_dir, out_dir, work, info)
         work.remove()
     return meta
 
 
-def _save_teacher(model: torch.nn.Module, tokenizer: Any, parent_dir: str | Path, out_dir: Path, work: WorkDir,
-                  info: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+def _save_teacher(
+    model: torch.nn.Module, tokenizer: Any, parent_dir: str | Path, out_dir: Path, work: WorkDir, info: dict[str, Any]
+) -> dict[str, Any]:
     """The fine-tuned model folder (fp32, whatever the training precision), its training log and kdflow.json."""
     model = model.float().eval()
     with atomic_folder(out_dir) as tmp:

@@ -46,7 +46,9 @@ def stat_fingerprint(path: str | Path) -> str:
     digest = hashlib.sha256()
     for file in files:
         st = file.stat()
-        digest.update(f"{file.relative_to(path) if file != path else file.name}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+        digest.update(
+            f"{file.relative_to(path) if file != path else file.name}\t{st.st_size}\t{st.st_mtime_ns}\n".encode()
+        )
     return digest.hexdigest()
 
 

@@ -14,11 +14,28 @@ from collections.abc import Mapping
 
 # benchmark -> leaderboard task -> task types that make it up
 BENCHMARK_TASKS: dict[str, dict[str, tuple[str, ...]]] = {
-    "glue": {"cola": ("cola",), "sst2": ("sst2",), "mrpc": ("mrpc",), "stsb": ("stsb",), "qqp": ("qqp",),
-             "mnli": ("mnli_m", "mnli_mm"), "qnli": ("qnli",), "rte": ("rte",), "wnli": ("wnli",)},
-    "superglue": {"boolq": ("boolq",), "cb": ("cb",), "copa": ("copa",), "multirc": ("multirc",),
-                  "record": ("record",), "rte": ("rte_sg",), "wic": ("wic",), "wsc": ("wsc",)},
-}  # fmt: skip
+    "glue": {
+        "cola": ("cola",),
+        "sst2": ("sst2",),
+        "mrpc": ("mrpc",),
+        "stsb": ("stsb",),
+        "qqp": ("qqp",),
+        "mnli": ("mnli_m", "mnli_mm"),
+        "qnli": ("qnli",),
+        "rte": ("rte",),
+        "wnli": ("wnli",),
+    },
+    "superglue": {
+        "boolq": ("boolq",),
+        "cb": ("cb",),
+        "copa": ("copa",),
+        "multirc": ("multirc",),
+        "record": ("record",),
+        "rte": ("rte_sg",),
+        "wic": ("wic",),
+        "wsc": ("wsc",),
+    },
+}
 DIAGNOSTICS = frozenset({"ax", "axb", "axg"})
 
 

@@ -219,8 +219,14 @@ def paired_bootstrap(
 
     def difference(pick: list[int]) -> float:
         g, ex = [golds[i] for i in pick], [examples[i] for i in pick]
-        return float(np.mean([metric(g, [a[i] for i in pick], ex) - metric(g, [b[i] for i in pick], ex)
-                              for a, b in zip(seeds_a, seeds_b, strict=True)]))  # fmt: skip
+        return float(
+            np.mean(
+                [
+                    metric(g, [a[i] for i in pick], ex) - metric(g, [b[i] for i in pick], ex)
+                    for a, b in zip(seeds_a, seeds_b, strict=True)
+                ]
+            )
+        )
 
     rng = np.random.default_rng(seed)
     draws = [[i for u in rng.integers(0, len(units), len(units)) for i in units[u]] for _ in range(samples)]
@@ -230,5 +236,11 @@ def paired_bootstrap(
         return None
     alpha = (1 - level) / 2
     low, high = float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))
-    return {"difference": difference(list(range(n))), "low": low, "high": high, "wins": low > 0, "loses": high < 0,
-            "seeds": len(seeds_a)}  # fmt: skip
+    return {
+        "difference": difference(list(range(n))),
+        "low": low,
+        "high": high,
+        "wins": low > 0,
+        "loses": high < 0,
+        "seeds": len(seeds_a),
+    }

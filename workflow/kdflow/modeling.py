@@ -11,9 +11,9 @@ import torch
 from transformers import (
     AutoConfig,
     AutoModel,
-    AutoModelForSequenceClassification,
     AutoModelForCausalLM,
     AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
     AutoTokenizer,
     PretrainedConfig,
     PreTrainedModel,
@@ -63,8 +63,9 @@ def read_metadata(folder: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def load_lm(folder: str | Path, keep_architecture: bool = False, runtime: Runtime | None = None,
-            teacher: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:  # fmt: skip
+def load_lm(
+    folder: str | Path, keep_architecture: bool = False, runtime: Runtime | None = None, teacher: bool = False
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
     """Load a word-prediction model folder for scoring; returns (model, tokenizer, family), the model in eval
     mode on the runtime's device: in the teacher dtype when ``teacher`` (frozen), else in fp32.
 

@@ -66,8 +66,11 @@ def scores_plot(table: pd.DataFrame, path: Path) -> None:
 def frontier_plot(table: pd.DataFrame, path: Path) -> None:
     """Mean task score against parameter count: the compression frontier."""
     tasks = task_columns(table)
-    points = [(row["parameters"] / 1e6, row[tasks].mean(skipna=True), row["model"]) for _, row in table.iterrows()
-              if not math.isnan(row["parameters"])]  # fmt: skip
+    points = [
+        (row["parameters"] / 1e6, row[tasks].mean(skipna=True), row["model"])
+        for _, row in table.iterrows()
+        if not math.isnan(row["parameters"])
+    ]
     points = [p for p in points if not math.isnan(p[1])]
     if not points:
         _empty(path, "Score vs parameters", "no model has both a score and a parameter count")
@@ -159,8 +162,14 @@ def comparisons_plot(frame: pd.DataFrame, path: Path) -> None:
     ys = list(range(len(rows)))[::-1]
     colours = ["tab:green" if v == "win" else "tab:red" if v == "loss" else "tab:grey" for v in rows["verdict"]]
     for y, colour, row in zip(ys, colours, rows.itertuples(), strict=True):
-        ax.errorbar([row.difference], [y], xerr=[[row.difference - row.low], [row.high - row.difference]], fmt="o",
-                    color=colour, capsize=3)  # fmt: skip
+        ax.errorbar(
+            [row.difference],
+            [y],
+            xerr=[[row.difference - row.low], [row.high - row.difference]],
+            fmt="o",
+            color=colour,
+            capsize=3,
+        )
     ax.axvline(0, color="black", linewidth=0.8)
     ax.set_yticks(ys, [f"{r.run} - {r.baseline} ({r.task}, {r.metric})" for r in rows.itertuples()])
     ax.set_xlabel("score difference (x100), paired 95 % bootstrap interval")

@@ -11,12 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from .data.reader import read_split
-
 from .data.tasks import Example, Prompt, TaskType, get_task
 from .errors import DataError
 from .jsonio import read_json, write_json
-from .safeio import atomic_path, make_dirs
 from .prompts import Cloze, answer_strings, label_order, resolve_prompt, to_cloze
+from .safeio import atomic_path, make_dirs
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "dev", "test")
@@ -46,15 +45,18 @@ def check_required_files(name: str, task: TaskType, source: str, required: Itera
         if need == "dev" and "dev" not in task.files and task.labelled("test"):
             split = "test"  # a diagnostic set (AX-b, AX-g): evaluate scores its labelled test file
         if split not in task.files:
-            raise DataError(f"task {name}: the experiment needs its {split} split, and {task.name} has none "
-                            f"(has: {', '.join(task.files)})")  # fmt: skip
+            raise DataError(
+                f"task {name}: the experiment needs its {split} split, and {task.name} has none "
+                f"(has: {', '.join(task.files)})"
+            )
         path = Path(source) / task.files[split]
         if not path.is_file():
             raise DataError(f"{path}: file not found; task {name} needs its {split} split ({REQUIRED_BY[need]})")
 
 
-def prepare_task(name: str, spec: dict[str, Any], source: str, out_dir: str | Path,
-                 required: Iterable[str] = ()) -> dict[str, Any]:  # fmt: skip
+def prepare_task(
+    name: str, spec: dict[str, Any], source: str, out_dir: str | Path, required: Iterable[str] = ()
+) -> dict[str, Any]:
     """Write ``{split}.jsonl`` for every split the task has, and ``task.json`` (counts, labels, prompt, answers).
     ``required``: splits the experiment uses; a missing file of one of them is an error, not a warning."""
     task = get_task(spec["name"])

@@ -72,7 +72,12 @@ def _new_texts(documents: list[str], seen: set[bytes], stats: dict[str, int]) ->
 
 
 def preprocess_corpus(
-    source: str, spec: dict[str, Any], tokenizer_dir: str | Path, out_dir: str | Path, settings: dict[str, Any], seed: int
+    source: str,
+    spec: dict[str, Any],
+    tokenizer_dir: str | Path,
+    out_dir: str | Path,
+    settings: dict[str, Any],
+    seed: int,
 ) -> dict[str, Any]:
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
     if not tokenizer.is_fast:
@@ -91,8 +96,12 @@ def preprocess_corpus(
     if spec.get("max_documents"):
         documents = itertools.islice(documents, spec["max_documents"])
     started = time.perf_counter()
-    with (atomic_path(out_dir / "train.bin") as t_train, atomic_path(out_dir / "valid.bin") as t_valid,
-          open(t_train, "wb") as f_train, open(t_valid, "wb") as f_valid):  # fmt: skip
+    with (
+        atomic_path(out_dir / "train.bin") as t_train,
+        atomic_path(out_dir / "valid.bin") as t_valid,
+        open(t_train, "wb") as f_train,
+        open(t_valid, "wb") as f_valid,
+    ):
         packers = {"train": _Packer(f_train, block_size, dtype), "valid": _Packer(f_valid, block_size, dtype)}
         bar = tqdm(desc="preprocess", unit="tok", unit_scale=True, mininterval=1.0)
         while chunk := list(itertools.islice(documents, batch)):
@@ -113,13 +122,23 @@ def preprocess_corpus(
         counts[split]["tail_tokens_not_packed"] = len(packers[split].pending)
     total = sum(c["tokens"] for c in counts.values())
     meta = {
-        "kdflow": "token_stream", "source": source, "tokenizer": str(tokenizer_dir),
-        "tokenizer_sha256": tokenizer_fingerprint(tokenizer_dir), "vocab_size": vocab_size, "dtype": dtype.name,
-        "block_size": block_size, "separator_id": separator, "seed": seed,
-        "valid_fraction": settings["valid_fraction"], "documents_read": stats["read"],
-        "empty_documents": stats["empty"], "duplicate_documents": stats["duplicates"], "splits": counts,
-        "tokens": total, "tokens_per_second": total / elapsed if elapsed > 0 else None,
-    }  # fmt: skip
+        "kdflow": "token_stream",
+        "source": source,
+        "tokenizer": str(tokenizer_dir),
+        "tokenizer_sha256": tokenizer_fingerprint(tokenizer_dir),
+        "vocab_size": vocab_size,
+        "dtype": dtype.name,
+        "block_size": block_size,
+        "separator_id": separator,
+        "seed": seed,
+        "valid_fraction": settings["valid_fraction"],
+        "documents_read": stats["read"],
+        "empty_documents": stats["empty"],
+        "duplicate_documents": stats["duplicates"],
+        "splits": counts,
+        "tokens": total,
+        "tokens_per_second": total / elapsed if elapsed > 0 else None,
+    }
     write_json(out_dir / "meta.json", meta)
     return meta
 

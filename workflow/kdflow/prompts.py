@@ -39,8 +39,10 @@ def _steps(task: TaskType, pattern: str, expr: str) -> tuple[str, list[Step]]:
     while pos < len(expr):
         step = _STEP.match(expr, pos)
         if step is None:
-            raise ConfigError(f"task {task.name}: pattern {pattern!r}: cannot read {expr[pos:]!r} in slot {{{expr}}} "
-                              f"(expected [start:end] or |filter, filters: {', '.join(_FILTERS)} or a map a=b,c=d)")  # fmt: skip
+            raise ConfigError(
+                f"task {task.name}: pattern {pattern!r}: cannot read {expr[pos:]!r} in slot {{{expr}}} "
+                f"(expected [start:end] or |filter, filters: {', '.join(_FILTERS)} or a map a=b,c=d)"
+            )
         steps.append(step.groups())
         pos = step.end()
     return name.group(), steps
@@ -60,8 +62,10 @@ def _apply(task: TaskType, pattern: str, value: Any, steps: list[Step], lookup: 
         elif name in _FILTERS:
             value = _FILTERS[name](value)
         else:
-            raise ConfigError(f"task {task.name}: pattern {pattern!r}: unknown filter |{name} "
-                              f"(known: {', '.join(_FILTERS)}, or a map a=b,c=d)")  # fmt: skip
+            raise ConfigError(
+                f"task {task.name}: pattern {pattern!r}: unknown filter |{name} "
+                f"(known: {', '.join(_FILTERS)}, or a map a=b,c=d)"
+            )
     return value
 
 
@@ -72,8 +76,10 @@ def _bound(task: TaskType, pattern: str, bound: str | None, lookup: dict[str, An
         return int(bound)
     value = lookup.get(bound)
     if not isinstance(value, int) or isinstance(value, bool):
-        raise ConfigError(f"task {task.name}: pattern {pattern!r}: slice bound {bound!r} should be an integer or "
-                          f"the name of an integer field, got {value!r}")  # fmt: skip
+        raise ConfigError(
+            f"task {task.name}: pattern {pattern!r}: slice bound {bound!r} should be an integer or "
+            f"the name of an integer field, got {value!r}"
+        )
     return value
 
 
@@ -92,8 +98,10 @@ def render(task: TaskType, pattern: str, example: Example) -> tuple[str, list[St
             out.append(text[0])
             continue
         if token.group(1) is None:
-            raise ConfigError(f"task {task.name}: pattern {pattern!r} has a single {text!r} at {token.start()}; "
-                              f"write {text * 2!r} for a literal brace")  # fmt: skip
+            raise ConfigError(
+                f"task {task.name}: pattern {pattern!r} has a single {text!r} at {token.start()}; "
+                f"write {text * 2!r} for a literal brace"
+            )
         name, steps = _steps(task, pattern, token.group(1))
         if name == "mask":
             out.append(_MASK)
@@ -101,8 +109,9 @@ def render(task: TaskType, pattern: str, example: Example) -> tuple[str, list[St
         elif name in lookup:
             out.append(_apply(task, pattern, lookup[name], steps, lookup))
         else:
-            raise ConfigError(f"task {task.name}: pattern {pattern!r} names field '{name}' "
-                              f"(fields: {', '.join(example['fields'])})")  # fmt: skip
+            raise ConfigError(
+                f"task {task.name}: pattern {pattern!r} names field '{name}' (fields: {', '.join(example['fields'])})"
+            )
     out.append(pattern[last:])
     return "".join(out), mask_steps
 
@@ -122,8 +131,10 @@ def resolve_prompt(task: TaskType, override: dict[str, Any] | None, prompt_set: 
     if prompt_set not in PROMPT_SETS:
         raise ConfigError(f"unknown prompt set '{prompt_set}' (known: {', '.join(PROMPT_SETS)})")
     if task.name not in PROMPT_SETS[prompt_set]:
-        raise ConfigError(f"task type {task.name}: prompt set '{prompt_set}' has no template for it (it has: "
-                          f"{', '.join(PROMPT_SETS[prompt_set])}); set the task's prompts: pet")  # fmt: skip
+        raise ConfigError(
+            f"task type {task.name}: prompt set '{prompt_set}' has no template for it (it has: "
+            f"{', '.join(PROMPT_SETS[prompt_set])}); set the task's prompts: pet"
+        )
     prompt = PROMPT_SETS[prompt_set][task.name]
     if not override:
         return prompt

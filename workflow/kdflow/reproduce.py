@@ -38,9 +38,19 @@ def compare(published: list[dict[str, Any]], metrics: dict[str, dict[str, str]])
         for task, paper in entry["scores"].items():
             path = metrics.get(ours, {}).get(task)
             metric, value, ci = _our_score(Path(path) if path else None, entry.get("metrics", {}).get(task))
-            rows.append({"published": entry["label"], "source": entry["source"], "ours_model": ours, "task": task,
-                         "metric": metric or "", "paper": float(paper), "ours": value, "ours_ci95": ci,
-                         "difference": None if value is None else value - float(paper)})  # fmt: skip
+            rows.append(
+                {
+                    "published": entry["label"],
+                    "source": entry["source"],
+                    "ours_model": ours,
+                    "task": task,
+                    "metric": metric or "",
+                    "paper": float(paper),
+                    "ours": value,
+                    "ours_ci95": ci,
+                    "difference": None if value is None else value - float(paper),
+                }
+            )
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -50,7 +60,8 @@ def to_markdown(table: pd.DataFrame) -> str:
         return "No published numbers are configured (`published` in the experiment config).\n"
     shown = table.drop(columns=["source"]).copy()
     for col in ("paper", "ours", "difference"):
-        shown[col] = shown[col].map(lambda v: "" if pd.isna(v) else f"{v:+.1f}" if col == "difference" else f"{v:.1f}")
+        pattern = "{:+.1f}" if col == "difference" else "{:.1f}"
+        shown[col] = shown[col].map(lambda v, pattern=pattern: "" if pd.isna(v) else pattern.format(v))
     header = "| " + " | ".join(shown.columns) + " |"
     lines = [header, "|" + "---|" * len(shown.columns)]
     lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in shown.itertuples(index=False)]
@@ -58,8 +69,9 @@ def to_markdown(table: pd.DataFrame) -> str:
     return "\n".join(["# Ours next to the papers", "", *lines, "", "Sources:", *sources, ""])
 
 
-def write_comparison(published: list[dict[str, Any]], metrics: dict[str, dict[str, str]], out_csv: Path,
-                     out_md: Path) -> pd.DataFrame:  # fmt: skip
+def write_comparison(
+    published: list[dict[str, Any]], metrics: dict[str, dict[str, str]], out_csv: Path, out_md: Path
+) -> pd.DataFrame:
     table = compare(published, metrics)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out_csv, index=False)

@@ -33,8 +33,14 @@ from .errors import ConfigError
 log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-DEFAULT_COMPUTE: dict[str, Any] = {"device": "auto", "precision": "fp32", "teacher_dtype": "auto", "tf32": True,
-                                   "attn_implementation": None, "gradient_checkpointing": False}  # fmt: skip
+DEFAULT_COMPUTE: dict[str, Any] = {
+    "device": "auto",
+    "precision": "fp32",
+    "teacher_dtype": "auto",
+    "tf32": True,
+    "attn_implementation": None,
+    "gradient_checkpointing": False,
+}
 
 
 def first_host(nodelist: str) -> str:
@@ -67,13 +73,25 @@ class Ranks:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Ranks:
         env = os.environ if env is None else env
         if "RANK" in env and "WORLD_SIZE" in env:
-            return cls(int(env["RANK"]), int(env.get("LOCAL_RANK", env["RANK"])), int(env["WORLD_SIZE"]),
-                       env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", 29500)), "torchrun")  # fmt: skip
+            return cls(
+                int(env["RANK"]),
+                int(env.get("LOCAL_RANK", env["RANK"])),
+                int(env["WORLD_SIZE"]),
+                env.get("MASTER_ADDR", "127.0.0.1"),
+                int(env.get("MASTER_PORT", 29500)),
+                "torchrun",
+            )
         if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env:
             nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST", "")
             port = 20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000
-            return cls(int(env["SLURM_PROCID"]), int(env.get("SLURM_LOCALID", "0")), int(env["SLURM_NTASKS"]),
-                       first_host(nodes) if nodes else "127.0.0.1", port, "slurm")  # fmt: skip
+            return cls(
+                int(env["SLURM_PROCID"]),
+                int(env.get("SLURM_LOCALID", "0")),
+                int(env["SLURM_NTASKS"]),
+                first_host(nodes) if nodes else "127.0.0.1",
+                port,
+                "slurm",
+            )
         return cls()
 
     @property
@@ -83,8 +101,13 @@ class Ranks:
     def export(self) -> None:
         """Set the variables ``torch.distributed`` (env://) and DeepSpeed read, when SLURM launched us."""
         if self.launcher == "slurm":
-            for key, value in (("RANK", self.rank), ("LOCAL_RANK", self.local_rank), ("WORLD_SIZE", self.size),
-                               ("MASTER_ADDR", self.master_addr), ("MASTER_PORT", self.master_port)):  # fmt: skip
+            for key, value in (
+                ("RANK", self.rank),
+                ("LOCAL_RANK", self.local_rank),
+                ("WORLD_SIZE", self.size),
+                ("MASTER_ADDR", self.master_addr),
+                ("MASTER_PORT", self.master_port),
+            ):
                 os.environ.setdefault(key, str(value))
 
 
@@ -114,8 +137,13 @@ class Runtime:
     audit: Any = None  # a DeviceAudit (tests): tensors moved by to()/place() are marked as on the device
 
     @classmethod
-    def create(cls, compute: Mapping[str, Any] | None = None, gpus: int = 0, env: Mapping[str, str] | None = None,
-               cuda_available: bool | None = None) -> Runtime:  # fmt: skip
+    def create(
+        cls,
+        compute: Mapping[str, Any] | None = None,
+        gpus: int = 0,
+        env: Mapping[str, str] | None = None,
+        cuda_available: bool | None = None,
+    ) -> Runtime:
         """Resolve ``compute`` for this process; ``gpus``: GPUs the scheduler gave the job (0: none asked)."""
         settings = compute_settings(compute)
         ranks = Ranks.from_env(env)
@@ -123,9 +151,11 @@ class Runtime:
         wanted = settings["device"]
         if wanted == "auto":
             if gpus and not has_cuda:
-                raise ConfigError(f"this job asked for {gpus} GPU(s) and no CUDA device is visible "
-                                  "(check the node's driver and CUDA_VISIBLE_DEVICES); set `compute.device: cpu` "
-                                  "to run it on the CPU on purpose")  # fmt: skip
+                raise ConfigError(
+                    f"this job asked for {gpus} GPU(s) and no CUDA device is visible "
+                    "(check the node's driver and CUDA_VISIBLE_DEVICES); set `compute.device: cpu` "
+                    "to run it on the CPU on purpose"
+                )
             wanted = "cuda" if has_cuda else "cpu"
         if wanted.startswith("cuda") and not has_cuda:
             raise ConfigError(f"compute.device is {wanted!r} and no CUDA device is visible")
@@ -165,10 +195,16 @@ class Runtime:
 
     def describe(self) -> dict[str, Any]:
         """What the job computes on, logged once per job and recorded with efficiency figures."""
-        return {"device": str(self.device), "device_name": self.device_name(), "precision": self.precision,
-                "teacher_dtype": str(self.teacher_dtype).removeprefix("torch."),
-                "attn_implementation": self.settings["attn_implementation"] or "model default",
-                "rank": self.ranks.rank, "world_size": self.ranks.size, "launcher": self.ranks.launcher}  # fmt: skip
+        return {
+            "device": str(self.device),
+            "device_name": self.device_name(),
+            "precision": self.precision,
+            "teacher_dtype": str(self.teacher_dtype).removeprefix("torch."),
+            "attn_implementation": self.settings["attn_implementation"] or "model default",
+            "rank": self.ranks.rank,
+            "world_size": self.ranks.size,
+            "launcher": self.ranks.launcher,
+        }
 
     def log_once(self) -> None:
         if self.ranks.main:
@@ -179,8 +215,12 @@ class Runtime:
         """NCCL on CUDA, gloo on the CPU; a no-op for one process or when already initialised."""
         if self.ranks.size > 1 and not torch.distributed.is_initialized():
             self.ranks.export()
-            torch.distributed.init_process_group(self.backend, rank=self.ranks.rank, world_size=self.ranks.size,
-                                                 device_id=self.device if self.cuda else None)  # fmt: skip
+            torch.distributed.init_process_group(
+                self.backend,
+                rank=self.ranks.rank,
+                world_size=self.ranks.size,
+                device_id=self.device if self.cuda else None,
+            )
 
     def synchronize(self) -> None:
         if self.cuda:
@@ -202,8 +242,9 @@ class Runtime:
             items = [self.to(v) for v in obj]
             return type(obj)(*items) if hasattr(obj, "_fields") else type(obj)(items)
         if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-            return dataclasses.replace(obj, **{f.name: self.to(getattr(obj, f.name)) for f in dataclasses.fields(obj)
-                                               if f.init})  # fmt: skip
+            return dataclasses.replace(
+                obj, **{f.name: self.to(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init}
+            )
         return obj
 
     def place(self, model: torch.nn.Module, teacher: bool = False) -> torch.nn.Module:
@@ -259,4 +300,3 @@ class Runtime:
     def barrier(self) -> None:
         if self.ranks.size > 1:
             torch.distributed.barrier()
-

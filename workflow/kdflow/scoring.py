@@ -37,8 +37,9 @@ def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def _causal_items(i: int, cloze: Cloze, tok: PreTrainedTokenizerBase, max_length: int,
-                  add_special_tokens: bool = True) -> list[_Item]:  # fmt: skip
+def _causal_items(
+    i: int, cloze: Cloze, tok: PreTrainedTokenizerBase, max_length: int, add_special_tokens: bool = True
+) -> list[_Item]:
     prefix = cloze.prefix.rstrip()
     sep = cloze.prefix[len(prefix) :]
     tail = cloze.suffix if cloze.continue_suffix else ""
@@ -68,8 +69,9 @@ def wrap_special(tok: PreTrainedTokenizerBase, ids: list[int]) -> list[int]:
     return list(ids)
 
 
-def _masked_items(i: int, cloze: Cloze, tok: PreTrainedTokenizerBase, max_length: int,
-                  add_special_tokens: bool = True) -> list[_Item]:  # fmt: skip
+def _masked_items(
+    i: int, cloze: Cloze, tok: PreTrainedTokenizerBase, max_length: int, add_special_tokens: bool = True
+) -> list[_Item]:
     """Mask filling; masked LMs always get their [CLS]/[SEP]-style special tokens."""
     sep = _space(cloze.prefix)
     n_special = len(tok("", add_special_tokens=True)["input_ids"])
@@ -84,15 +86,18 @@ def _masked_items(i: int, cloze: Cloze, tok: PreTrainedTokenizerBase, max_length
         pre = pre[-budget:] if budget > 0 else []
         ids = wrap_special(tok, pre + [tok.mask_token_id] * n + post)
         first = ids.index(tok.mask_token_id)
-        targets = [
-            (j, [(first + k, t) for k, t in enumerate(c)]) for j, c in enumerate(cands) if len(c) == n
-        ]
+        targets = [(j, [(first + k, t) for k, t in enumerate(c)]) for j, c in enumerate(cands) if len(c) == n]
         items.append(_Item(i, ids, targets, cut))
     return items
 
 
-def build_items(clozes: list[Cloze], tokenizer: PreTrainedTokenizerBase, family: str, max_length: int,
-                add_special_tokens: bool = True) -> list[_Item]:  # fmt: skip
+def build_items(
+    clozes: list[Cloze],
+    tokenizer: PreTrainedTokenizerBase,
+    family: str,
+    max_length: int,
+    add_special_tokens: bool = True,
+) -> list[_Item]:
     build = _causal_items if family == "causal" else _masked_items
     return [item for i, c in enumerate(clozes) for item in build(i, c, tokenizer, max_length, add_special_tokens)]
 
@@ -131,8 +136,9 @@ def pad_batch(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tens
     return ids, mask
 
 
-def forward_items(model: PreTrainedModel, items: list[_Item], pad: int,
-                  runtime: Runtime | None = None) -> list[tuple[int, int, torch.Tensor]]:  # fmt: skip
+def forward_items(
+    model: PreTrainedModel, items: list[_Item], pad: int, runtime: Runtime | None = None
+) -> list[tuple[int, int, torch.Tensor]]:
     """(example, candidate, summed log-probability) for every target of a batch of items; keeps the graph."""
     ids, mask = (runtime or Runtime()).to(pad_batch([it.input_ids for it in items], pad))
     logits_at = _logits_at(model, ids, mask)
@@ -149,9 +155,13 @@ def forward_items(model: PreTrainedModel, items: list[_Item], pad: int,
 
 
 def candidate_scores(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, family: str, clozes: list[Cloze], max_length: int,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    family: str,
+    clozes: list[Cloze],
+    max_length: int,
     runtime: Runtime | None = None,
-) -> tuple[list[torch.Tensor], int]:  # fmt: skip
+) -> tuple[list[torch.Tensor], int]:
     """Differentiable candidate scores of a batch of clozes (one tensor per cloze) and the tokens processed."""
     items = build_items(clozes, tokenizer, family, max_length)
     rows: list[dict[int, torch.Tensor]] = [{} for _ in clozes]

@@ -90,7 +90,9 @@ def summary_table(manifest: dict[str, Any], entries: list[dict[str, Any]]) -> pd
         row["disk MB"] = eff["disk_bytes"] / 1e6 if eff else math.nan
         latencies = [x["latency_batch1"]["median_ms"] for x in efficiency if x and x.get("latency_batch1")]
         row["latency ms"] = sum(latencies) / len(latencies) if latencies else math.nan
-        rates = [x["throughput"]["examples_per_second"] for x in efficiency if x and x["throughput"]["examples_per_second"]]
+        rates = [
+            x["throughput"]["examples_per_second"] for x in efficiency if x and x["throughput"]["examples_per_second"]
+        ]
         row["examples/s"] = sum(rates) / len(rates) if rates else math.nan
         rows.append(row)
     return pd.DataFrame(rows)
@@ -127,8 +129,10 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
         out[task] = [_task_cell(r, task) for _, r in table.iterrows()]
     for label in BENCHMARK_LABELS.values():
         if (table[f"{label} tasks"] != f"0/{len(BENCHMARK_TASKS[label.lower()])}").any():
-            out[f"{label} avg"] = [f"{_fmt(a)} ({n})" if not math.isnan(a) else "–"
-                                   for a, n in zip(table[f"{label} avg"], table[f"{label} tasks"])]  # fmt: skip
+            out[f"{label} avg"] = [
+                f"{_fmt(a)} ({n})" if not math.isnan(a) else "–"
+                for a, n in zip(table[f"{label} avg"], table[f"{label} tasks"])
+            ]
     out["retention %"] = [_fmt(v) for v in table["retention %"]]
     out["parameters (M)"] = [_fmt(v / 1e6, 1) if not math.isnan(v) else "–" for v in table["parameters"]]
     out["emb+head (M)"] = [_fmt(v / 1e6, 1) if not math.isnan(v) else "–" for v in table["embedding+head"]]
@@ -142,20 +146,35 @@ def runs_table(manifest: dict[str, Any]) -> pd.DataFrame:
     """What each run is: description, student, vocabulary, and the losses of each stage."""
     rows = []
     for name, run in manifest.get("runs", {}).items():
-        def losses(stage: str) -> str:
+
+        def losses(stage: str, run: dict[str, Any] = run) -> str:
             spec = run.get(stage)
             if not spec:
                 return "–"
-            phases = [" + ".join(f"{(w or {}).get('weight', 1.0):g}·{loss}"
-                                 + (f" (T={w['temperature']:g})" if "temperature" in (w or {}) else "")
-                                 for loss, w in losses.items()) for losses in stage_phases(spec)]  # fmt: skip
+            phases = [
+                " + ".join(
+                    f"{(w or {}).get('weight', 1.0):g}·{loss}"
+                    + (f" (T={w['temperature']:g})" if "temperature" in (w or {}) else "")
+                    for loss, w in losses.items()
+                )
+                for losses in stage_phases(spec)
+            ]
             return phases[0] if len(phases) == 1 else ", then ".join(f"[{p}]" for p in phases)
 
-        rows.append({"run": name, "description": run.get("description") or "", "student": run["student"],
-                     "layers": run.get("layers", ""), "vocabulary": run["vocabulary"],
-                     "stage 1 losses": losses("stage1"), "stage 2 losses": losses("stage2")})  # fmt: skip
-    return pd.DataFrame(rows, columns=["run", "description", "student", "layers", "vocabulary", "stage 1 losses",
-                                       "stage 2 losses"])  # fmt: skip
+        rows.append(
+            {
+                "run": name,
+                "description": run.get("description") or "",
+                "student": run["student"],
+                "layers": run.get("layers", ""),
+                "vocabulary": run["vocabulary"],
+                "stage 1 losses": losses("stage1"),
+                "stage 2 losses": losses("stage2"),
+            }
+        )
+    return pd.DataFrame(
+        rows, columns=["run", "description", "student", "layers", "vocabulary", "stage 1 losses", "stage 2 losses"]
+    )
 
 
 def markdown(table: pd.DataFrame) -> str:
@@ -168,11 +187,15 @@ def markdown(table: pd.DataFrame) -> str:
 
 def html_page(title: str, sections: list[tuple[str, pd.DataFrame]], note: str) -> str:
     """A small self-contained HTML page of tables (for the Snakemake report and a browser)."""
-    style = ("body{font-family:sans-serif;margin:1.5em} table{border-collapse:collapse;margin-bottom:1.5em}"
-             "th,td{border:1px solid #bbb;padding:4px 8px;text-align:right} th{background:#eee}"
-             "td:first-child,th:first-child{text-align:left}")  # fmt: skip
-    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-             f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>"]  # fmt: skip
+    style = (
+        "body{font-family:sans-serif;margin:1.5em} table{border-collapse:collapse;margin-bottom:1.5em}"
+        "th,td{border:1px solid #bbb;padding:4px 8px;text-align:right} th{background:#eee}"
+        "td:first-child,th:first-child{text-align:left}"
+    )
+    parts = [
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>"
+    ]
     for heading, frame in sections:
         parts.append(f"<h2>{html.escape(heading)}</h2>")
         parts.append(frame.to_html(index=False, escape=True, classes="kdflow-table", border=0))
@@ -180,22 +203,30 @@ def html_page(title: str, sections: list[tuple[str, pd.DataFrame]], note: str) -
     return "\n".join(parts)
 
 
-NOTE = ("Task scores are the leaderboard score of each task (mean of its official metrics, x100) on the dev "
-        "split; brackets: 95 % bootstrap CI of the primary metric (named, with its value, when the task averages "
-        "several metrics). Benchmark averages as the GLUE/SuperGLUE "
-        "leaderboards compute them (MNLI-m/-mm one task; diagnostics not averaged), with the number of the "
-        "benchmark's tasks present. Retention (runs): the task score as a % of the teacher it was distilled "
-        "from (fine-tuned teacher where there is one), averaged over tasks. Latency: median wall time of one "
-        "dev example scored alone, this machine; examples/s: batched dev scoring.")
+NOTE = (
+    "Task scores are the leaderboard score of each task (mean of its official metrics, x100) on the dev "
+    "split; brackets: 95 % bootstrap CI of the primary metric (named, with its value, when the task averages "
+    "several metrics). Benchmark averages as the GLUE/SuperGLUE "
+    "leaderboards compute them (MNLI-m/-mm one task; diagnostics not averaged), with the number of the "
+    "benchmark's tasks present. Retention (runs): the task score as a % of the teacher it was distilled "
+    "from (fine-tuned teacher where there is one), averaged over tasks. Latency: median wall time of one "
+    "dev example scored alone, this machine; examples/s: batched dev scoring."
+)
 
 
-SEEDS_NOTE = ("Each run trained once per seed (`seeds`): the mean task score, its standard deviation over seeds "
-              "(training noise, which an evaluation interval does not capture) and each seed's score.")
-COMPARE_NOTE = ("Run minus baseline, primary metric x100, on the same dev examples: paired 95 % bootstrap interval "
-                "(the same resampled examples score both models; pooled: averaged over the seeds, each pair of "
-                "runs with the same seed). A win only when the whole interval lies above 0.")
-TOP_NOTE = ("The share of each run's dev predictions in its most frequent class: near 100 % the student predicts "
-            "the label prior, not the task.")
+SEEDS_NOTE = (
+    "Each run trained once per seed (`seeds`): the mean task score, its standard deviation over seeds "
+    "(training noise, which an evaluation interval does not capture) and each seed's score."
+)
+COMPARE_NOTE = (
+    "Run minus baseline, primary metric x100, on the same dev examples: paired 95 % bootstrap interval "
+    "(the same resampled examples score both models; pooled: averaged over the seeds, each pair of "
+    "runs with the same seed). A win only when the whole interval lies above 0."
+)
+TOP_NOTE = (
+    "The share of each run's dev predictions in its most frequent class: near 100 % the student predicts "
+    "the label prior, not the task."
+)
 
 
 def _decimals(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
@@ -203,8 +234,9 @@ def _decimals(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     return frame.assign(**{c: [_fmt(float(v)) for v in frame[c]] for c in columns})
 
 
-def _sections(manifest: dict[str, Any], entries: list[dict[str, Any]], table: pd.DataFrame,
-              compared: pd.DataFrame) -> list[tuple[str, pd.DataFrame, str]]:  # fmt: skip
+def _sections(
+    manifest: dict[str, Any], entries: list[dict[str, Any]], table: pd.DataFrame, compared: pd.DataFrame
+) -> list[tuple[str, pd.DataFrame, str]]:
     """The summary's sections: (heading, table, note); seeds only when a run has several."""
     out = [("Scores and costs", display_table(table), NOTE)]
     seeds = seed_table(manifest, table, task_columns(table))
@@ -232,17 +264,23 @@ def summarize(manifest: dict[str, Any], out_dir: str | Path, plots_dir: str | Pa
     compared.to_csv(out_dir / "comparisons.csv", index=False, float_format="%.4f")
     sections = _sections(manifest, entries, table, compared)
     (out_dir / "summary.md").write_text(
-        "# kdflow summary\n\n" + "\n\n".join(f"## {h}\n\n{markdown(f)}" + (f"\n{n}\n" if n else "")
-                                            for h, f, n in sections), encoding="utf-8")  # fmt: skip
-    (out_dir / "summary.html").write_text(html_page("kdflow summary", [(h, f) for h, f, _ in sections if h != "Runs"],
-                                                    NOTE), "utf-8")  # fmt: skip
-    (out_dir / "runs.html").write_text(html_page("kdflow runs", [("Runs", runs_table(manifest))],
-                                                 "Losses: weight·name (temperature)."), "utf-8")  # fmt: skip
+        "# kdflow summary\n\n"
+        + "\n\n".join(f"## {h}\n\n{markdown(f)}" + (f"\n{n}\n" if n else "") for h, f, n in sections),
+        encoding="utf-8",
+    )
+    (out_dir / "summary.html").write_text(
+        html_page("kdflow summary", [(h, f) for h, f, _ in sections if h != "Runs"], NOTE), "utf-8"
+    )
+    (out_dir / "runs.html").write_text(
+        html_page("kdflow runs", [("Runs", runs_table(manifest))], "Losses: weight·name (temperature)."), "utf-8"
+    )
     comparisons_plot(compared, plots_dir / "comparisons.png")
     scores_plot(table, plots_dir / "scores.png")
     frontier_plot(table, plots_dir / "frontier.png")
     loss_curves_plot(manifest.get("runs", {}), plots_dir / "loss_curves.png")
-    vocabularies = {name: {"coverage": v["coverage"], "size": read_json(v["params"])["compressed_vocab_size"]}
-                    for name, v in manifest.get("vocabularies", {}).items()}  # fmt: skip
+    vocabularies = {
+        name: {"coverage": v["coverage"], "size": read_json(v["params"])["compressed_vocab_size"]}
+        for name, v in manifest.get("vocabularies", {}).items()
+    }
     coverage_plot(vocabularies, plots_dir / "coverage.png")
     return table

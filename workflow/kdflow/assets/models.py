@@ -117,7 +117,11 @@ def build_model(spec: dict[str, Any], out: str | Path, seed: int = 0) -> dict[st
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     if spec.get("dtype") == "bfloat16":
         model = model.to(torch.bfloat16)
-    local = None if source == "random" or source.startswith(("embedded:", "hf:")) or not Path(source).is_dir() else Path(source)
+    local = (
+        None
+        if source == "random" or source.startswith(("embedded:", "hf:")) or not Path(source).is_dir()
+        else Path(source)
+    )
     with atomic_folder(out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

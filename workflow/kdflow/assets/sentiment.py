@@ -67,9 +67,7 @@ def build_sentiment_task(
         "seed": seed,
         "dropped_conflicting_duplicates": len(conflicting),
         "counts": {k: len(v) for k, v in splits.items()},
-        "label_counts": {
-            k: {lab: sum(1 for _, x in v if x == lab) for lab in ("0", "1")} for k, v in splits.items()
-        },
+        "label_counts": {k: {lab: sum(1 for _, x in v if x == lab) for lab in ("0", "1")} for k, v in splits.items()},
     }
     write_json(out_dir / "provenance.json", meta)
     return meta

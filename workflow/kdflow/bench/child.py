@@ -19,8 +19,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,9 +42,19 @@ def _peak_gpu_mb() -> float | None:
 
 
 def _settings(a: dict[str, Any], teacher: str) -> dict[str, Any]:
-    return {"epochs": 1000, "max_steps": a["steps"], "batch_size": a["batch_size"], "grad_accum": 1, "lr": 1e-4,
-            "warmup_ratio": 0.0, "weight_decay": 0.0, "max_grad_norm": 1.0, "checkpoint_every": 10**9,
-            "max_length": a["max_length"], "teacher": teacher}  # fmt: skip
+    return {
+        "epochs": 1000,
+        "max_steps": a["steps"],
+        "batch_size": a["batch_size"],
+        "grad_accum": 1,
+        "lr": 1e-4,
+        "warmup_ratio": 0.0,
+        "weight_decay": 0.0,
+        "max_grad_norm": 1.0,
+        "checkpoint_every": 10**9,
+        "max_length": a["max_length"],
+        "teacher": teacher,
+    }
 
 
 def stage1(a: dict[str, Any]) -> dict[str, Any]:
@@ -54,12 +65,25 @@ def stage1(a: dict[str, Any]) -> dict[str, Any]:
     runtime = _runtime(a)
     with tempfile.TemporaryDirectory() as tmp:
         data = {"cache": a.get("cache"), "corpus": a["corpus"], "teacher": a["teacher"]}
-        distill("stage1", a["student"], Path(tmp) / "out", Path(tmp) / "work", run, _settings(a, mode), data,
-                a.get("deepspeed"), seed=0, runtime=runtime)  # fmt: skip
+        distill(
+            "stage1",
+            a["student"],
+            Path(tmp) / "out",
+            Path(tmp) / "work",
+            run,
+            _settings(a, mode),
+            data,
+            a.get("deepspeed"),
+            seed=0,
+            runtime=runtime,
+        )
         with open(Path(tmp) / "out" / "train_log.csv") as fh:
             rates = [float(r["tokens_per_second"]) for r in csv.DictReader(fh)]
-    return {"tokens_per_second": statistics.median(rates[1:] or rates), "steps": len(rates),
-            "device_name": runtime.device_name()}  # fmt: skip
+    return {
+        "tokens_per_second": statistics.median(rates[1:] or rates),
+        "steps": len(rates),
+        "device_name": runtime.device_name(),
+    }
 
 
 def trl(a: dict[str, Any]) -> dict[str, Any]:
@@ -91,13 +115,38 @@ def trl(a: dict[str, Any]) -> dict[str, Any]:
     teacher = AutoModelForCausalLM.from_pretrained(a["teacher"], dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(a["student"])
     with tempfile.TemporaryDirectory() as tmp:
-        args = GKDConfig(output_dir=tmp, per_device_train_batch_size=a["batch_size"], max_steps=a["steps"],
-                         learning_rate=1e-4, lmbda=0.0, beta=0.0, seq_kd=False, temperature=a["temperature"],
-                         gradient_checkpointing=False, bf16=False, use_cpu=True, report_to=[], save_strategy="no",
-                         logging_steps=10**6, dataloader_num_workers=0, disable_tqdm=True, max_length=a["max_length"],
-                         shuffle_dataset=False, lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0)  # fmt: skip
-        trainer = GKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=dataset,
-                             data_collator=collate, processing_class=tokenizer, callbacks=[StepTimer()])  # fmt: skip
+        args = GKDConfig(
+            output_dir=tmp,
+            per_device_train_batch_size=a["batch_size"],
+            max_steps=a["steps"],
+            learning_rate=1e-4,
+            lmbda=0.0,
+            beta=0.0,
+            seq_kd=False,
+            temperature=a["temperature"],
+            gradient_checkpointing=False,
+            bf16=False,
+            use_cpu=True,
+            report_to=[],
+            save_strategy="no",
+            logging_steps=10**6,
+            dataloader_num_workers=0,
+            disable_tqdm=True,
+            max_length=a["max_length"],
+            shuffle_dataset=False,
+            lr_scheduler_type="constant",
+            warmup_steps=0,
+            max_grad_norm=1.0,
+        )
+        trainer = GKDTrainer(
+            model=student,
+            teacher_model=teacher,
+            args=args,
+            train_dataset=dataset,
+            data_collator=collate,
+            processing_class=tokenizer,
+            callbacks=[StepTimer()],
+        )
         trainer.train()
     tokens = a["batch_size"] * blocks.shape[1]
     rates = [tokens / t for t in times]
@@ -107,10 +156,15 @@ def trl(a: dict[str, Any]) -> dict[str, Any]:
 def cache(a: dict[str, Any]) -> dict[str, Any]:
     from ..cache.build import cache_corpus
 
-    m = cache_corpus(a["teacher"], a["corpus"], a.get("vocab_map"), a["out"], a["settings"], seed=0,
-                     runtime=_runtime(a))  # fmt: skip
-    return {"seconds": m["seconds_this_run"], "forward_seconds": m["teacher_forward_seconds_this_run"],
-            "positions": m["positions"], "bytes": m["bytes"]}  # fmt: skip
+    m = cache_corpus(
+        a["teacher"], a["corpus"], a.get("vocab_map"), a["out"], a["settings"], seed=0, runtime=_runtime(a)
+    )
+    return {
+        "seconds": m["seconds_this_run"],
+        "forward_seconds": m["teacher_forward_seconds_this_run"],
+        "positions": m["positions"],
+        "bytes": m["bytes"],
+    }
 
 
 @torch.no_grad()
@@ -131,8 +185,11 @@ def forward(a: dict[str, Any]) -> dict[str, Any]:
 
 
 WORKLOADS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-    "stage1": stage1, "trl": trl, "cache": cache, "forward": forward,
-}  # fmt: skip
+    "stage1": stage1,
+    "trl": trl,
+    "cache": cache,
+    "forward": forward,
+}
 
 
 def main() -> None:
@@ -140,8 +197,15 @@ def main() -> None:
     torch.set_num_threads(args.get("threads", torch.get_num_threads()))
     result = WORKLOADS[name](args)
     gpu = _peak_gpu_mb()
-    print(json.dumps({**result, "peak_rss_mb": round(_peak_rss_mb(), 1),
-                      "peak_gpu_mb": round(gpu, 1) if gpu is not None else None}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                **result,
+                "peak_rss_mb": round(_peak_rss_mb(), 1),
+                "peak_gpu_mb": round(gpu, 1) if gpu is not None else None,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -22,19 +22,51 @@ MODES: dict[str, dict[str, Any]] = {
 }
 
 
-def check(device: str, out: Path, teacher: Path | None, steps: int, batch_size: int, block_size: int, layers: int,
-          documents: int) -> list[dict[str, Any]]:  # fmt: skip
-    settings = BenchSettings(teacher=teacher, results=out / "none", out=out, steps=steps, batch_size=batch_size,
-                             block_size=block_size, layers=layers, documents=documents)  # fmt: skip
+def check(
+    device: str,
+    out: Path,
+    teacher: Path | None,
+    steps: int,
+    batch_size: int,
+    block_size: int,
+    layers: int,
+    documents: int,
+) -> list[dict[str, Any]]:
+    settings = BenchSettings(
+        teacher=teacher,
+        results=out / "none",
+        out=out,
+        steps=steps,
+        batch_size=batch_size,
+        block_size=block_size,
+        layers=layers,
+        documents=documents,
+    )
     paths = prepare_assets(settings, out / "assets")
     rows = []
     for name, mode in MODES.items():
-        args = {"teacher": str(paths["teacher"]), "student": str(paths["student"]), "corpus": str(paths["corpus"]),
-                "steps": steps, "batch_size": batch_size, "max_length": block_size, "temperature": 1.0,
-                "compute": {"device": device, "precision": mode["precision"]}, "deepspeed": mode["deepspeed"]}  # fmt: skip
+        args = {
+            "teacher": str(paths["teacher"]),
+            "student": str(paths["student"]),
+            "corpus": str(paths["corpus"]),
+            "steps": steps,
+            "batch_size": batch_size,
+            "max_length": block_size,
+            "temperature": 1.0,
+            "compute": {"device": device, "precision": mode["precision"]},
+            "deepspeed": mode["deepspeed"],
+        }
         result = run_child("stage1", args, settings.threads)
-        rows.append({"mode": name, "device": device, **{k: result.get(k) for k in
-                     ("tokens_per_second", "peak_gpu_mb", "peak_rss_mb", "steps", "device_name")}})  # fmt: skip
+        rows.append(
+            {
+                "mode": name,
+                "device": device,
+                **{
+                    k: result.get(k)
+                    for k in ("tokens_per_second", "peak_gpu_mb", "peak_rss_mb", "steps", "device_name")
+                },
+            }
+        )
     return rows
 
 
@@ -51,13 +83,23 @@ def main() -> None:
     a = parser.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = check(a.device, out, Path(a.teacher) if a.teacher else None, a.steps, a.batch_size, a.block_size,
-                 a.layers, a.documents)  # fmt: skip
+    rows = check(
+        a.device,
+        out,
+        Path(a.teacher) if a.teacher else None,
+        a.steps,
+        a.batch_size,
+        a.block_size,
+        a.layers,
+        a.documents,
+    )
     (out / "device_check.json").write_text(json.dumps(rows, indent=2) + "\n")
-    print(f"| mode | device | tokens/s | peak GPU MiB | peak RSS MiB |\n|---|---|---|---|---|")
+    print("| mode | device | tokens/s | peak GPU MiB | peak RSS MiB |\n|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['mode']} | {r['device_name'] or r['device']} | {r['tokens_per_second']:.1f} | "
-              f"{r['peak_gpu_mb'] if r['peak_gpu_mb'] is not None else '-'} | {r['peak_rss_mb']} |")  # fmt: skip
+        print(
+            f"| {r['mode']} | {r['device_name'] or r['device']} | {r['tokens_per_second']:.1f} | "
+            f"{r['peak_gpu_mb'] if r['peak_gpu_mb'] is not None else '-'} | {r['peak_rss_mb']} |"
+        )
 
 
 if __name__ == "__main__":

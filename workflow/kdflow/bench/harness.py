@@ -103,57 +103,96 @@ def prepare_assets(settings: BenchSettings, work: Path) -> dict[str, Path]:
     paths = {"teacher": Path(teacher)}
     for name, size in (("corpus", settings.block_size), ("corpus_long", 2 * settings.block_size)):
         paths[name] = work / name
-        preprocess_corpus(str(documents), spec, teacher, paths[name],
-                          {"block_size": size, "valid_fraction": 0.0, "batch_documents": 64}, seed=0)  # fmt: skip
+        preprocess_corpus(
+            str(documents),
+            spec,
+            teacher,
+            paths[name],
+            {"block_size": size, "valid_fraction": 0.0, "batch_documents": 64},
+            seed=0,
+        )
     paths["student"] = work / "student"
     init_student(teacher, {"layers": {"strategy": "uniform", "count": settings.layers}}, None, paths["student"], 0)
     return paths
 
 
 def cache_settings(settings: BenchSettings, k: int, mode: str, blocks: int, length: int) -> dict[str, Any]:
-    return {"k": k, "value_dtype": "bf16", "temperatures": sorted({*settings.kl_temperatures, settings.temperature}),
-            "mode": mode, "shard_blocks": 64, "shard_examples": 64, "batch_size": settings.batch_size,
-            "max_blocks": blocks, "max_length": length}  # fmt: skip
+    return {
+        "k": k,
+        "value_dtype": "bf16",
+        "temperatures": sorted({*settings.kl_temperatures, settings.temperature}),
+        "mode": mode,
+        "shard_blocks": 64,
+        "shard_examples": 64,
+        "batch_size": settings.batch_size,
+        "max_blocks": blocks,
+        "max_length": length,
+    }
 
 
-def _cache_for_training(settings: BenchSettings, paths: dict[str, Path], work: Path, mode: str, corpus: str,
-                        blocks: int) -> Path:  # fmt: skip
+def _cache_for_training(
+    settings: BenchSettings, paths: dict[str, Path], work: Path, mode: str, corpus: str, blocks: int
+) -> Path:
     out = work / f"train_cache_{mode}_{corpus}_{blocks}"
     if not (out / "manifest.json").exists():
         length = settings.block_size * (2 if corpus == "corpus_long" else 1)
-        run_child("cache", {"teacher": str(paths["teacher"]), "corpus": str(paths[corpus]), "out": str(out),
-                            "settings": cache_settings(settings, 64, mode, blocks, length)}, settings.threads)  # fmt: skip
+        run_child(
+            "cache",
+            {
+                "teacher": str(paths["teacher"]),
+                "corpus": str(paths[corpus]),
+                "out": str(out),
+                "settings": cache_settings(settings, 64, mode, blocks, length),
+            },
+            settings.threads,
+        )
     return out
 
 
 # --- sections -----------------------------------------------------------------------------------------------
 
 
-def _stage1_args(settings: BenchSettings, paths: dict[str, Path], corpus: str = "corpus", batch: int | None = None,
-                 cache: Path | None = None) -> dict[str, Any]:  # fmt: skip
+def _stage1_args(
+    settings: BenchSettings,
+    paths: dict[str, Path],
+    corpus: str = "corpus",
+    batch: int | None = None,
+    cache: Path | None = None,
+) -> dict[str, Any]:
     length = settings.block_size * (2 if corpus == "corpus_long" else 1)
-    return {"teacher": str(paths["teacher"]), "student": str(paths["student"]), "corpus": str(paths[corpus]),
-            "cache": str(cache) if cache else None, "steps": settings.steps,
-            "batch_size": batch or settings.batch_size, "max_length": length, "temperature": settings.temperature}  # fmt: skip
+    return {
+        "teacher": str(paths["teacher"]),
+        "student": str(paths["student"]),
+        "corpus": str(paths[corpus]),
+        "cache": str(cache) if cache else None,
+        "steps": settings.steps,
+        "batch_size": batch or settings.batch_size,
+        "max_length": length,
+        "temperature": settings.temperature,
+    }
 
 
 def bench_stage1(settings: BenchSettings, paths: dict[str, Path], work: Path) -> dict[str, Any]:
     blocks = settings.steps * settings.batch_size
     rows = {
-        "kdflow_cached_topk": _stage1_args(settings, paths, cache=_cache_for_training(settings, paths, work, "topk",
-                                                                                      "corpus", blocks)),
-        "kdflow_cached_hidden": _stage1_args(settings, paths, cache=_cache_for_training(settings, paths, work,
-                                                                                        "hidden", "corpus", blocks)),
+        "kdflow_cached_topk": _stage1_args(
+            settings, paths, cache=_cache_for_training(settings, paths, work, "topk", "corpus", blocks)
+        ),
+        "kdflow_cached_hidden": _stage1_args(
+            settings, paths, cache=_cache_for_training(settings, paths, work, "hidden", "corpus", blocks)
+        ),
         "kdflow_online": _stage1_args(settings, paths),
-    }  # fmt: skip
+    }
     report: dict[str, Any] = {name: repeated("stage1", args, settings) for name, args in rows.items()}
     if trl_available():
         report["trl_gkd_offpolicy"] = repeated("trl", _stage1_args(settings, paths), settings)
     else:
         report["trl_gkd_offpolicy"] = {"skipped": "trl is not installed (pip install -r envs/bench.txt)"}
     online = report["kdflow_online"]["tokens_per_second"]
-    ratios = {"cached_topk_over_online": report["kdflow_cached_topk"]["tokens_per_second"] / online,
-              "cached_hidden_over_online": report["kdflow_cached_hidden"]["tokens_per_second"] / online}  # fmt: skip
+    ratios = {
+        "cached_topk_over_online": report["kdflow_cached_topk"]["tokens_per_second"] / online,
+        "cached_hidden_over_online": report["kdflow_cached_hidden"]["tokens_per_second"] / online,
+    }
     if "tokens_per_second" in report["trl_gkd_offpolicy"]:
         ratios["online_over_trl"] = online / report["trl_gkd_offpolicy"]["tokens_per_second"]
     report["ratios"] = ratios
@@ -167,18 +206,34 @@ def bench_cache(settings: BenchSettings, paths: dict[str, Path], work: Path) -> 
     blocks = min(settings.blocks, 16)
     sizes: dict[str, Any] = {}
     for k in settings.ks:
-        m = run_child("cache", {"teacher": str(paths["teacher"]), "corpus": str(paths["corpus"]),
-                                "out": str(work / f"k{k}"),
-                                "settings": cache_settings(settings, k, "topk", blocks, settings.block_size)},
-                      settings.threads)  # fmt: skip
+        m = run_child(
+            "cache",
+            {
+                "teacher": str(paths["teacher"]),
+                "corpus": str(paths["corpus"]),
+                "out": str(work / f"k{k}"),
+                "settings": cache_settings(settings, k, "topk", blocks, settings.block_size),
+            },
+            settings.threads,
+        )
         sizes[f"topk_k{k}"] = {"bytes_per_token": m["bytes"] / m["positions"]}
     hidden = _cache_for_training(settings, paths, work, "hidden", "corpus", blocks)
     manifest = json.loads((hidden / "manifest.json").read_text())
     sizes["hidden"] = {"bytes_per_token": manifest["bytes"] / manifest["positions"]}
     vocab = json.loads((paths["teacher"] / "config.json").read_text())["vocab_size"]
     sizes["dense_fp32"] = {"bytes_per_token": 4.0 * vocab}
-    quality = {f"k{k}": kl_errors(paths["teacher"], paths["student"], paths["corpus"], work / f"k{k}", k,
-                                  settings.kl_temperatures, blocks=min(blocks, 8)) for k in settings.ks}  # fmt: skip
+    quality = {
+        f"k{k}": kl_errors(
+            paths["teacher"],
+            paths["student"],
+            paths["corpus"],
+            work / f"k{k}",
+            k,
+            settings.kl_temperatures,
+            blocks=min(blocks, 8),
+        )
+        for k in settings.ks
+    }
     return {"bytes_per_token": sizes, "kl": quality}
 
 
@@ -191,14 +246,26 @@ def bench_caching(settings: BenchSettings, paths: dict[str, Path], work: Path) -
         runs = []
         for r in range(settings.repeats if scale == 1 else 1):
             out = work / f"caching_{scale}x_{r}"
-            args = {**base, "out": str(out), "settings": cache_settings(settings, 64, "topk", blocks, settings.block_size)}
+            args = {
+                **base,
+                "out": str(out),
+                "settings": cache_settings(settings, 64, "topk", blocks, settings.block_size),
+            }
             runs.append(run_child("cache", args, settings.threads))
-        rss[f"{scale}x"] = {"blocks": blocks, "positions": runs[0]["positions"],
-                            "seconds": statistics.median(r["seconds"] for r in runs),
-                            "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in runs), "runs": runs}  # fmt: skip
+        rss[f"{scale}x"] = {
+            "blocks": blocks,
+            "positions": runs[0]["positions"],
+            "seconds": statistics.median(r["seconds"] for r in runs),
+            "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in runs),
+            "runs": runs,
+        }
     cache_seconds = rss["1x"]["seconds"]
-    return {"bare_forward": forward, "caching": rss,
-            "throughput_ratio": forward["seconds"] / cache_seconds, "goal": 0.9}  # fmt: skip
+    return {
+        "bare_forward": forward,
+        "caching": rss,
+        "throughput_ratio": forward["seconds"] / cache_seconds,
+        "goal": 0.9,
+    }
 
 
 def bench_scaling(settings: BenchSettings, paths: dict[str, Path], work: Path) -> dict[str, Any]:
@@ -211,8 +278,11 @@ def bench_scaling(settings: BenchSettings, paths: dict[str, Path], work: Path) -
     for name, (corpus, batch) in points.items():
         cache = _cache_for_training(settings, paths, work, "topk", corpus, settings.steps * batch)
         row = repeated("stage1", _stage1_args(settings, paths, corpus, batch, cache), settings)
-        report[name] = {"block_size": settings.block_size * (2 if corpus == "corpus_long" else 1),
-                        "batch_size": batch, **row}  # fmt: skip
+        report[name] = {
+            "block_size": settings.block_size * (2 if corpus == "corpus_long" else 1),
+            "batch_size": batch,
+            **row,
+        }
     return report
 
 
@@ -228,16 +298,28 @@ def bench_rules(settings: BenchSettings) -> dict[str, Any]:
         rel = path.relative_to(root).with_suffix("")
         seconds = [float(r["s"]) for r in records]
         rss = [float(r["max_rss"]) for r in records if r.get("max_rss") not in (None, "", "-", "NA")]
-        rows.append({"rule": rel.parts[0], "job": "/".join(rel.parts[1:]), "seconds": statistics.median(seconds),
-                     "max_rss_mb": statistics.median(rss) if rss else None, "runs": len(records)})  # fmt: skip
+        rows.append(
+            {
+                "rule": rel.parts[0],
+                "job": "/".join(rel.parts[1:]),
+                "seconds": statistics.median(seconds),
+                "max_rss_mb": statistics.median(rss) if rss else None,
+                "runs": len(records),
+            }
+        )
     return {"source": str(root), "jobs": rows, "total_seconds": sum(r["seconds"] for r in rows)}
 
 
 def machine() -> dict[str, Any]:
     import torch
 
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()}  # fmt: skip
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def run_bench(settings: BenchSettings) -> dict[str, Any]:

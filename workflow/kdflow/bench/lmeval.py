@@ -78,9 +78,16 @@ def _task_manager() -> Any:
     return TaskManager()
 
 
-def lmeval_scores(model: Any, tokenizer: Any, task: str, rows: list[dict[str, Any]], workdir: str | Path,
-                  batch_size: int = 16, max_length: int | None = None,
-                  add_bos_token: bool | None = None) -> list[list[float]]:  # fmt: skip
+def lmeval_scores(
+    model: Any,
+    tokenizer: Any,
+    task: str,
+    rows: list[dict[str, Any]],
+    workdir: str | Path,
+    batch_size: int = 16,
+    max_length: int | None = None,
+    add_bos_token: bool | None = None,
+) -> list[list[float]]:
     """lm-eval's log-likelihood of every choice of every row: its built-in task config, data from ``rows``."""
     from lm_eval.evaluator import evaluate as lm_evaluate
     from lm_eval.models.huggingface import HFLM
@@ -93,20 +100,34 @@ def lmeval_scores(model: Any, tokenizer: Any, task: str, rows: list[dict[str, An
     manager = _task_manager()
     name = TASKS[task][0]
     config = load_yaml(manager.task_index[name].yaml_path, resolve_func=True)
-    config.update(dataset_path="json", dataset_name=None, training_split=None, test_split=None,
-                  validation_split="validation", fewshot_split=None,
-                  dataset_kwargs={"data_files": {"validation": str(data)}, "cache_dir": str(workdir / "hf")})  # fmt: skip
+    config.update(
+        dataset_path="json",
+        dataset_name=None,
+        training_split=None,
+        test_split=None,
+        validation_split="validation",
+        fewshot_split=None,
+        dataset_kwargs={"data_files": {"validation": str(data)}, "cache_dir": str(workdir / "hf")},
+    )
     config.pop("tag", None)
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length,
-              add_bos_token=add_bos_token)  # fmt: skip
+    lm = HFLM(
+        pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length, add_bos_token=add_bos_token
+    )
     out = lm_evaluate(lm, manager.load([config]), log_samples=True, bootstrap_iters=0)
     samples = sorted(out["samples"][name], key=lambda s: s["doc_id"])
     return [[float(resp[0][0]) for resp in s["resps"]] for s in samples]
 
 
-def kdflow_scores(model: Any, tokenizer: Any, task: str, data_root: str | Path, limit: int | None = None,
-                  batch_size: int = 16, max_length: int | None = None,
-                  add_special_tokens: bool = True) -> tuple[list[list[float]], list[str], list[int]]:  # fmt: skip
+def kdflow_scores(
+    model: Any,
+    tokenizer: Any,
+    task: str,
+    data_root: str | Path,
+    limit: int | None = None,
+    batch_size: int = 16,
+    max_length: int | None = None,
+    add_special_tokens: bool = True,
+) -> tuple[list[list[float]], list[str], list[int]]:
     """kdflow's candidate scores with the lm-eval prompt set, the gold labels, and the truncated examples."""
     from ..data.reader import read_split
     from ..data.tasks import get_task
@@ -118,8 +139,17 @@ def kdflow_scores(model: Any, tokenizer: Any, task: str, data_root: str | Path, 
     examples = read_split(spec, Path(data_root) / TASKS[task][1], "dev", limit)
     clozes = [to_cloze(spec, prompt, ex) for ex in examples]
     truncated: list[int] = []
-    scores = score_clozes(model, tokenizer, "causal", clozes, batch_size=batch_size, max_length=max_length,
-                          progress=False, add_special_tokens=add_special_tokens, truncated=truncated)  # fmt: skip
+    scores = score_clozes(
+        model,
+        tokenizer,
+        "causal",
+        clozes,
+        batch_size=batch_size,
+        max_length=max_length,
+        progress=False,
+        add_special_tokens=add_special_tokens,
+        truncated=truncated,
+    )
     labels = label_order(spec, prompt)
     golds = [ex["label"] if spec.kind == "candidates" else str(labels.index(ex["label"])) for ex in examples]
     return scores, golds, truncated
@@ -143,12 +173,14 @@ class Agreement:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def compare(kd: list[list[float]], lm: list[list[float]], kd_golds: list[str], lm_golds: list[str],
-            task: str) -> Agreement:  # fmt: skip
+def compare(
+    kd: list[list[float]], lm: list[list[float]], kd_golds: list[str], lm_golds: list[str], task: str
+) -> Agreement:
     """Both sides' scores of the same rows (and each side's gold choice) -> accuracies, differing predictions."""
     if len(kd) != len(lm) or kd_golds != lm_golds:
-        raise ValueError(f"{task}: kdflow read {len(kd)} rows, lm-eval {len(lm)}; gold choices equal: "
-                         f"{kd_golds == lm_golds}")  # fmt: skip
+        raise ValueError(
+            f"{task}: kdflow read {len(kd)} rows, lm-eval {len(lm)}; gold choices equal: {kd_golds == lm_golds}"
+        )
     diffs, differing = [], []
     for i, (a, b) in enumerate(zip(kd, lm, strict=True)):
         if len(a) != len(b):
@@ -157,14 +189,23 @@ def compare(kd: list[list[float]], lm: list[list[float]], kd_golds: list[str], l
         if _argmax(a) != _argmax(b):
             margin = sorted(b)[-1] - sorted(b)[-2]
             differing.append({"row": i, "kdflow": a, "lmeval": b, "lmeval_margin": margin})
-    acc = [sum(str(_argmax(s)) == g for s, g in zip(side, golds, strict=True)) / len(golds)
-           for side, golds in ((kd, kd_golds), (lm, lm_golds))]  # fmt: skip
+    acc = [
+        sum(str(_argmax(s)) == g for s, g in zip(side, golds, strict=True)) / len(golds)
+        for side, golds in ((kd, kd_golds), (lm, lm_golds))
+    ]
     return Agreement(task, len(kd), acc[0], acc[1], differing, max(diffs, default=0.0))
 
 
-def run(model_dir: str | Path, data_root: str | Path, tasks: list[str], limits: dict[str, int | None],
-        workdir: str | Path, batch_size: int = 16, max_length: int | None = None,
-        done: Any = None) -> list[Agreement]:  # fmt: skip
+def run(
+    model_dir: str | Path,
+    data_root: str | Path,
+    tasks: list[str],
+    limits: dict[str, int | None],
+    workdir: str | Path,
+    batch_size: int = 16,
+    max_length: int | None = None,
+    done: Any = None,
+) -> list[Agreement]:
     """Load the model once and compare both sides on every task, on its first ``limits[task]`` dev rows (all
     when None); ``done(results)`` after each task."""
     from ..modeling import load_lm
@@ -181,9 +222,15 @@ def run(model_dir: str | Path, data_root: str | Path, tasks: list[str], limits: 
         result = compare(kd, lm, golds, [str(r["label"]) for r in rows], task)
         result.truncated = len(truncated)
         result.seconds = {"kdflow": middle - started, "lmeval": time.perf_counter() - middle}
-        log.info("%s: %d rows, accuracy kdflow %.4f lm-eval %.4f, %d predictions differ, max |diff| %.2e",
-                 task, result.examples, result.kdflow_accuracy, result.lmeval_accuracy, len(result.differing),
-                 result.max_abs_diff)  # fmt: skip
+        log.info(
+            "%s: %d rows, accuracy kdflow %.4f lm-eval %.4f, %d predictions differ, max |diff| %.2e",
+            task,
+            result.examples,
+            result.kdflow_accuracy,
+            result.lmeval_accuracy,
+            len(result.differing),
+            result.max_abs_diff,
+        )
         results.append(result)
         if done is not None:
             done(results)
@@ -192,12 +239,17 @@ def run(model_dir: str | Path, data_root: str | Path, tasks: list[str], limits: 
 
 def markdown(results: list[Agreement]) -> str:
     """The side-by-side table of the README."""
-    lines = ["| task | rows | kdflow acc | lm-eval acc | predictions that differ | max abs log-lik diff | "
-             "seconds kdflow / lm-eval |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| task | rows | kdflow acc | lm-eval acc | predictions that differ | max abs log-lik diff | "
+        "seconds kdflow / lm-eval |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in results:
-        lines.append(f"| {r.task} | {r.examples} | {100 * r.kdflow_accuracy:.2f} | {100 * r.lmeval_accuracy:.2f} | "
-                     f"{len(r.differing)} | {r.max_abs_diff:.1e} | {r.seconds['kdflow']:.0f} / "
-                     f"{r.seconds['lmeval']:.0f} |")  # fmt: skip
+        lines.append(
+            f"| {r.task} | {r.examples} | {100 * r.kdflow_accuracy:.2f} | {100 * r.lmeval_accuracy:.2f} | "
+            f"{len(r.differing)} | {r.max_abs_diff:.1e} | {r.seconds['kdflow']:.0f} / "
+            f"{r.seconds['lmeval']:.0f} |"
+        )
     return "\n".join(lines) + "\n"
 
 

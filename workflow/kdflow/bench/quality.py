@@ -14,8 +14,9 @@ import torch
 
 
 @torch.no_grad()
-def kl_errors(teacher: Path, student: Path, corpus: Path, cache_dir: Path, k: int, temperatures: tuple[float, ...],
-              blocks: int) -> dict[str, Any]:  # fmt: skip
+def kl_errors(
+    teacher: Path, student: Path, corpus: Path, cache_dir: Path, k: int, temperatures: tuple[float, ...], blocks: int
+) -> dict[str, Any]:
     from ..cache.kl import dense_kl, reconstruct, sparse_kl
     from ..cache.reader import CorpusCacheDataset
     from ..modeling import load_lm

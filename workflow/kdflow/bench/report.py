@@ -11,7 +11,12 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
             return ""
         return f"{v:,.1f}" if isinstance(v, float) else str(v)
 
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(cell(v) for v in r) + " |" for r in rows), ""]  # fmt: skip
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(cell(v) for v in r) + " |" for r in rows),
+        "",
+    ]
 
 
 def _stage1(r: dict[str, Any]) -> list[str]:
@@ -37,25 +42,45 @@ def _cache(r: dict[str, Any]) -> list[str]:
     rows = []
     for k, per_t in r["kl"].items():
         for temp, q in per_t.items():
-            rows.append([k, temp, f"{q['dense_kl']:.4g}", f"{100 * q['kdflow_topk_relative_error']:.3f} %",
-                         f"{100 * q['plain_topk_relative_error']:.2f} %", f"{q['reconstruction_kl']:.5f}"])  # fmt: skip
+            rows.append(
+                [
+                    k,
+                    temp,
+                    f"{q['dense_kl']:.4g}",
+                    f"{100 * q['kdflow_topk_relative_error']:.3f} %",
+                    f"{100 * q['plain_topk_relative_error']:.2f} %",
+                    f"{q['reconstruction_kl']:.5f}",
+                ]
+            )
     header = ["k", "T", "dense KL", "kdflow top-k + normaliser error", "plain top-k (k+2) error", "KL(p || p_hat)"]
     return lines + _table(header, rows)
 
 
 def _caching(r: dict[str, Any]) -> list[str]:
     lines = ["## 3. Caching throughput and memory", ""]
-    rows = [[scale, row["blocks"], row["positions"], row["seconds"], row["peak_rss_mb"]] for scale, row in r["caching"].items()]  # fmt: skip
+    rows = [
+        [scale, row["blocks"], row["positions"], row["seconds"], row["peak_rss_mb"]]
+        for scale, row in r["caching"].items()
+    ]
     lines += _table(["corpus", "blocks", "positions", "seconds (median)", "peak RSS MB"], rows)
-    lines.append(f"- bare teacher forward over the 1x batches: {r['bare_forward']['seconds']:.1f} s (median); caching "
-                 f"throughput = {100 * r['throughput_ratio']:.1f} % of it (goal >= {100 * r['goal']:.0f} %)")  # fmt: skip
+    lines.append(
+        f"- bare teacher forward over the 1x batches: {r['bare_forward']['seconds']:.1f} s (median); caching "
+        f"throughput = {100 * r['throughput_ratio']:.1f} % of it (goal >= {100 * r['goal']:.0f} %)"
+    )
     return lines + [""]
 
 
 def _scaling(r: dict[str, Any]) -> list[str]:
-    rows = [[name, row["block_size"], row["batch_size"], row["tokens_per_second"], row["peak_rss_mb"]]
-            for name, row in r.items() if name not in ("settings", "machine")]  # fmt: skip
-    return ["## 4. Stage-1 scaling (cached top-k targets)", "", *_table(["point", "block", "batch", "tokens/s (median)", "peak RSS MB"], rows)]  # fmt: skip
+    rows = [
+        [name, row["block_size"], row["batch_size"], row["tokens_per_second"], row["peak_rss_mb"]]
+        for name, row in r.items()
+        if name not in ("settings", "machine")
+    ]
+    return [
+        "## 4. Stage-1 scaling (cached top-k targets)",
+        "",
+        *_table(["point", "block", "batch", "tokens/s (median)", "peak RSS MB"], rows),
+    ]
 
 
 def _rules(r: dict[str, Any]) -> list[str]:
@@ -75,8 +100,11 @@ def markdown(reports: dict[str, Any]) -> str:
     if reports:
         first = next(iter(reports.values()))
         m, s = first["machine"], first["settings"]
-        lines += [f"Machine: {m['processor']}, {m['cpus']} CPUs, {m['platform']}, torch {m['torch']}. "
-                  f"Repeats: {s['repeats']} fresh processes per timed figure (medians), {s['steps']} steps each.", ""]  # fmt: skip
+        lines += [
+            f"Machine: {m['processor']}, {m['cpus']} CPUs, {m['platform']}, torch {m['torch']}. "
+            f"Repeats: {s['repeats']} fresh processes per timed figure (medians), {s['steps']} steps each.",
+            "",
+        ]
     for section, report in reports.items():
         lines += RENDER[section](report)
     return "\n".join(lines)

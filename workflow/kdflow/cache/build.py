@@ -17,7 +17,7 @@ from ..prepare import load_prepared
 from ..preprocess import open_blocks
 from ..prompts import Cloze
 from ..runtime import Runtime
-from ..scoring import wrap_special, build_items, pad_batch, pad_id, score_clozes
+from ..scoring import build_items, pad_batch, pad_id, score_clozes, wrap_special
 from ..vocab.compress import special_token_ids
 from ..vocab.vmap import VocabMap
 from .format import encode_values, file_sha256, id_dtype, log_normalisers, sparse_targets
@@ -148,7 +148,9 @@ def cache_corpus(
     capture, head_sha = _hidden_capture(model, out_dir, settings, runtime.ranks.main)
     specials = special_token_ids(tokenizer)
     per_shard, batch = settings["shard_blocks"], settings["batch_size"]
-    bar = tqdm(total=n_blocks * block_size, desc="cache corpus", unit="tok", unit_scale=True, disable=not runtime.ranks.main)
+    bar = tqdm(
+        total=n_blocks * block_size, desc="cache corpus", unit="tok", unit_scale=True, disable=not runtime.ranks.main
+    )
     started, forward_seconds = time.perf_counter(), 0.0
     for index, start in enumerate(range(0, n_blocks, per_shard)):
         stop = min(start + per_shard, n_blocks)
@@ -160,8 +162,10 @@ def cache_corpus(
             ids = torch.from_numpy(np.asarray(blocks[b : min(b + batch, stop)]).astype(np.int64))
             positions = None
             if family == "masked":
-                masked = [mask_block(row.numpy(), seed, b + r, tokenizer.mask_token_id, len(tokenizer), specials)
-                          for r, row in enumerate(ids)]  # fmt: skip
+                masked = [
+                    mask_block(row.numpy(), seed, b + r, tokenizer.mask_token_id, len(tokenizer), specials)
+                    for r, row in enumerate(ids)
+                ]
                 ids = torch.from_numpy(np.stack([m[0] for m in masked]))
                 positions = [m[1] for m in masked]
             t0 = time.perf_counter()
@@ -199,8 +203,11 @@ def _writer(out_dir: str | Path, header: dict[str, Any], runtime: Runtime) -> Sh
 
 def _timings(started: float, forward_seconds: float, head_sha: str | None) -> dict[str, Any]:
     """The main process's timings (every process computes its share of the shards) and the head's sha256."""
-    return {"seconds_this_run": time.perf_counter() - started, "teacher_forward_seconds_this_run": forward_seconds,
-            "head_sha256": head_sha}  # fmt: skip
+    return {
+        "seconds_this_run": time.perf_counter() - started,
+        "teacher_forward_seconds_this_run": forward_seconds,
+        "head_sha256": head_sha,
+    }
 
 
 def _task_inputs(clozes: list[Cloze], tokenizer, family: str, max_length: int):
@@ -272,8 +279,16 @@ def cache_task(
                     scores[b + r] = torch.log_softmax(logits[r, slot[0]].float(), -1).cpu()[slot[1]].tolist()
         rest = [i for i, s in enumerate(scores) if s is None]
         if rest:
-            scored = score_clozes(model, tokenizer, family, [clozes[i] for i in rest], batch_size=batch,
-                                  max_length=settings["max_length"], progress=False, runtime=runtime)  # fmt: skip
+            scored = score_clozes(
+                model,
+                tokenizer,
+                family,
+                [clozes[i] for i in rest],
+                batch_size=batch,
+                max_length=settings["max_length"],
+                progress=False,
+                runtime=runtime,
+            )
             for i, row in zip(rest, scored):
                 scores[i] = row
         arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

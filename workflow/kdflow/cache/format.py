@@ -24,6 +24,7 @@ import torch
 from ..errors import DataError
 from ..safeio import write_bytes
 
+
 def id_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 65536 else np.dtype(np.int32)
 
@@ -45,9 +46,14 @@ def decode_values(array: np.ndarray, dtype: str) -> torch.Tensor:
 def log_normalisers(logprobs: torch.Tensor, temperatures: list[float]) -> torch.Tensor:
     """``c_T = logsumexp(lp / T)`` for every T, shape (..., len(temperatures)), float32 (``c_1`` is 0)."""
     return torch.stack(
-        [torch.zeros(logprobs.shape[:-1], device=logprobs.device) if t == 1 else torch.logsumexp(logprobs.float() / t, dim=-1)
-         for t in temperatures], dim=-1,
-    )  # fmt: skip
+        [
+            torch.zeros(logprobs.shape[:-1], device=logprobs.device)
+            if t == 1
+            else torch.logsumexp(logprobs.float() / t, dim=-1)
+            for t in temperatures
+        ],
+        dim=-1,
+    )
 
 
 def sparse_targets(logits: torch.Tensor, k: int, temperatures: list[float]) -> dict[str, torch.Tensor]:
@@ -59,9 +65,7 @@ def sparse_targets(logits: torch.Tensor, k: int, temperatures: list[float]) -> d
     logits = logits.float()
     lse1 = torch.logsumexp(logits, dim=-1)
     values, ids = logits.topk(min(k, logits.shape[-1]), dim=-1)
-    norms = [
-        torch.zeros_like(lse1) if t == 1 else torch.logsumexp(logits / t, dim=-1) - lse1 / t for t in temperatures
-    ]
+    norms = [torch.zeros_like(lse1) if t == 1 else torch.logsumexp(logits / t, dim=-1) - lse1 / t for t in temperatures]
     return {"values": values - lse1[..., None], "ids": ids, "log_norm": torch.stack(norms, dim=-1)}
 
 

@@ -34,7 +34,9 @@ def dense_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, tempera
     return (log_p.exp() * (log_p - log_q)).sum(-1)
 
 
-def reconstruct(values: torch.Tensor, ids: torch.Tensor, log_norm_t: torch.Tensor, temperature: float, vocab: int) -> torch.Tensor:
+def reconstruct(
+    values: torch.Tensor, ids: torch.Tensor, log_norm_t: torch.Tensor, temperature: float, vocab: int
+) -> torch.Tensor:
     """A full distribution from the cache: exact top-k probabilities, the exact tail mass spread evenly."""
     log_p_top = teacher_logprobs_topk(values, log_norm_t, temperature)
     p_top = log_p_top.exp()

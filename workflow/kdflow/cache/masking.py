@@ -6,7 +6,13 @@ import numpy as np
 
 
 def mask_block(
-    ids: np.ndarray, seed: int, block_index: int, mask_id: int, vocab_size: int, special_ids: set[int], prob: float = 0.15
+    ids: np.ndarray,
+    seed: int,
+    block_index: int,
+    mask_id: int,
+    vocab_size: int,
+    special_ids: set[int],
+    prob: float = 0.15,
 ) -> tuple[np.ndarray, np.ndarray]:
     """BERT-style 80/10/10 masking from a generator seeded by (seed, block index); returns (inputs, positions)."""
     rng = np.random.default_rng([seed, block_index])

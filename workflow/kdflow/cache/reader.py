@@ -73,9 +73,12 @@ class CorpusCacheDataset(_CacheDataset):
     """Item i: a corpus block as student ids, with the teacher's targets at its cached positions."""
 
     def __init__(
-        self, cache_dir: str | Path, corpus_dir: str | Path, vocab_map: str | Path | None = None,
+        self,
+        cache_dir: str | Path,
+        corpus_dir: str | Path,
+        vocab_map: str | Path | None = None,
         tokenizer_dir: str | Path | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         expected = expected_fingerprints(corpus_fingerprint(corpus_dir), vocab_map, tokenizer_dir)
         super().__init__(cache_dir, expected, vocab_map)
         self.blocks = open_blocks(corpus_dir, "train")
@@ -127,9 +130,16 @@ class CorpusCacheDataset(_CacheDataset):
 class TaskCacheDataset(_CacheDataset):
     """Item i: a task example's prompt as student ids, word-prediction targets and candidate scores."""
 
-    def __init__(self, cache_dir: str | Path, task_dir: str | Path, vocab_map: str | Path | None = None,
-                 teacher_dir: str | Path | None = None) -> None:  # fmt: skip
-        super().__init__(cache_dir, expected_fingerprints(task_fingerprint(task_dir), vocab_map, teacher_dir), vocab_map)
+    def __init__(
+        self,
+        cache_dir: str | Path,
+        task_dir: str | Path,
+        vocab_map: str | Path | None = None,
+        teacher_dir: str | Path | None = None,
+    ) -> None:
+        super().__init__(
+            cache_dir, expected_fingerprints(task_fingerprint(task_dir), vocab_map, teacher_dir), vocab_map
+        )
         self.per_shard = self.settings["shard_examples"]
 
     def __len__(self) -> int:
@@ -145,7 +155,9 @@ class TaskCacheDataset(_CacheDataset):
         item = {
             "input_ids": self._student_ids(inputs),
             "positions": torch.from_numpy(a["positions"][rows].copy()),
-            "candidate_scores": torch.from_numpy(a["candidate_scores"][a["candidate_offsets"][j] : a["candidate_offsets"][j + 1]].copy()),
+            "candidate_scores": torch.from_numpy(
+                a["candidate_scores"][a["candidate_offsets"][j] : a["candidate_offsets"][j + 1]].copy()
+            ),
         }
         item.update(_targets(a, rows, self.settings["value_dtype"]))
         return item

@@ -67,8 +67,10 @@ class ShardWriter:
     def add(self, index: int, arrays: dict[str, np.ndarray], record: dict[str, Any]) -> None:
         name = self._name(index)
         sha = write_shard(self.out_dir / f"{name}.npz", arrays)
-        write_json(self.out_dir / f"{name}.json", {"file": f"{name}.npz", "sha256": sha,
-                                                     "header_sha256": self.header_sha, **record})  # fmt: skip
+        write_json(
+            self.out_dir / f"{name}.json",
+            {"file": f"{name}.npz", "sha256": sha, "header_sha256": self.header_sha, **record},
+        )
         self.written_now += 1
         faults.die_at("shard", self.written_now)
 
@@ -86,9 +88,18 @@ class ShardWriter:
             self._remove_leftovers(n_shards)
             positions = sum(s["positions"] for s in shards)
             size = sum((self.out_dir / s["file"]).stat().st_size for s in shards)
-            write_json(self.out_dir / MANIFEST, {**self.header, "shards": shards, "positions": positions, "bytes": size,
-                                                 "bytes_per_position": size / positions if positions else None,
-                                                 "processes": self.size, **summary})  # fmt: skip
+            write_json(
+                self.out_dir / MANIFEST,
+                {
+                    **self.header,
+                    "shards": shards,
+                    "positions": positions,
+                    "bytes": size,
+                    "bytes_per_position": size / positions if positions else None,
+                    "processes": self.size,
+                    **summary,
+                },
+            )
         runtime.barrier()
         return read_json(self.out_dir / MANIFEST)
 
@@ -119,8 +130,10 @@ class ShardReader:
         wrong = [k for k, v in expected.items() if have.get(k) != v]
         if wrong:
             details = ", ".join(f"{k}: cache {str(have.get(k))[:12]} != now {str(expected[k])[:12]}" for k in wrong)
-            raise DataError(f"{self.dir}: logit cache was built from other inputs than this job's ({details}); "
-                            "rebuild it (delete it and rerun, or `snakemake --forcerun cache_logits_*`)")  # fmt: skip
+            raise DataError(
+                f"{self.dir}: logit cache was built from other inputs than this job's ({details}); "
+                "rebuild it (delete it and rerun, or `snakemake --forcerun cache_logits_*`)"
+            )
 
     def shard(self, index: int) -> dict[str, np.ndarray]:
         if index != self._index:

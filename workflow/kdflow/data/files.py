@@ -23,8 +23,10 @@ def text_lines(path: str | Path) -> Iterator[tuple[int, str]]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column "
-                                f"{exc.start + 1}); convert the file to UTF-8") from None  # fmt: skip
+                raise DataError(
+                    f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column "
+                    f"{exc.start + 1}); convert the file to UTF-8"
+                ) from None
             yield lineno, line.rstrip("\r\n")
 
 
@@ -44,8 +46,7 @@ def read_tsv(
             missing = [c for c in columns or [] if c not in names]
             if missing:
                 raise DataError(
-                    f"{path}:{lineno}: header lacks column(s) {', '.join(missing)} "
-                    f"(found: {', '.join(names)})"
+                    f"{path}:{lineno}: header lacks column(s) {', '.join(missing)} (found: {', '.join(names)})"
                 )
             continue
         if not line.strip():
@@ -53,8 +54,7 @@ def read_tsv(
         values = line.split("\t")
         if len(values) != len(names):
             raise DataError(
-                f"{path}:{lineno}: expected {len(names)} tab-separated columns "
-                f"({', '.join(names)}), got {len(values)}"
+                f"{path}:{lineno}: expected {len(names)} tab-separated columns ({', '.join(names)}), got {len(values)}"
             )
         yield lineno, dict(zip(names, values, strict=True))
 

@@ -16,9 +16,7 @@ def _check_label(task: TaskType, ex: Example, where: str, labelled: bool) -> Exa
         what = f"answer {ex['idx']['answer']} has" if task.kind == "multirc" else "the row has"
         raise DataError(f"{where}: {what} no 'label', and this {task.name} split is labelled")
     if label is not None and task.labels and label not in task.labels:
-        raise DataError(
-            f"{where}: label {label!r} is not in the {task.name} label set ({', '.join(task.labels)})"
-        )
+        raise DataError(f"{where}: label {label!r} is not in the {task.name} label set ({', '.join(task.labels)})")
     return ex
 
 
@@ -64,8 +62,10 @@ def _check_pair(task: TaskType, out: list[Example], where: str) -> None:
     if task.pair_field and len(out) % 2 == 0:
         first, second = (ex["fields"][task.pair_field] for ex in out[-2:])
         if first != second:
-            raise DataError(f"{where}: {task.name} rows pair up in file order (this row and the one before it) "
-                            f"and should share the {task.pair_field}; got {first!r} and {second!r}")  # fmt: skip
+            raise DataError(
+                f"{where}: {task.name} rows pair up in file order (this row and the one before it) "
+                f"and should share the {task.pair_field}; got {first!r} and {second!r}"
+            )
 
 
 def read_split(
@@ -95,6 +95,8 @@ def read_split(
         out.append(_check_label(task, ex, where, labelled))
         _check_pair(task, out, where)
     if task.pair_field and len(out) % 2:
-        raise DataError(f"{where}: {task.name} has an odd number of rows ({len(out)}); its minimal pairs are "
-                        f"consecutive rows (2i, 2i+1)")  # fmt: skip
+        raise DataError(
+            f"{where}: {task.name} has an odd number of rows ({len(out)}); its minimal pairs are "
+            f"consecutive rows (2i, 2i+1)"
+        )
     return out

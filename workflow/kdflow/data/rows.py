@@ -128,15 +128,26 @@ def mark_span(text: str, index: int, span: str, where: str) -> str:
 
 def _wsc_fields(text: str, span1: str, i1: int, span2: str, i2: int, where: str) -> dict[str, Any]:
     """WSC fields; ``text_marked`` is the text with the pronoun (span 2) between asterisks."""
-    return {"text": text, "text_marked": mark_span(text, i2, span2, where), "span1_text": span1,
-            "span1_index": i1, "span2_text": span2, "span2_index": i2}  # fmt: skip
+    return {
+        "text": text,
+        "text_marked": mark_span(text, i2, span2, where),
+        "span1_text": span1,
+        "span1_index": i1,
+        "span2_text": span2,
+        "span2_index": i2,
+    }
 
 
 def wsc_row(obj: dict[str, Any], where: str) -> list[Example]:
     target = require(obj, "target", where, dict)
-    fields = _wsc_fields(require(obj, "text", where, str), require(target, "span1_text", where, str),
-                         require(target, "span1_index", where, int), require(target, "span2_text", where, str),
-                         require(target, "span2_index", where, int), where)  # fmt: skip
+    fields = _wsc_fields(
+        require(obj, "text", where, str),
+        require(target, "span1_text", where, str),
+        require(target, "span1_index", where, int),
+        require(target, "span2_text", where, str),
+        require(target, "span2_index", where, int),
+        where,
+    )
     return [_ex(_idx(obj, "idx", where), fields, _bool_label(obj, where))]
 
 
@@ -226,8 +237,9 @@ def hf_copa(row: dict[str, Any], features: Any) -> list[Example]:
 def hf_wsc(row: dict[str, Any], features: Any) -> list[Example]:
     ex = hf_generic([], "bool")(row, features)[0]
     where = f"super_glue/wsc idx={row['idx']}"
-    ex["fields"] = _wsc_fields(row["text"], row["span1_text"], row["span1_index"], row["span2_text"],
-                               row["span2_index"], where)  # fmt: skip
+    ex["fields"] = _wsc_fields(
+        row["text"], row["span1_text"], row["span1_index"], row["span2_text"], row["span2_index"], where
+    )
     return [ex]
 
 

@@ -26,12 +26,31 @@ from .phases import run_job
 __all__ = ["DistillJob", "distill", "run_job"]
 
 
-def distill(stage: str, student_dir: str | Path, out_dir: str | Path, work_dir: str | Path, run: dict[str, Any],
-            settings: dict[str, Any], data: dict[str, Any], deepspeed: dict[str, Any] | None, seed: int,
-            runtime: Runtime | None = None) -> dict[str, Any]:  # fmt: skip
+def distill(
+    stage: str,
+    student_dir: str | Path,
+    out_dir: str | Path,
+    work_dir: str | Path,
+    run: dict[str, Any],
+    settings: dict[str, Any],
+    data: dict[str, Any],
+    deepspeed: dict[str, Any] | None,
+    seed: int,
+    runtime: Runtime | None = None,
+) -> dict[str, Any]:
     """Train ``student_dir`` with the run's losses for ``stage`` (stage1: corpus, stage2: task) into
     ``out_dir``, on the runtime's device (default: resolved from the environment, `device: auto`); see
     ``run_job``."""
-    job = DistillJob(stage, Path(student_dir), Path(out_dir), Path(work_dir), run, settings, data, deepspeed, seed,
-                     runtime or Runtime.create())  # fmt: skip
+    job = DistillJob(
+        stage,
+        Path(student_dir),
+        Path(out_dir),
+        Path(work_dir),
+        run,
+        settings,
+        data,
+        deepspeed,
+        seed,
+        runtime or Runtime.create(),
+    )
     return run_job(job)

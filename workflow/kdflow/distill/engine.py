@@ -14,12 +14,12 @@ from ..classify import has_classification_head
 from ..errors import ConfigError
 from ..features import Features, release_attentions, require_attentions
 from ..losses import Loss, LossContext, build_losses
+from ..losses.inputs import StepInputs, feature_flags
 from ..prepare import load_prepared
 from ..train.loop import train
 from ..train.settings import TrainSettings, seed_everything, steps_for
 from ..train.workdir import WorkDir
 from ..vocab.factorised import merge_factorised
-from ..losses.inputs import StepInputs, feature_flags
 from .job import DistillJob
 from .producers import StageData, Step, produce
 from .stage1 import corpus_data
@@ -62,18 +62,27 @@ class StepRunner:
         batch = self.data.batch(indices, needs)
         made = produce(self.data.producers, Step(module.student, indices, batch, needs, step, progress))
         s, t = _features(made.values, "student"), _features(made.values, "teacher")
-        if s is not None and t is not None and s.mask.shape != t.mask.shape and any(
-                loss.token_aligned for loss in active):  # fmt: skip
-            raise ConfigError("per-token representation losses need the student to share the teacher's "
-                              f"tokenisation (masks {tuple(s.mask.shape)} vs {tuple(t.mask.shape)})")  # fmt: skip
-        inputs = StepInputs(step=step, progress=progress, cache_temperatures=self.data.cache_temperatures,
-                            **made.values)  # fmt: skip
+        if (
+            s is not None
+            and t is not None
+            and s.mask.shape != t.mask.shape
+            and any(loss.token_aligned for loss in active)
+        ):
+            raise ConfigError(
+                "per-token representation losses need the student to share the teacher's "
+                f"tokenisation (masks {tuple(s.mask.shape)} vs {tuple(t.mask.shape)})"
+            )
+        inputs = StepInputs(
+            step=step, progress=progress, cache_temperatures=self.data.cache_temperatures, **made.values
+        )
         parts = {loss.name: loss(inputs.restricted(loss.needs)) for loss in active}
         total = sum(loss.weight * parts[loss.name] for loss in active)
         report = {loss.name: float(parts[loss.name].detach()) if loss in active else 0.0 for loss in module.losses}
         return total, {"loss": float(total.detach()), **report}, made.tokens
 
-    def loss_fn(self, module: torch.nn.Module, indices: list[int], step: int) -> tuple[torch.Tensor, dict[str, float], int]:
+    def loss_fn(
+        self, module: torch.nn.Module, indices: list[int], step: int
+    ) -> tuple[torch.Tensor, dict[str, float], int]:
         """The training loop's loss function: one forward of the (possibly wrapped) ``DistillModule``."""
         return module(functools.partial(self.run, indices=indices, step=step))
 
@@ -88,12 +97,13 @@ def _stage_data(job: DistillJob, losses: list[Loss]) -> tuple[torch.nn.Module, S
     classifier = has_classification_head(job.data["teacher"])
     replace = replace_schedule(losses)
     wants_teacher = classifier or replace is not None or any(feature_flags(all_needs, "teacher").values())
-    teacher = load_teacher(job.data["teacher"], job.settings.get("teacher_deepspeed"), job.runtime) if wants_teacher else None
+    teacher = (
+        load_teacher(job.data["teacher"], job.settings.get("teacher_deepspeed"), job.runtime) if wants_teacher else None
+    )
     if classifier:
         model = classifier_student(job.student_dir, teacher)
     student = Student(model, tokenizer, family, classifier)
-    data = TaskData(job.data, student, teacher, all_needs, job.settings, job.vocab_map, job.seed, job.runtime,
-                    replace)  # fmt: skip
+    data = TaskData(job.data, student, teacher, all_needs, job.settings, job.vocab_map, job.seed, job.runtime, replace)
     return model, data, classifier
 
 
@@ -104,9 +114,15 @@ def _bind_losses(job: DistillJob, losses: list[Loss], model: torch.nn.Module, da
         require_attentions(model)
         if teacher is not None:
             require_attentions(teacher)
-    context = LossContext(stage=job.stage, n_examples=data.n_examples, steps=steps, seed=job.seed,
-                          student_config=model.config, teacher_config=teacher.config if teacher is not None else None,
-                          label_ids=data.label_ids)  # fmt: skip
+    context = LossContext(
+        stage=job.stage,
+        n_examples=data.n_examples,
+        steps=steps,
+        seed=job.seed,
+        student_config=model.config,
+        teacher_config=teacher.config if teacher is not None else None,
+        label_ids=data.label_ids,
+    )
     for loss in losses:
         if loss.needs & INTERNALS and teacher is None:
             raise ConfigError(f"loss '{loss.name}' needs the teacher's internals, and no teacher is loaded")
@@ -120,25 +136,43 @@ def train_phase(job: DistillJob, spec: dict[str, Any], phase: int | None = None)
     losses = build_losses(spec, job.stage)
     model, data, classifier = _stage_data(job, losses)
     settings = job.settings
-    steps = steps_for(data.n_examples, settings["epochs"], settings["batch_size"], settings["grad_accum"],
-                      settings.get("max_steps"))  # fmt: skip
+    steps = steps_for(
+        data.n_examples, settings["epochs"], settings["batch_size"], settings["grad_accum"], settings.get("max_steps")
+    )
     _bind_losses(job, losses, model, data, steps)
     runner = StepRunner(data, steps)
     main = job.runtime.ranks.main
     with WorkDir(job.work_dir, job.identity(phase), main) as work:
-        trained = train(DistillModule(model, losses), runner.loss_fn, data.n_examples,
-                        TrainSettings.from_config(settings, steps, job.seed), work, job.deepspeed, job.runtime)  # fmt: skip
+        trained = train(
+            DistillModule(model, losses),
+            runner.loss_fn,
+            data.n_examples,
+            TrainSettings.from_config(settings, steps, job.seed),
+            work,
+            job.deepspeed,
+            job.runtime,
+        )
         trained = getattr(trained, "student", trained)
         if not main:  # data-parallel helpers: the main process writes the student
             return {"stage": job.stage, "steps": steps}
         release_attentions(trained)
         trained = merge_factorised(trained)
         trained.requires_grad_(True)
-        info = {"run": job.run.get("name"), "stage": job.stage, "description": job.run.get("description"),
-                "losses": spec, "steps": steps, "training_examples": data.n_examples, "settings": settings}  # fmt: skip
+        info = {
+            "run": job.run.get("name"),
+            "stage": job.stage,
+            "description": job.run.get("description"),
+            "losses": spec,
+            "steps": steps,
+            "training_examples": data.n_examples,
+            "settings": settings,
+        }
         if classifier:
-            info.update(task_type=load_prepared(job.data["task"], "dev").task.name, head="classification",
-                        teacher=str(job.data["teacher"]))  # fmt: skip
+            info.update(
+                task_type=load_prepared(job.data["task"], "dev").task.name,
+                head="classification",
+                teacher=str(job.data["teacher"]),
+            )
         meta = save_student(trained, job.student_dir, job.out_dir, work.log_csv, info)
         work.remove()
     return meta

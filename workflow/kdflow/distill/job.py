@@ -41,8 +41,19 @@ class DistillJob:
     def identity(self, phase: int | None = None) -> dict[str, Any]:
         """Everything that determines this training (or one of its phases)."""
         data = self.data
-        inputs = {"student": self.student_dir, "teacher": data.get("teacher"), "cache": data.get("cache"),
-                  "corpus": data.get("corpus") if self.stage == "stage1" else None,
-                  "task": data.get("task") if self.stage == "stage2" else None}  # fmt: skip
-        return job_identity(inputs, job=f"distill_{self.stage}", phase=phase, recipe=self.run, settings=self.settings,
-                            deepspeed=self.deepspeed, seed=self.seed)  # fmt: skip
+        inputs = {
+            "student": self.student_dir,
+            "teacher": data.get("teacher"),
+            "cache": data.get("cache"),
+            "corpus": data.get("corpus") if self.stage == "stage1" else None,
+            "task": data.get("task") if self.stage == "stage2" else None,
+        }
+        return job_identity(
+            inputs,
+            job=f"distill_{self.stage}",
+            phase=phase,
+            recipe=self.run,
+            settings=self.settings,
+            deepspeed=self.deepspeed,
+            seed=self.seed,
+        )

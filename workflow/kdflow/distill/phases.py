@@ -46,8 +46,13 @@ def run_job(job: DistillJob) -> dict[str, Any]:
         return {"stage": job.stage, "steps": sum(m["steps"] for m in metas)}
     logs = [job.work_dir / f"phase{i}.student" / "train_log.csv" for i in range(1, len(phases))]
     _merge_logs([*logs, job.out_dir / "train_log.csv"], job.out_dir / "train_log.csv")
-    meta = {**metas[-1], "losses": phases, "phase_steps": [m["steps"] for m in metas],
-            "steps": sum(m["steps"] for m in metas), "parent": str(job.student_dir)}  # fmt: skip
+    meta = {
+        **metas[-1],
+        "losses": phases,
+        "phase_steps": [m["steps"] for m in metas],
+        "steps": sum(m["steps"] for m in metas),
+        "parent": str(job.student_dir),
+    }
     write_json(job.out_dir / "kdflow.json", meta)
     shutil.rmtree(job.work_dir, ignore_errors=True)  # a finished stage is never resumed
     return meta

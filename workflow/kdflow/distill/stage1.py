@@ -13,11 +13,11 @@ from ..cache.masking import mask_block
 from ..cache.reader import CorpusCacheDataset
 from ..errors import ConfigError
 from ..features import forward_features, is_causal
+from ..losses.inputs import feature_fields, feature_flags
 from ..preprocess import open_blocks
 from ..runtime import Runtime
 from ..vocab.compress import special_token_ids
 from ..vocab.vmap import VocabMap
-from ..losses.inputs import feature_fields, feature_flags
 from .producers import Produced, Producer, Step, example_ids
 from .teacher import body, load_teacher, teacher_features
 
@@ -35,10 +35,20 @@ class CorpusData:
     from the cache or from an online teacher. ``online`` also when no word target is learnt (``words`` off):
     then the blocks are read as they are, masked for a masked-LM student."""
 
-    def __init__(self, cache_dir: str | Path | None, corpus_dir: str | Path, vocab_map: str | Path | None,
-                 teacher_dir: str | Path, online: bool, seed: int, teacher_deepspeed: dict[str, Any] | None = None,
-                 words: bool = True, teacher: torch.nn.Module | None = None, labels: bool = False,
-                 runtime: Runtime | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        cache_dir: str | Path | None,
+        corpus_dir: str | Path,
+        vocab_map: str | Path | None,
+        teacher_dir: str | Path,
+        online: bool,
+        seed: int,
+        teacher_deepspeed: dict[str, Any] | None = None,
+        words: bool = True,
+        teacher: torch.nn.Module | None = None,
+        labels: bool = False,
+        runtime: Runtime | None = None,
+    ) -> None:
         self.runtime = runtime or Runtime()
         self.online = online or not words
         self.words = words
@@ -64,12 +74,17 @@ class CorpusData:
         self.teacher = teacher
         self.n_examples = len(self.blocks) if self.online else len(self.data)
         self.producers: dict[str, Producer] = {
-            "word_targets": self.teacher_outputs, "teacher_hidden": self.teacher_outputs,
-            "teacher_attentions": self.teacher_outputs, "teacher_qkv": self.teacher_outputs,
-            "word_logits": self.student_outputs, "student_hidden": self.student_outputs,
-            "student_attentions": self.student_outputs, "student_qkv": self.student_outputs,
-            "word_labels": self.word_labels, "example_ids": example_ids,
-        }  # fmt: skip
+            "word_targets": self.teacher_outputs,
+            "teacher_hidden": self.teacher_outputs,
+            "teacher_attentions": self.teacher_outputs,
+            "teacher_qkv": self.teacher_outputs,
+            "word_logits": self.student_outputs,
+            "student_hidden": self.student_outputs,
+            "student_attentions": self.student_outputs,
+            "student_qkv": self.student_outputs,
+            "word_labels": self.word_labels,
+            "example_ids": example_ids,
+        }
 
     def _item(self, i: int) -> dict[str, Any]:
         if not self.online:
@@ -114,8 +129,9 @@ class CorpusData:
 
     def _online_targets(self, logits: torch.Tensor | None, positions: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         if logits is None:
-            raise ConfigError(f"word losses need the teacher's word predictions; {type(self.teacher).__name__} "
-                              "has no LM head")  # fmt: skip
+            raise ConfigError(
+                f"word losses need the teacher's word predictions; {type(self.teacher).__name__} has no LM head"
+            )
         rows = torch.cat([logits[r, p] for r, p in enumerate(positions)])
         return {"logits": self.vmap.project_logits(rows) if self.vmap is not None else rows}
 
@@ -130,8 +146,9 @@ class CorpusData:
             feats = teacher_features(self.teacher, {"input_ids": step.batch["teacher_ids"]}, online_words, flags)
             values.update(feature_fields(step.needs, "teacher", feats))
             if online_words:
-                values["word_targets"] = self._online_targets(getattr(feats.output, "logits", None),
-                                                              step.batch["positions"])  # fmt: skip
+                values["word_targets"] = self._online_targets(
+                    getattr(feats.output, "logits", None), step.batch["positions"]
+                )
         if words and not self.online:
             targets = dict(step.batch["targets"])
             if "hidden" in targets:
@@ -146,15 +163,23 @@ class CorpusData:
         feats = forward_features(step.student if words else body(step.student), {"input_ids": ids}, **flags)
         values: dict[str, Any] = feature_fields(step.needs, "student", feats)
         if words:
-            values["word_logits"] = torch.cat([feats.output.logits[r, p] for r, p in enumerate(step.batch["positions"])])
+            values["word_logits"] = torch.cat(
+                [feats.output.logits[r, p] for r, p in enumerate(step.batch["positions"])]
+            )
         return Produced(values, tokens=int(ids.numel()))
 
     def word_labels(self, step: Step) -> Produced:
         return Produced({"word_labels": step.batch["word_labels"]})
 
 
-def corpus_data(all_needs: frozenset[str], data: dict[str, Any], vocab_map: Path | None, settings: dict[str, Any],
-                seed: int, runtime: Runtime) -> CorpusData:  # fmt: skip
+def corpus_data(
+    all_needs: frozenset[str],
+    data: dict[str, Any],
+    vocab_map: Path | None,
+    settings: dict[str, Any],
+    seed: int,
+    runtime: Runtime,
+) -> CorpusData:
     """Stage 1's data for losses needing ``all_needs``, with the teacher loaded when they need it."""
     if all_needs & TASK_NEEDS:
         raise ConfigError(f"stage 1 has no task: its losses need {sorted(all_needs)}")
@@ -162,6 +187,16 @@ def corpus_data(all_needs: frozenset[str], data: dict[str, Any], vocab_map: Path
     online = settings.get("teacher", "cached") == "online"
     needed = any(feature_flags(all_needs, "teacher").values()) or (online and words)
     teacher = load_teacher(data["teacher"], settings.get("teacher_deepspeed"), runtime) if needed else None
-    return CorpusData(data.get("cache"), data["corpus"], vocab_map, data["teacher"], online, seed,
-                      settings.get("teacher_deepspeed"), words=words, teacher=teacher,
-                      labels="word_labels" in all_needs, runtime=runtime)  # fmt: skip
+    return CorpusData(
+        data.get("cache"),
+        data["corpus"],
+        vocab_map,
+        data["teacher"],
+        online,
+        seed,
+        settings.get("teacher_deepspeed"),
+        words=words,
+        teacher=teacher,
+        labels="word_labels" in all_needs,
+        runtime=runtime,
+    )

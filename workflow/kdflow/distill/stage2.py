@@ -18,11 +18,11 @@ from ..features import forward_features
 from ..finetune import gold_target
 from ..hybrid import theseus_layers
 from ..losses import Loss
+from ..losses.inputs import feature_fields, feature_flags
 from ..losses.representation import Theseus
 from ..prepare import load_prepared
 from ..runtime import Runtime
 from ..scoring import candidate_scores, pad_id
-from ..losses.inputs import feature_fields, feature_flags
 from .producers import Produced, Producer, Step, example_ids
 from .stage1 import stack_targets
 from .teacher import body, teacher_features
@@ -62,9 +62,18 @@ def _pad(rows: list[torch.Tensor], pad: int) -> tuple[torch.Tensor, torch.Tensor
 class TaskData:
     """A task's training examples and the producers of stage 2's step inputs."""
 
-    def __init__(self, data: dict[str, Any], student: Student, teacher: torch.nn.Module | None,
-                 all_needs: frozenset[str], settings: dict[str, Any], vocab_map: Path | None, seed: int,
-                 runtime: Runtime, replace: ReplaceSchedule | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        data: dict[str, Any],
+        student: Student,
+        teacher: torch.nn.Module | None,
+        all_needs: frozenset[str],
+        settings: dict[str, Any],
+        vocab_map: Path | None,
+        seed: int,
+        runtime: Runtime,
+        replace: ReplaceSchedule | None = None,
+    ) -> None:
         self.student, self.teacher, self.seed, self.runtime, self.replace = student, teacher, seed, runtime, replace
         self.prepared = load_prepared(Path(data["task"]), "train")
         self.max_length = settings["max_length"]
@@ -85,8 +94,9 @@ class TaskData:
             self.label_ids = tuple(self.label_names.index(ex["label"]) for ex in self.prepared.examples)
         self.producers = self._table()
 
-    def _open_cache(self, data: dict[str, Any], all_needs: frozenset[str], vocab_map: Path | None
-                    ) -> TaskCacheDataset | None:  # fmt: skip
+    def _open_cache(
+        self, data: dict[str, Any], all_needs: frozenset[str], vocab_map: Path | None
+    ) -> TaskCacheDataset | None:
         if self.student.classifier or not all_needs & {"word_logits", "teacher_scores"}:
             return None
         if not data.get("cache"):
@@ -97,15 +107,20 @@ class TaskData:
         """Each need -> its producer, in the order they run (the student's forward passes first)."""
         classifier = self.student.classifier
         return {
-            "word_logits": self.word_predictions, "word_targets": self.word_predictions,
-            "student_hidden": self.student_outputs, "student_attentions": self.student_outputs,
+            "word_logits": self.word_predictions,
+            "word_targets": self.word_predictions,
+            "student_hidden": self.student_outputs,
+            "student_attentions": self.student_outputs,
             "student_qkv": self.student_outputs,
             "student_scores": self.student_outputs if classifier else self.candidate_scores,
-            "teacher_hidden": self.teacher_outputs, "teacher_attentions": self.teacher_outputs,
+            "teacher_hidden": self.teacher_outputs,
+            "teacher_attentions": self.teacher_outputs,
             "teacher_qkv": self.teacher_outputs,
             "teacher_scores": self.teacher_outputs if classifier else self.cached_teacher_scores,
-            "labels": self.labels, "hybrid_scores": self.hybrid_scores, "example_ids": example_ids,
-        }  # fmt: skip
+            "labels": self.labels,
+            "hybrid_scores": self.hybrid_scores,
+            "example_ids": example_ids,
+        }
 
     def batch(self, indices: list[int], needs: frozenset[str]) -> dict[str, Any]:
         """Everything the needs read from the task and its cache, built on the host and moved to the device at
@@ -118,7 +133,9 @@ class TaskData:
             out["ids"], out["mask"] = _pad([it["input_ids"] for it in items], pad_id(self.student.tokenizer))
             out["positions"] = [it["positions"] for it in items]
             out["targets"] = stack_targets(items)
-        if any(feature_flags(needs, "student").values()) or (classifier and needs & {"student_scores", "hybrid_scores"}):
+        if any(feature_flags(needs, "student").values()) or (
+            classifier and needs & {"student_scores", "hybrid_scores"}
+        ):
             out["encoded"] = encode_pairs(self.student.tokenizer, examples, self.max_length)
         if any(feature_flags(needs, "teacher").values()) or (classifier and "teacher_scores" in needs):
             if self.teacher is None:
@@ -145,8 +162,11 @@ class TaskData:
     def student_outputs(self, step: Step) -> Produced:
         """The student's features, and a classification student's logits, from one forward pass."""
         classifier = self.student.classifier
-        feats = forward_features(step.student if classifier else body(step.student), dict(step.batch["encoded"]),
-                                 **feature_flags(step.needs, "student"))  # fmt: skip
+        feats = forward_features(
+            step.student if classifier else body(step.student),
+            dict(step.batch["encoded"]),
+            **feature_flags(step.needs, "student"),
+        )
         values: dict[str, Any] = feature_fields(step.needs, "student", feats)
         if classifier:
             values["student_scores"] = list(feats.output.logits.float())
@@ -165,8 +185,9 @@ class TaskData:
     def teacher_outputs(self, step: Step) -> Produced:
         """The teacher's features, and a classification teacher's logits, from one forward pass."""
         classifier = self.student.classifier
-        feats = teacher_features(self.teacher, dict(step.batch["teacher_encoded"]), classifier,
-                                 feature_flags(step.needs, "teacher"))  # fmt: skip
+        feats = teacher_features(
+            self.teacher, dict(step.batch["teacher_encoded"]), classifier, feature_flags(step.needs, "teacher")
+        )
         values: dict[str, Any] = feature_fields(step.needs, "teacher", feats)
         if classifier:
             values["teacher_scores"] = list(feats.output.logits.float())

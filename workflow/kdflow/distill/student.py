@@ -18,8 +18,14 @@ from ..modeling import count_parameters, load_lm
 from ..safeio import atomic_folder
 from ..vocab.factorised import FactorisedEmbedding, refactorise
 
-SHIPPED_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
-                 "chat_template.jinja", "vocab_map.json")  # fmt: skip
+SHIPPED_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "chat_template.jinja",
+    "vocab_map.json",
+)
 
 
 def load_student(student_dir: Path, deepspeed: dict[str, Any] | None) -> tuple[torch.nn.Module, Any, str]:
@@ -28,8 +34,10 @@ def load_student(student_dir: Path, deepspeed: dict[str, Any] | None) -> tuple[t
     model = refactorise(model, student_dir)
     zero3 = (deepspeed or {}).get("zero_optimization", {}).get("stage") == 3
     if isinstance(model.get_input_embeddings(), FactorisedEmbedding) and zero3:
-        raise ConfigError("a student with factorised vocabulary rows (vocabularies.*.embedding_dim) cannot train "
-                          "under ZeRO-3, whose gathered weights are rebuilt as the plain architecture: use ZeRO 0-2")  # fmt: skip
+        raise ConfigError(
+            "a student with factorised vocabulary rows (vocabularies.*.embedding_dim) cannot train "
+            "under ZeRO-3, whose gathered weights are rebuilt as the plain architecture: use ZeRO 0-2"
+        )
     return model, tokenizer, family
 
 
@@ -40,8 +48,9 @@ def classifier_student(student_dir: str | Path, teacher: torch.nn.Module) -> tor
     head: dict[str, Any] = {"num_labels": cfg.num_labels, "problem_type": cfg.problem_type}
     if cfg.num_labels > 1:
         head.update(id2label=cfg.id2label, label2id=cfg.label2id)
-    model = AutoModelForSequenceClassification.from_pretrained(student_dir, local_files_only=True, dtype=torch.float32,
-                                                               **head)  # fmt: skip
+    model = AutoModelForSequenceClassification.from_pretrained(
+        student_dir, local_files_only=True, dtype=torch.float32, **head
+    )
     for name in ("classifier", "score"):
         mine, theirs = getattr(model, name, None), getattr(teacher, name, None)
         if mine is not None and theirs is not None:
@@ -51,8 +60,9 @@ def classifier_student(student_dir: str | Path, teacher: torch.nn.Module) -> tor
     return model
 
 
-def save_student(model: torch.nn.Module, parent: str | Path, out_dir: str | Path, log_csv: Path,
-                 info: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+def save_student(
+    model: torch.nn.Module, parent: str | Path, out_dir: str | Path, log_csv: Path, info: dict[str, Any]
+) -> dict[str, Any]:
     """The student folder (written whole or not at all): weights, the parent's tokenizer and vocabulary map,
     the training log and kdflow.json."""
     parent = Path(parent)
@@ -64,8 +74,14 @@ def save_student(model: torch.nn.Module, parent: str | Path, out_dir: str | Path
                 shutil.copy(parent / name, tmp / name)
         shutil.copy(log_csv, tmp / "train_log.csv")
         meta = read_json(parent / "kdflow.json") if (parent / "kdflow.json").exists() else {}
-        meta.update({**info, "parent": str(parent), "parameters": count_parameters(model),
-                     "weights_sha256": weights_fingerprint(tmp)})  # fmt: skip
+        meta.update(
+            {
+                **info,
+                "parent": str(parent),
+                "parameters": count_parameters(model),
+                "weights_sha256": weights_fingerprint(tmp),
+            }
+        )
         faults.die_at("before_save", 1)
         write_json(tmp / "kdflow.json", meta)
     return meta

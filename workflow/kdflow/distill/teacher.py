@@ -38,8 +38,9 @@ def zero_inference(model: torch.nn.Module, ds_config: dict[str, Any], runtime: R
 
 
 @torch.no_grad()
-def teacher_features(teacher: torch.nn.Module, inputs: dict[str, torch.Tensor], head: bool,
-                     flags: dict[str, bool]) -> Features:  # fmt: skip
+def teacher_features(
+    teacher: torch.nn.Module, inputs: dict[str, torch.Tensor], head: bool, flags: dict[str, bool]
+) -> Features:
     """One forward pass of the teacher: with its head (``head``: word predictions or classification logits) or
     its body alone, with the feature kinds ``flags`` asks for."""
     return forward_features(teacher if head else body(teacher), inputs, **flags)

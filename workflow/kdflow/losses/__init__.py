@@ -1,8 +1,19 @@
 """Distillation losses, built by name from a run's recipe (declared and checked in ``kdflow.recipes``)."""
 
 from ..recipes import PRESETS, SettingError, expand_presets
-from .base import REGISTRY, Loss, LossContext, build_losses, check_losses
 from . import codir, prediction, representation  # registers the losses
+from .base import REGISTRY, Loss, LossContext, build_losses, check_losses
 
-__all__ = ["PRESETS", "REGISTRY", "Loss", "LossContext", "SettingError", "build_losses", "check_losses", "codir",
-           "expand_presets", "prediction", "representation"]
+__all__ = [
+    "PRESETS",
+    "REGISTRY",
+    "Loss",
+    "LossContext",
+    "SettingError",
+    "build_losses",
+    "check_losses",
+    "codir",
+    "expand_presets",
+    "prediction",
+    "representation",
+]

@@ -87,6 +87,7 @@ def build_losses(spec: dict[str, dict[str, Any]], stage: str = "stage2") -> list
     """``{name: {weight: w, ...settings}}`` -> loss objects; any problem of the recipe is an error."""
     losses, problems = check_losses(spec, stage)
     if problems:
-        raise ConfigError("; ".join(f"{stage}.losses.{key}: {message}" if key else f"{stage}: {message}"
-                                    for key, message in problems))  # fmt: skip
+        raise ConfigError(
+            "; ".join(f"{stage}.losses.{key}: {message}" if key else f"{stage}: {message}" for key, message in problems)
+        )
     return losses

@@ -22,6 +22,7 @@ the registered loss that owns the projections, the banks and the negative sampli
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -78,8 +79,14 @@ def draw_distinct(n: int, k: int, generator: torch.Generator) -> torch.Tensor:
     return torch.tensor(list(chosen), dtype=torch.long)
 
 
-def sample_negatives(own: torch.Tensor, label_ids: torch.Tensor | None, n_data: int, k: int,
-                     generator: torch.Generator, pools: dict[int, torch.Tensor] | None = None) -> torch.Tensor:  # fmt: skip
+def sample_negatives(
+    own: torch.Tensor,
+    label_ids: torch.Tensor | None,
+    n_data: int,
+    k: int,
+    generator: torch.Generator,
+    pools: dict[int, torch.Tensor] | None = None,
+) -> torch.Tensor:
     """[batch, K] indices: examples with another label (when labels are given), else any other example.
     Without replacement, as the reference; with replacement where K is not smaller than the smallest pool
     (the reference's ``replace = nce_k >= min(len(pool))``)."""
@@ -119,8 +126,7 @@ class CoDIR(Loss):
             self.layer_map = list(range(1, t.num_hidden_layers + 1, 2))
         elif isinstance(self.layers, list):
             if not self.layers or any(not 1 <= j <= t.num_hidden_layers for j in self.layers):
-                raise ConfigError(f"codir.layers {self.layers}: expected teacher layers in "
-                                  f"1..{t.num_hidden_layers}")  # fmt: skip
+                raise ConfigError(f"codir.layers {self.layers}: expected teacher layers in 1..{t.num_hidden_layers}")
             self.layer_map = list(self.layers)
         else:
             self.layer_map = map_layers(s.num_hidden_layers, t.num_hidden_layers, self.layers)
@@ -150,20 +156,25 @@ class CoDIR(Loss):
         student = torch.cat([pool(h, s.mask, self.pooling) for h in s.hidden[1:]], -1)
         teacher = torch.cat([pool(t.hidden[j], t.mask, self.pooling) for j in self.layer_map], -1)
         # in the projections' dtype (bf16 under DeepSpeed's bf16), normalised in fp32
-        return (F.normalize(self.student_proj(student.to(self.student_proj.weight.dtype)).float(), dim=-1),
-                F.normalize(self.teacher_proj(teacher.to(self.teacher_proj.weight.dtype)).float(), dim=-1))  # fmt: skip
+        return (
+            F.normalize(self.student_proj(student.to(self.student_proj.weight.dtype)).float(), dim=-1),
+            F.normalize(self.teacher_proj(teacher.to(self.teacher_proj.weight.dtype)).float(), dim=-1),
+        )
 
     def forward(self, inputs: StepInputs) -> torch.Tensor:
         own = inputs.example_ids
         f_s, f_t = self.features(inputs)
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + int(inputs.step))
-        negatives = sample_negatives(own.cpu(), self.label_ids, len(self.memory_student), self.negatives, generator,
-                                     self.pools)  # fmt: skip  (drawn on the host: one generator on every device)
+        negatives = sample_negatives(
+            own.cpu(), self.label_ids, len(self.memory_student), self.negatives, generator, self.pools
+        )  # drawn on the host: one generator on every device
         indices = torch.cat([own[:, None], negatives.to(own.device)], 1)
         n = len(self.memory_student)
         # student-anchored (against the teacher bank) and teacher-anchored (against the student bank)
-        raw = [nce_scores(f_s, self.memory_teacher, indices, self.temperature),
-               nce_scores(f_t, self.memory_student, indices, self.temperature)]  # fmt: skip
+        raw = [
+            nce_scores(f_s, self.memory_teacher, indices, self.temperature),
+            nce_scores(f_t, self.memory_student, indices, self.temperature),
+        ]
         with torch.no_grad():
             for side, scores in enumerate(raw):
                 if self.z[side] < 0:

@@ -1,5 +1,5 @@
-"""What the losses of one step read (the distillation engine produces it): ``StepInputs``, whose fields are the ``needs`` vocabulary
-(``kdflow.recipes.NEEDS``) plus three fields every step has (``ALWAYS_PRESENT``).
+"""What the losses of one step read (the distillation engine produces it): ``StepInputs``, whose fields are the
+``needs`` vocabulary (``kdflow.recipes.NEEDS``) plus three fields every step has (``ALWAYS_PRESENT``).
 
 A need nobody produced at a step holds ``NOT_PRODUCED``, and reading it raises ``UndeclaredInputError``; each
 loss is handed ``inputs.restricted(loss.needs)``, so a loss reading a field it did not declare fails even when
@@ -58,8 +58,9 @@ class StepInputs:
     def __getattribute__(self, name: str) -> Any:
         value = object.__getattribute__(self, name)
         if value is NOT_PRODUCED:
-            raise UndeclaredInputError(f"step input '{name}' was not produced for this loss: a loss reads only "
-                                       "what it declares in `needs`")  # fmt: skip
+            raise UndeclaredInputError(
+                f"step input '{name}' was not produced for this loss: a loss reads only what it declares in `needs`"
+            )
         return value
 
     def __repr__(self) -> str:
@@ -69,8 +70,10 @@ class StepInputs:
     def restricted(self, needs: frozenset[str]) -> StepInputs:
         """The same inputs with every need outside ``needs`` hidden (the always-present fields stay)."""
         keep = set(needs) | set(ALWAYS_PRESENT)
-        values = {f.name: object.__getattribute__(self, f.name) if f.name in keep else NOT_PRODUCED
-                  for f in dataclasses.fields(self)}  # fmt: skip
+        values = {
+            f.name: object.__getattribute__(self, f.name) if f.name in keep else NOT_PRODUCED
+            for f in dataclasses.fields(self)
+        }
         return StepInputs(**values)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import torch
 
 from ..cache.kl import dense_kl, sparse_kl
@@ -11,8 +10,9 @@ from .base import Loss
 from .inputs import StepInputs
 
 
-def word_kl_per_position(logits: torch.Tensor, targets: dict[str, torch.Tensor], temperature: float,
-                         temperatures: list[float]) -> torch.Tensor:  # fmt: skip
+def word_kl_per_position(
+    logits: torch.Tensor, targets: dict[str, torch.Tensor], temperature: float, temperatures: list[float]
+) -> torch.Tensor:
     """KL(p_T || q_T) at each position from cached top-k (+ normaliser), dense rows, or teacher logits."""
     if "logits" in targets:
         return dense_kl(targets["logits"], logits, temperature)
@@ -30,8 +30,9 @@ class WordKL(Loss):
     spec = specs.WordKL
 
     def forward(self, inputs: StepInputs) -> torch.Tensor:
-        kl = word_kl_per_position(inputs.word_logits, inputs.word_targets, self.temperature,
-                                  list(inputs.cache_temperatures))  # fmt: skip
+        kl = word_kl_per_position(
+            inputs.word_logits, inputs.word_targets, self.temperature, list(inputs.cache_temperatures)
+        )
         return kl.mean() * self.temperature**2
 
 
@@ -49,8 +50,10 @@ class CandidateKD(Loss):
 
     def forward(self, inputs: StepInputs) -> torch.Tensor:
         t = _soft(inputs.teacher_scores, self.temperature)
-        rows = [-(p * torch.log_softmax(s.float() / self.temperature, -1)).sum() / (len(p) if self.per_candidate else 1)
-                for p, s in zip(t, inputs.student_scores)]  # fmt: skip
+        rows = [
+            -(p * torch.log_softmax(s.float() / self.temperature, -1)).sum() / (len(p) if self.per_candidate else 1)
+            for p, s in zip(t, inputs.student_scores)
+        ]
         return torch.stack(rows).mean()
 
 

@@ -50,8 +50,10 @@ class _Layered(Loss):
             self.pooling = default_pooling(s)
         if s.hidden_size != t.hidden_size:
             self.projections = torch.nn.ModuleList(
-                [torch.nn.Linear(s.hidden_size, t.hidden_size, bias=self.projection_bias)
-                 for _ in range(self.n_projections())]  # fmt: skip
+                [
+                    torch.nn.Linear(s.hidden_size, t.hidden_size, bias=self.projection_bias)
+                    for _ in range(self.n_projections())
+                ]
             )
 
     def n_projections(self) -> int:
@@ -197,8 +199,11 @@ class MiniLM(Loss):
     def bind(self, context: LossContext) -> None:
         s, t = context.student_config, context.teacher_config
         self.relation_heads = self.relation_heads or getattr(t, "num_key_value_heads", None) or t.num_attention_heads
-        _check_heads("minilm.relation_heads", self.relation_heads,
-                     {"student value": _widths(s)[1], "teacher value": _widths(t)[1]})  # fmt: skip
+        _check_heads(
+            "minilm.relation_heads",
+            self.relation_heads,
+            {"student value": _widths(s)[1], "teacher value": _widths(t)[1]},
+        )
 
     def forward(self, inputs: StepInputs) -> torch.Tensor:
         s, t = inputs.student_attentions, inputs.teacher_attentions
@@ -209,8 +214,11 @@ class MiniLM(Loss):
             logp_s, logp_t = a_s.clamp_min(1e-12).log(), a_t.clamp_min(1e-12).log()
         attention = relation_kl(logp_t, logp_s, s.mask)
         s_qkv, t_qkv = inputs.student_qkv, inputs.teacher_qkv
-        values = relation_kl(relation_logprobs(t_qkv.qkv[-1][2], self.relation_heads, t_qkv.mask),
-                             relation_logprobs(s_qkv.qkv[-1][2], self.relation_heads, s_qkv.mask), s.mask)  # fmt: skip
+        values = relation_kl(
+            relation_logprobs(t_qkv.qkv[-1][2], self.relation_heads, t_qkv.mask),
+            relation_logprobs(s_qkv.qkv[-1][2], self.relation_heads, s_qkv.mask),
+            s.mask,
+        )
         return attention + values
 
 
@@ -226,8 +234,11 @@ class MiniLMv2(Loss):
         s, t = context.student_config, context.teacher_config
         self.relation_heads = self.relation_heads or (64 if t.hidden_size >= 1024 else 48)
         (sq, skv), (tq, tkv) = _widths(s), _widths(t)
-        _check_heads("minilmv2.relation_heads", self.relation_heads,
-                     {"student query": sq, "student key/value": skv, "teacher query": tq, "teacher key/value": tkv})
+        _check_heads(
+            "minilmv2.relation_heads",
+            self.relation_heads,
+            {"student query": sq, "student key/value": skv, "teacher query": tq, "teacher key/value": tkv},
+        )
         n = t.num_hidden_layers
         self.teacher_layer = self.teacher_layer or n
         if not 1 <= self.teacher_layer <= n:
@@ -236,8 +247,11 @@ class MiniLMv2(Loss):
     def forward(self, inputs: StepInputs) -> torch.Tensor:
         s, t = inputs.student_qkv, inputs.teacher_qkv
         terms = [
-            relation_kl(relation_logprobs(t.qkv[self.teacher_layer - 1][r], self.relation_heads, t.mask),
-                        relation_logprobs(s.qkv[-1][r], self.relation_heads, s.mask), s.mask)  # fmt: skip
+            relation_kl(
+                relation_logprobs(t.qkv[self.teacher_layer - 1][r], self.relation_heads, t.mask),
+                relation_logprobs(s.qkv[-1][r], self.relation_heads, s.mask),
+                s.mask,
+            )
             for r in range(3)
         ]
         return torch.stack(terms).sum()
@@ -273,8 +287,10 @@ class Theseus(Loss):
 
     def bind(self, context: LossContext) -> None:
         if context.student_config.hidden_size != context.teacher_config.hidden_size:
-            raise ConfigError(f"theseus swaps teacher layers into the student: widths must match (student "
-                              f"{context.student_config.hidden_size}, teacher {context.teacher_config.hidden_size})")  # fmt: skip
+            raise ConfigError(
+                f"theseus swaps teacher layers into the student: widths must match (student "
+                f"{context.student_config.hidden_size}, teacher {context.teacher_config.hidden_size})"
+            )
 
     def prepare_student(self, student: torch.nn.Module) -> None:
         """Only the successor modules (the student's transformer layers) train."""

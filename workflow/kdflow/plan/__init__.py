@@ -14,8 +14,21 @@ from . import experiment, names, summary
 from .experiment import Corpus, Model, Run, StageJob, Student, Task, Vocabulary, vocab_map
 from .settings import RuleSettings, scoring_settings, task_settings
 
-__all__ = ["Corpus", "Model", "Plan", "Run", "RuleSettings", "StageJob", "Student", "Task", "Vocabulary",
-           "build_plan", "names", "scoring_settings", "task_settings"]  # fmt: skip
+__all__ = [
+    "Corpus",
+    "Model",
+    "Plan",
+    "Run",
+    "RuleSettings",
+    "StageJob",
+    "Student",
+    "Task",
+    "Vocabulary",
+    "build_plan",
+    "names",
+    "scoring_settings",
+    "task_settings",
+]
 
 
 @dataclass(frozen=True)

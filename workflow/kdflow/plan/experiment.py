@@ -132,8 +132,9 @@ class Run:
 
 def build_student(config: dict[str, Any], results: str, name: str) -> Student:
     teacher, vocab = names.student_teacher(config, name), config["students"][name]["vocabulary"]
-    return Student(name, teacher, model_folder(results, teacher), vocab, vocab_map(results, vocab),
-                   f"{results}/students/{name}")  # fmt: skip
+    return Student(
+        name, teacher, model_folder(results, teacher), vocab, vocab_map(results, vocab), f"{results}/students/{name}"
+    )
 
 
 def _needs(run: dict[str, Any], stage: str) -> frozenset[str]:
@@ -150,9 +151,18 @@ def stage1_job(config: dict[str, Any], results: str, run: str) -> StageJob | Non
     vocab = config["students"][spec["student"]]["vocabulary"]
     cached = config["distill"]["stage1"]["teacher"] == "cached" and "word_targets" in _needs(spec, "stage1")
     cache = f"{results}/cache/corpus/{corpus}/{vocab}/manifest.json"
-    return StageJob(run, "stage1", None, f"{results}/students/{spec['student']}", f"{results}/corpus/{corpus}",
-                    teacher, model_folder(results, teacher), vocab, cache if cached else None,
-                    f"{results}/runs/{run}/stage1")  # fmt: skip
+    return StageJob(
+        run,
+        "stage1",
+        None,
+        f"{results}/students/{spec['student']}",
+        f"{results}/corpus/{corpus}",
+        teacher,
+        model_folder(results, teacher),
+        vocab,
+        cache if cached else None,
+        f"{results}/runs/{run}/stage1",
+    )
 
 
 def stage2_job(config: dict[str, Any], results: str, run: str, task: str) -> StageJob:
@@ -164,8 +174,18 @@ def stage2_job(config: dict[str, Any], results: str, run: str, task: str) -> Sta
     vocab = config["students"][spec["student"]]["vocabulary"]
     classifier = names.student_teacher(config, spec["student"]) in config["classifier_finetune"]["models"]
     cache = None if classifier else f"{results}/cache/task/{task}/{vocab}/manifest.json"
-    return StageJob(run, "stage2", task, start, f"{results}/tasks/{task}", teacher,
-                    model_folder(results, teacher, task), vocab, cache, f"{results}/runs/{run}/{task}")  # fmt: skip
+    return StageJob(
+        run,
+        "stage2",
+        task,
+        start,
+        f"{results}/tasks/{task}",
+        teacher,
+        model_folder(results, teacher, task),
+        vocab,
+        cache,
+        f"{results}/runs/{run}/{task}",
+    )
 
 
 def build_run(config: dict[str, Any], results: str, name: str) -> Run:
@@ -173,8 +193,16 @@ def build_run(config: dict[str, Any], results: str, name: str) -> Run:
     spec = config["runs"][base]
     student = config["students"][spec["student"]]
     stage2 = {t: stage2_job(config, results, name, t) for t in config["distill"]["tasks"]}
-    return Run(name, base, seed, spec["student"], names.student_teacher(config, spec["student"]), student["vocabulary"],
-               stage1_job(config, results, name), stage2)  # fmt: skip
+    return Run(
+        name,
+        base,
+        seed,
+        spec["student"],
+        names.student_teacher(config, spec["student"]),
+        student["vocabulary"],
+        stage1_job(config, results, name),
+        stage2,
+    )
 
 
 def build_models(config: dict[str, Any], results: str) -> dict[str, Model]:
@@ -191,8 +219,9 @@ def build_corpus(config: dict[str, Any], results: str, name: str) -> Corpus:
     source = config["corpora"][name]["source"]
     source = f"{results}/assets/corpora/{name}.jsonl" if source in EMBEDDED_CORPORA else source
     tokenizer = names.corpus_tokenizer(config, name)
-    return Corpus(name, source, tokenizer, model_folder(results, tokenizer), tracked(source),
-                  f"{results}/corpus/{name}")  # fmt: skip
+    return Corpus(
+        name, source, tokenizer, model_folder(results, tokenizer), tracked(source), f"{results}/corpus/{name}"
+    )
 
 
 def trained_tasks(config: dict[str, Any]) -> set[str]:
@@ -213,15 +242,17 @@ def build_task(config: dict[str, Any], results: str, name: str, evaluated: set[s
     splits = ["train"] if name in trained_tasks(config) else []
     if name in evaluated:
         splits += ["dev", "test"] if config["evaluate"]["test_submissions"] else ["dev"]
-    return Task(name, source, tracked(source), tuple(splits), f"{results}/tasks/{name}",
-                names.task_teacher_name(config, name))  # fmt: skip
+    return Task(
+        name, source, tracked(source), tuple(splits), f"{results}/tasks/{name}", names.task_teacher_name(config, name)
+    )
 
 
 def build_vocabulary(config: dict[str, Any], results: str, name: str) -> Vocabulary:
     corpus = names.vocab_corpus(config, name)
     tokenizer = model_folder(results, names.corpus_tokenizer(config, corpus))
-    return Vocabulary(name, corpus, tokenizer, tuple(config["vocabularies"][name]["count_tasks"]),
-                      f"{results}/vocab/{name}/map.json")  # fmt: skip
+    return Vocabulary(
+        name, corpus, tokenizer, tuple(config["vocabularies"][name]["count_tasks"]), f"{results}/vocab/{name}/map.json"
+    )
 
 
 def eval_models(config: dict[str, Any]) -> list[str]:

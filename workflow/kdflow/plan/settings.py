@@ -12,8 +12,16 @@ from ..errors import ConfigError
 SCORING_KEYS = ("batch_size", "max_length", "add_special_tokens", "bootstrap_samples", "latency_examples")
 # the rules that can run as several processes: data-parallel training, and the caches (each process writes
 # every n-th shard)
-PARALLEL = frozenset({"distill_stage1", "distill_stage2", "finetune_teacher", "finetune_classifier",
-                      "cache_logits_corpus", "cache_logits_task"})  # fmt: skip
+PARALLEL = frozenset(
+    {
+        "distill_stage1",
+        "distill_stage2",
+        "finetune_teacher",
+        "finetune_classifier",
+        "cache_logits_corpus",
+        "cache_logits_task",
+    }
+)
 
 
 def task_settings(settings: dict[str, Any], task: str | None) -> dict[str, Any]:
@@ -88,10 +96,17 @@ class RuleSettings:
         for section, entries in (("resources", self.resources["rules"]), ("compute", self.compute["rules"])):
             unknown = sorted(set(entries) - set(rule_names))
             if unknown:
-                raise ConfigError(f"config {section}.rules: unknown rule(s) {', '.join(unknown)}; "
-                                  f"expected some of: {', '.join(sorted(rule_names))}")  # fmt: skip
-        several = {r for r, v in self.resources["rules"].items()
-                   if max(v.get("processes", 1), v.get("gpus_per_node", 1), v.get("nodes", 1)) > 1}  # fmt: skip
+                raise ConfigError(
+                    f"config {section}.rules: unknown rule(s) {', '.join(unknown)}; "
+                    f"expected some of: {', '.join(sorted(rule_names))}"
+                )
+        several = {
+            r
+            for r, v in self.resources["rules"].items()
+            if max(v.get("processes", 1), v.get("gpus_per_node", 1), v.get("nodes", 1)) > 1
+        }
         if several - PARALLEL:
-            raise ConfigError(f"config resources.rules: several processes, GPUs per node or nodes launch only "
-                              f"{', '.join(sorted(PARALLEL))}, not {', '.join(sorted(several - PARALLEL))}")  # fmt: skip
+            raise ConfigError(
+                f"config resources.rules: several processes, GPUs per node or nodes launch only "
+                f"{', '.join(sorted(PARALLEL))}, not {', '.join(sorted(several - PARALLEL))}"
+            )

@@ -67,19 +67,31 @@ def comparisons(config: dict[str, Any]) -> list[dict[str, Any]]:
             if run == baseline or track[run] != track[baseline] or frozenset((run, baseline)) in seen:
                 continue
             seen.add(frozenset((run, baseline)))
-            pairs = [[names.run_model(by_seed[(run, s)]), names.run_model(by_seed[(baseline, s)])]
-                     for s in names.seeds(config)]  # fmt: skip
+            pairs = [
+                [names.run_model(by_seed[(run, s)]), names.run_model(by_seed[(baseline, s)])]
+                for s in names.seeds(config)
+            ]
             out += [{"run": run, "baseline": baseline, "task": t, "pairs": pairs} for t in config["distill"]["tasks"]]
     return out
 
 
 def summary_manifest(config: dict[str, Any], results: str, pairs: Pairs) -> dict[str, Any]:
     """What `summarize` reads: every metrics/efficiency JSON, the runs, the vocabularies' coverage."""
-    entries = [{"model": m, "task": t, "role": model_role(config, m), "metrics": f"{results}/metrics/{m}/{t}.json",
-                "efficiency": f"{results}/efficiency/{m}/{t}.json", "predictions": f"{results}/predictions/{m}/{t}.jsonl"}
-               for m, t in pairs]  # fmt: skip
-    vocabularies = {v: {"coverage": f"{results}/vocab/{v}/coverage.csv", "params": f"{results}/vocab/{v}/params.json"}
-                    for v in config["vocabularies"]}  # fmt: skip
+    entries = [
+        {
+            "model": m,
+            "task": t,
+            "role": model_role(config, m),
+            "metrics": f"{results}/metrics/{m}/{t}.json",
+            "efficiency": f"{results}/efficiency/{m}/{t}.json",
+            "predictions": f"{results}/predictions/{m}/{t}.jsonl",
+        }
+        for m, t in pairs
+    ]
+    vocabularies = {
+        v: {"coverage": f"{results}/vocab/{v}/coverage.csv", "params": f"{results}/vocab/{v}/params.json"}
+        for v in config["vocabularies"]
+    }
     return {
         "teacher": config["teacher"],
         "entries": entries,
@@ -97,7 +109,9 @@ def summary_inputs(config: dict[str, Any], results: str, manifest: dict[str, Any
     files += [v[key] for v in manifest["vocabularies"].values() for key in ("params", "coverage")]
     files += [names.model_folder(results, m, t) for m, t in pairs if m.startswith(RUNS)]
     files += [e["predictions"] for e in manifest["entries"] if e["model"].startswith(RUNS)]
-    files += [f"{results}/runs/{r}/stage1" for r in names.run_instances(config) if "stage1" in names.run_spec(config, r)]
+    files += [
+        f"{results}/runs/{r}/stage1" for r in names.run_instances(config) if "stage1" in names.run_spec(config, r)
+    ]
     return tuple(sorted(set(files)))
 
 

@@ -13,8 +13,19 @@ from .values import SettingError, number
 
 Problem = tuple[str, str]  # (the setting's key below the loss group, e.g. "word_kl.temperature"; the message)
 
-__all__ = ["NEEDS", "PRESETS", "SPECS", "LossSpec", "Problem", "SettingError", "check_recipe", "expand_presets",
-           "preset_settings", "recipe_needs", "resolve"]  # fmt: skip
+__all__ = [
+    "NEEDS",
+    "PRESETS",
+    "SPECS",
+    "LossSpec",
+    "Problem",
+    "SettingError",
+    "check_recipe",
+    "expand_presets",
+    "preset_settings",
+    "recipe_needs",
+    "resolve",
+]
 
 
 def preset_settings(name: str) -> list[str]:
@@ -23,8 +34,11 @@ def preset_settings(name: str) -> list[str]:
 
 
 def _unknown(key: str, settings: dict[str, Any], allowed: list[str], what: str) -> list[Problem]:
-    return [(f"{key}.{k}", f"unknown setting of {what} (its settings: {', '.join(allowed)})")
-            for k in settings if k not in allowed]  # fmt: skip
+    return [
+        (f"{key}.{k}", f"unknown setting of {what} (its settings: {', '.join(allowed)})")
+        for k in settings
+        if k not in allowed
+    ]
 
 
 def _preset_parts(name: str, settings: dict[str, Any], stage: str) -> tuple[dict[str, Any], list[Problem]]:

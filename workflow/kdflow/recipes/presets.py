@@ -11,8 +11,13 @@ from .values import SettingError, number
 Preset = Callable[..., dict[str, dict[str, Any]]]
 
 
-def tinybert(weight: float, stage: str, switch: float | None = None, temperature: float = 1.0,
-             layers: str | list[int] = "uniform") -> dict[str, dict[str, Any]]:  # fmt: skip
+def tinybert(
+    weight: float,
+    stage: str,
+    switch: float | None = None,
+    temperature: float = 1.0,
+    layers: str | list[int] = "uniform",
+) -> dict[str, dict[str, Any]]:
     """TinyBERT's phases. Stage 1 (general distillation): the intermediate layers only (embeddings and
     hidden states with one projection, attention scores), no prediction layer. Stage 2 (task distillation):
     the intermediate layers for the first ``switch`` (default 0.5) of the steps, then the prediction layer,
@@ -22,8 +27,10 @@ def tinybert(weight: float, stage: str, switch: float | None = None, temperature
     if not 0.0 < switch <= 1.0:
         raise SettingError("switch", f"expected a fraction of the steps in (0, 1], got {switch:g}")
     if stage == "stage1" and switch < 1.0:
-        raise SettingError("switch", "TinyBERT's general distillation (stage 1) has no prediction layer: leave "
-                                     "'switch' out (or 1.0) in stage1")  # fmt: skip
+        raise SettingError(
+            "switch",
+            "TinyBERT's general distillation (stage 1) has no prediction layer: leave 'switch' out (or 1.0) in stage1",
+        )
     window = {"stop": switch} if switch < 1.0 else {}
     parts: dict[str, dict[str, Any]] = {
         "tinybert_hidden": {"weight": weight, "layers": layers, "embeddings": True, **window},
@@ -38,8 +45,11 @@ def distilbert(weight: float, stage: str, temperature: float = 2.0) -> dict[str,
     """DistilBERT (Sanh et al. 2019): 5 x soft-target KL (T) + 2 x MLM + 1 x hidden-state cosine."""
     if stage != "stage1":
         raise ConfigError("preset 'distilbert' distils during pre-training: use it in stage1")
-    return {"word_kl": {"weight": 5.0 * weight, "temperature": temperature}, "lm": {"weight": 2.0 * weight},
-            "hidden_cosine": {"weight": weight}}  # fmt: skip
+    return {
+        "word_kl": {"weight": 5.0 * weight, "temperature": temperature},
+        "lm": {"weight": 2.0 * weight},
+        "hidden_cosine": {"weight": weight},
+    }
 
 
 PRESETS: dict[str, Preset] = {"tinybert": tinybert, "distilbert": distilbert}

@@ -21,11 +21,24 @@ from .values import POOLINGS, SettingError, choice, count, flag, layer_spec, num
 #   student_qkv         ... with per-layer query/key/value projections
 #   hybrid_scores       task scores of the student with teacher layers swapped in (BERT-of-Theseus)
 #   example_ids         dataset indices of the batch (memory banks)
-NEEDS = frozenset({
-    "word_logits", "word_targets", "word_labels", "student_scores", "teacher_scores", "labels",
-    "student_hidden", "teacher_hidden", "student_attentions", "teacher_attentions", "student_qkv",
-    "teacher_qkv", "hybrid_scores", "example_ids",
-})  # fmt: skip
+NEEDS = frozenset(
+    {
+        "word_logits",
+        "word_targets",
+        "word_labels",
+        "student_scores",
+        "teacher_scores",
+        "labels",
+        "student_hidden",
+        "teacher_hidden",
+        "student_attentions",
+        "teacher_attentions",
+        "student_qkv",
+        "teacher_qkv",
+        "hybrid_scores",
+        "example_ids",
+    }
+)
 
 SPECS: dict[str, type[LossSpec]] = {}
 
@@ -54,11 +67,14 @@ class LossSpec:
             SPECS[cls.name] = cls
 
     def __post_init__(self) -> None:
-        self.set(weight=number("weight", self.weight), start=number("start", self.start),
-                 stop=number("stop", self.stop))  # fmt: skip
+        self.set(
+            weight=number("weight", self.weight), start=number("start", self.start), stop=number("stop", self.stop)
+        )
         if not 0.0 <= self.start < self.stop <= 1.0:
-            raise SettingError("start", f"start {self.start:g} / stop {self.stop:g}: expected 0 <= start < stop "
-                                        "<= 1 (fractions of the steps)")  # fmt: skip
+            raise SettingError(
+                "start",
+                f"start {self.start:g} / stop {self.stop:g}: expected 0 <= start < stop <= 1 (fractions of the steps)",
+            )
         self.check()
 
     def check(self) -> None:
@@ -208,8 +224,9 @@ class TinyBERTAttention(_Layers):
 @dataclass(frozen=True)
 class MiniLM(LossSpec):
     name: ClassVar[str] = "minilm"
-    needs: ClassVar[frozenset[str]] = frozenset({"student_attentions", "teacher_attentions", "student_qkv",
-                                                 "teacher_qkv"})  # fmt: skip
+    needs: ClassVar[frozenset[str]] = frozenset(
+        {"student_attentions", "teacher_attentions", "student_qkv", "teacher_qkv"}
+    )
     token_aligned: ClassVar[bool] = True
     relation_heads: int | None = None  # default: the teacher's key/value heads
 
@@ -226,8 +243,10 @@ class MiniLMv2(LossSpec):
     teacher_layer: int | None = None  # default: the last
 
     def check(self) -> None:
-        self.set(relation_heads=optional_count("relation_heads", self.relation_heads),
-                 teacher_layer=optional_count("teacher_layer", self.teacher_layer))  # fmt: skip
+        self.set(
+            relation_heads=optional_count("relation_heads", self.relation_heads),
+            teacher_layer=optional_count("teacher_layer", self.teacher_layer),
+        )
 
 
 @dataclass(frozen=True)
@@ -240,8 +259,10 @@ class Theseus(LossSpec):
     replace_full_at: float = 0.8
 
     def check(self) -> None:
-        self.set(replace_start=number("replace_start", self.replace_start),
-                 replace_full_at=number("replace_full_at", self.replace_full_at))  # fmt: skip
+        self.set(
+            replace_start=number("replace_start", self.replace_start),
+            replace_full_at=number("replace_full_at", self.replace_full_at),
+        )
         if not 0.0 <= self.replace_start <= 1.0:
             raise SettingError("replace_start", f"expected a value in [0, 1], got {self.replace_start:g}")
         if not 0.0 < self.replace_full_at <= 1.0:
@@ -269,5 +290,9 @@ class CoDIR(LossSpec):
         choice("pooling", self.pooling, POOLINGS)
         layer_spec(self.layers, ("odd", "uniform", "last"))
         flag("batch_scaled", self.batch_scaled)
-        self.set(dim=count("dim", self.dim), negatives=count("negatives", self.negatives),
-                 temperature=positive("temperature", self.temperature), momentum=momentum)  # fmt: skip
+        self.set(
+            dim=count("dim", self.dim),
+            negatives=count("negatives", self.negatives),
+            temperature=positive("temperature", self.temperature),
+            momentum=momentum,
+        )

@@ -40,8 +40,9 @@ class PlainEngine:
         if runtime.ranks.size > 1:
             runtime.init_distributed()
             ids = [runtime.device.index] if runtime.cuda else None
-            self.wrapped = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids,
-                                                                     find_unused_parameters=True)  # fmt: skip
+            self.wrapped = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=ids, find_unused_parameters=True
+            )
         params = [p for p in self.model.parameters() if p.requires_grad]
         # the fused kernel updates every tensor in one pass (CPU and CUDA); the default loops over tensors
         self.optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay, fused=True)
@@ -118,8 +119,13 @@ def deepspeed_environment(runtime: Runtime) -> None:
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if runtime.cuda else "cpu")
     runtime.ranks.export()
     if runtime.ranks.size == 1:
-        for key, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(_free_port())), ("RANK", "0"),
-                           ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):  # fmt: skip
+        for key, value in (
+            ("MASTER_ADDR", "127.0.0.1"),
+            ("MASTER_PORT", str(_free_port())),
+            ("RANK", "0"),
+            ("LOCAL_RANK", "0"),
+            ("WORLD_SIZE", "1"),
+        ):
             os.environ.setdefault(key, value)
 
 
@@ -141,8 +147,9 @@ def _free_port() -> int:
 
 
 class DeepSpeedEngine:
-    def __init__(self, model: torch.nn.Module, settings: TrainSettings, ds_config: dict[str, Any],
-                 runtime: Runtime) -> None:  # fmt: skip
+    def __init__(
+        self, model: torch.nn.Module, settings: TrainSettings, ds_config: dict[str, Any], runtime: Runtime
+    ) -> None:
         deepspeed_environment(runtime)
         import deepspeed
 

@@ -13,7 +13,6 @@
 * a DeepSpeed engine (ZeRO stage, offload, bf16) instead of plain PyTorch when a ``deepspeed`` config is given.
 """
 
-
 from __future__ import annotations
 
 import logging
@@ -34,14 +33,17 @@ from .workdir import WorkDir
 
 __all__ = ["LossFn", "TrainSettings", "TrainingError", "train"]
 
-LossFn = Callable[[torch.nn.Module, Sequence[int], int], tuple[torch.Tensor, dict[str, float], int]]  # (module, batch, step)
+LossFn = Callable[
+    [torch.nn.Module, Sequence[int], int], tuple[torch.Tensor, dict[str, float], int]
+]  # (module, batch, step)
 Engine = PlainEngine | DeepSpeedEngine
 
 log = logging.getLogger(__name__)
 
 
-def _accumulate(engine: Engine, loss_fn: LossFn, n_examples: int, step: int, settings: TrainSettings,
-                runtime: Runtime, note: str) -> tuple[dict[str, float], int]:  # fmt: skip
+def _accumulate(
+    engine: Engine, loss_fn: LossFn, n_examples: int, step: int, settings: TrainSettings, runtime: Runtime, note: str
+) -> tuple[dict[str, float], int]:
     """The ``grad_accum`` micro-batches of optimizer step ``step`` (1-based), backward included: the mean loss
     parts and the tokens seen by this process (``note`` says where the last finite checkpoint is)."""
     world = runtime.ranks
@@ -84,7 +86,9 @@ def train(
     world = runtime.ranks
     if settings.batch_size % world.size:
         raise TrainingError(f"batch size {settings.batch_size} does not split over {world.size} processes")
-    engine = DeepSpeedEngine(model, settings, deepspeed, runtime) if deepspeed else PlainEngine(model, settings, runtime)
+    engine = (
+        DeepSpeedEngine(model, settings, deepspeed, runtime) if deepspeed else PlainEngine(model, settings, runtime)
+    )
     start = (engine.load(work.checkpoint) or 0) if work.resumable() else 0
     if start:
         log.info("resuming %s at step %d of %d", work.checkpoint, start + 1, settings.steps)
@@ -102,8 +106,14 @@ def train(
                     next(engine.module().parameters()).fill_(float("nan"))
             parts_sum, tokens = runtime.mean(parts_sum, tokens)
             seconds = time.perf_counter() - t0
-            train_log.write({"step": step, **{k: round(v, 6) for k, v in parts_sum.items()},
-                             "lr": engine.lr(), "tokens_per_second": round(tokens / seconds, 1)})  # fmt: skip
+            train_log.write(
+                {
+                    "step": step,
+                    **{k: round(v, 6) for k, v in parts_sum.items()},
+                    "lr": engine.lr(),
+                    "tokens_per_second": round(tokens / seconds, 1),
+                }
+            )
             bar.set_postfix({**{k: f"{v:.4f}" for k, v in parts_sum.items()}, "tok/s": f"{tokens / seconds:.0f}"})
             bar.update(1)
             guard.check(step, parts_sum.get("loss", next(iter(parts_sum.values()), 0.0)))

@@ -27,8 +27,16 @@ class TrainSettings:
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any], steps: int, seed: int) -> TrainSettings:
-        keys = ("batch_size", "grad_accum", "lr", "warmup_ratio", "weight_decay", "max_grad_norm", "checkpoint_every",
-                "divergence_factor")  # fmt: skip
+        keys = (
+            "batch_size",
+            "grad_accum",
+            "lr",
+            "warmup_ratio",
+            "weight_decay",
+            "max_grad_norm",
+            "checkpoint_every",
+            "divergence_factor",
+        )
         return cls(steps=steps, seed=seed, **{k: cfg[k] for k in keys if k in cfg})
 
 

@@ -65,8 +65,11 @@ class WorkDir:
             stale = self.checkpoint.exists() or self.log_csv.exists()
             if stale:
                 why = ", ".join(changed_keys(old, self.identity)[:8]) if old else "no identity recorded"
-                log.warning("%s: discarding the checkpoint and log of another run (changed: %s); training from step 0",
-                            self.path, why)  # fmt: skip
+                log.warning(
+                    "%s: discarding the checkpoint and log of another run (changed: %s); training from step 0",
+                    self.path,
+                    why,
+                )
             self._clear()
             write_json(identity_file, self.identity)
         return self
@@ -80,8 +83,11 @@ class WorkDir:
             return False
 
     def _lock(self) -> None:
-        self._lock_fh = hold_lock(self.path / LOCK, "training into this folder: two runs on one results folder "
-                                  "cannot share a job (wait for it, or give the other run its own `results`)")  # fmt: skip
+        self._lock_fh = hold_lock(
+            self.path / LOCK,
+            "training into this folder: two runs on one results folder "
+            "cannot share a job (wait for it, or give the other run its own `results`)",
+        )
 
     def _clear(self) -> None:
         if self.checkpoint.exists():

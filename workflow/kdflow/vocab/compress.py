@@ -119,7 +119,9 @@ def coverage_curve(counts: np.ndarray, must: set[int], points: int = 64) -> list
     return [(s, float(cum[s - 1] / total)) for s in sizes]
 
 
-def write_coverage(curve: list[tuple[int, float]], chosen: int, coverage: float, vocab: int, csv_path, png_path) -> None:
+def write_coverage(
+    curve: list[tuple[int, float]], chosen: int, coverage: float, vocab: int, csv_path, png_path
+) -> None:
     with open(csv_path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(["kept_size", "fraction_of_vocabulary", "coverage"])

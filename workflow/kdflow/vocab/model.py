@@ -80,8 +80,14 @@ def export_compressed(model: PreTrainedModel, tokenizer_dir: str | Path, vmap: V
     out = Path(out)
     with atomic_folder(out) as tmp:
         write_model_folder(model, tokenizer_dir, vmap, tmp)
-        write_json(tmp / "kdflow.json", {"vocab_map": "vocab_map.json", "vocab_size": vmap.size,
-                                         "tokenizer_loader": "kdflow.vocab.model.CompressedTokenizer"})  # fmt: skip
+        write_json(
+            tmp / "kdflow.json",
+            {
+                "vocab_map": "vocab_map.json",
+                "vocab_size": vmap.size,
+                "tokenizer_loader": "kdflow.vocab.model.CompressedTokenizer",
+            },
+        )
     return out
 
 
@@ -98,7 +104,9 @@ class CompressedTokenizer:
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> CompressedTokenizer:
         folder = Path(folder)
-        return cls(AutoTokenizer.from_pretrained(folder, local_files_only=True), VocabMap.load(folder / "vocab_map.json"))
+        return cls(
+            AutoTokenizer.from_pretrained(folder, local_files_only=True), VocabMap.load(folder / "vocab_map.json")
+        )
 
     def __len__(self) -> int:
         return self.vmap.size

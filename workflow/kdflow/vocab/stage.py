@@ -19,9 +19,13 @@ from .model import compress_model
 
 
 def compress_vocab(
-    counts_csv: str | Path, teacher_dir: str | Path, task_dirs: list[str], spec: dict[str, Any], out_dir: str | Path,
+    counts_csv: str | Path,
+    teacher_dir: str | Path,
+    task_dirs: list[str],
+    spec: dict[str, Any],
+    out_dir: str | Path,
     name: str = "",
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """The vocabulary ``name`` of the config (``vocabularies.NAME``): map, coverage curve, parameter counts."""
     out_dir = make_dirs(out_dir)
     tokenizer = AutoTokenizer.from_pretrained(teacher_dir, local_files_only=True)
@@ -47,7 +51,9 @@ def compress_vocab(
     vmap.save(out_dir / "map.json")
     must = special_token_ids(tokenizer) | answer_token_ids(tokenizer, answers)
     curve = coverage_curve(counts, must)
-    write_coverage(curve, vmap.size, vmap.meta["coverage"], len(counts), out_dir / "coverage.csv", out_dir / "coverage.png")
+    write_coverage(
+        curve, vmap.size, vmap.meta["coverage"], len(counts), out_dir / "coverage.csv", out_dir / "coverage.png"
+    )
     before = count_parameters(model)
     compressed = compress_model(model, vmap)
     after = count_parameters(compressed)

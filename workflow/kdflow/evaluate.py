@@ -25,6 +25,7 @@ from .metrics import bootstrap_ci, compute
 from .modeling import load_lm
 from .prepare import PreparedTask, load_prepared
 from .runtime import Runtime
+from .safeio import atomic_path, make_dirs
 from .scoring import context_length, score_clozes
 
 log = logging.getLogger(__name__)
@@ -163,6 +164,32 @@ def evaluation_split(task_dir: str | Path) -> str:
     return split
 
 
+def _write_predictions(path: str | Path, examples: list[Example], preds: list[Any], scores: list[Any]) -> None:
+    """One JSON line per example: idx, gold label, prediction and the scores it came from (written whole)."""
+    make_dirs(Path(path).parent)
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        for ex, pred, row in zip(examples, preds, scores, strict=True):
+            fh.write(json.dumps({"idx": ex["idx"], "label": ex["label"], "prediction": pred, "scores": row}) + "\n")
+
+
+def _write_efficiency(path: str | Path, r: dict[str, Any], model_dir: Path, settings: dict[str, Any]) -> None:
+    """The model's size, batch-1 latency (median over ``settings['latency_examples']`` examples) and throughput."""
+    scorer, data = r["scorer"], r["data"]
+    count = min(settings.get("latency_examples", 16), len(data.examples))
+    report = efficiency_report(
+        scorer.model,
+        model_dir,
+        lambda i: scorer.scores(data, [i], settings, False),
+        count,
+        len(data.examples),
+        r["seconds"],
+        settings["batch_size"],
+    )
+    write_json(
+        path, {"task": data.meta["name"], "scoring": scorer.mode, **report, "compute": scorer.runtime.describe()}
+    )
+
+
 def evaluate(
     model_dir: str | Path,
     task_dir: str | Path,
@@ -187,10 +214,7 @@ def evaluate(
     values = compute(task.metrics, golds, preds, examples)
     primary = task.metrics[0]
     ci = bootstrap_ci(primary, golds, preds, examples, samples=settings["bootstrap_samples"], seed=seed)
-    Path(predictions_out).parent.mkdir(parents=True, exist_ok=True)
-    with open(predictions_out, "w", encoding="utf-8") as fh:
-        for ex, pred, row in zip(examples, preds, r["scores"], strict=True):
-            fh.write(json.dumps({"idx": ex["idx"], "label": ex["label"], "prediction": pred, "scores": row}) + "\n")
+    _write_predictions(predictions_out, examples, preds, r["scores"])
     result = {
         "model": str(model_dir),
         "task": meta["name"],
@@ -208,21 +232,7 @@ def evaluate(
     }
     write_json(out, result)
     if efficiency_out is not None:
-        scorer = r["scorer"]
-        count = min(settings.get("latency_examples", 16), len(examples))
-        report = efficiency_report(
-            scorer.model,
-            model_dir,
-            lambda i: scorer.scores(data, [i], settings, False),
-            count,
-            len(examples),
-            r["seconds"],
-            settings["batch_size"],
-        )
-        write_json(
-            efficiency_out,
-            {"task": meta["name"], "scoring": scorer.mode, **report, "compute": scorer.runtime.describe()},
-        )
+        _write_efficiency(efficiency_out, r, model_dir, settings)
     return result
 
 

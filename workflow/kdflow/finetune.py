@@ -107,6 +107,27 @@ def finetune_teacher(
     return meta
 
 
+def _head_model(model_dir: str | Path, task: Any, examples: list, runtime: Runtime) -> tuple[Any, torch.Tensor]:
+    """``model_dir`` with a new head for ``task`` (one output for regression, one per label otherwise) and
+    each training example's target (a float, or the label's index)."""
+    if task.kind == "regression":
+        head: dict[str, Any] = {"num_labels": 1, "problem_type": "regression"}
+        targets = torch.tensor([float(ex["label"]) for ex in examples])
+    else:
+        labels = list(task.labels)
+        head = {
+            "num_labels": len(labels),
+            "id2label": dict(enumerate(labels)),
+            "problem_type": "single_label_classification",
+            "label2id": {lab: i for i, lab in enumerate(labels)},
+        }
+        targets = torch.tensor([labels.index(str(ex["label"])) for ex in examples])
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_dir, local_files_only=True, **head, **runtime.load_kwargs()
+    )
+    return model, targets
+
+
 def finetune_classifier(
     model_dir: str | Path,
     task_dir: str | Path,
@@ -129,24 +150,9 @@ def finetune_classifier(
             "(use the word-prediction teacher, teacher_finetune)"
         )
     regression = task.kind == "regression"
-    labels = [] if regression else list(task.labels)
     seed_everything(seed)  # the new head's initial weights come from the seed
-    head: dict[str, Any] = {"num_labels": 1, "problem_type": "regression"}
-    if not regression:
-        head = {
-            "num_labels": len(labels),
-            "id2label": dict(enumerate(labels)),
-            "problem_type": "single_label_classification",
-            "label2id": {lab: i for i, lab in enumerate(labels)},
-        }
-    model = AutoModelForSequenceClassification.from_pretrained(
-        model_dir, local_files_only=True, **head, **runtime.load_kwargs()
-    )
+    model, targets = _head_model(model_dir, task, examples, runtime)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    if regression:
-        targets = torch.tensor([float(ex["label"]) for ex in examples])
-    else:
-        targets = torch.tensor([labels.index(str(ex["label"])) for ex in examples])
 
     def loss_fn(module: torch.nn.Module, indices: list[int], step: int) -> tuple[torch.Tensor, dict[str, float], int]:
         enc, gold = runtime.to(
@@ -162,29 +168,16 @@ def finetune_classifier(
     steps = steps_for(
         len(examples), settings["epochs"], settings["batch_size"], settings["grad_accum"], settings.get("max_steps")
     )
-    identity = job_identity(
-        {"model": model_dir, "task": task_dir},
-        job="finetune_classifier",
-        settings=settings,
-        deepspeed=deepspeed,
-        seed=seed,
-    )
+    inputs = {"model": model_dir, "task": task_dir}
+    identity = job_identity(inputs, job="finetune_classifier", settings=settings, deepspeed=deepspeed, seed=seed)
     with WorkDir(work_dir, identity, runtime.ranks.main) as work:
         trained = train(
             model, loss_fn, len(examples), TrainSettings.from_config(settings, steps, seed), work, deepspeed, runtime
         )
         if not runtime.ranks.main:
             return {}
-        info = {
-            "task": data.meta["name"],
-            "task_type": task.name,
-            "head": "classification",
-            "steps": steps,
-            "training_examples": len(examples),
-            "settings": settings,
-            "deepspeed": deepspeed,
-            "family": "masked",
-        }
+        info = {"task": data.meta["name"], "task_type": task.name, "head": "classification", "steps": steps}
+        info.update(training_examples=len(examples), settings=settings, deepspeed=deepspeed, family="masked")
         meta = _save_teacher(trained, tokenizer, model_dir, out_dir, work, info)
         work.remove()
     return meta

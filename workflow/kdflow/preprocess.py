@@ -42,9 +42,12 @@ class _Packer:
     def __init__(self, fh: BinaryIO, block_size: int, dtype: np.dtype) -> None:
         self.fh, self.block_size, self.dtype = fh, block_size, dtype
         self.pending: list[int] = []
-        self.blocks = 0
+        self.blocks = self.documents = self.tokens = 0
 
     def add(self, ids: list[int]) -> None:
+        """One document's ids (separator included)."""
+        self.documents += 1
+        self.tokens += len(ids)
         self.pending.extend(ids)
         whole = len(self.pending) // self.block_size * self.block_size
         if whole:
@@ -57,18 +60,29 @@ def _new_texts(documents: list[str], seen: set[bytes], stats: dict[str, int]) ->
     """The normalised texts of ``documents`` that are neither empty nor seen before (counted in ``stats``)."""
     texts = []
     for raw in documents:
-        stats["read"] += 1
+        stats["documents_read"] += 1
         text = normalise_text(raw)
         if not text:
-            stats["empty"] += 1
+            stats["empty_documents"] += 1
             continue
         key = hashlib.blake2b(text.encode(), digest_size=16).digest()
         if key in seen:
-            stats["duplicates"] += 1
+            stats["duplicate_documents"] += 1
             continue
         seen.add(key)
         texts.append(text)
     return texts
+
+
+def _tokenizer(tokenizer_dir: str | Path) -> tuple[Any, int]:
+    """The fast tokenizer of ``tokenizer_dir`` and the token that separates documents (EOS, else SEP)."""
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+    if not tokenizer.is_fast:
+        raise DataError(f"{tokenizer_dir}: preprocess_corpus needs a fast tokenizer")
+    separator = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    if separator is None:
+        raise DataError(f"{tokenizer_dir}: the tokenizer has neither an EOS nor a SEP token to separate documents")
+    return tokenizer, separator
 
 
 def preprocess_corpus(
@@ -79,22 +93,11 @@ def preprocess_corpus(
     settings: dict[str, Any],
     seed: int,
 ) -> dict[str, Any]:
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
-    if not tokenizer.is_fast:
-        raise DataError(f"{tokenizer_dir}: preprocess_corpus needs a fast tokenizer")
-    separator = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
-    if separator is None:
-        raise DataError(f"{tokenizer_dir}: the tokenizer has neither an EOS nor a SEP token to separate documents")
-    vocab_size = len(tokenizer)
-    dtype = token_dtype(vocab_size)
-    block_size, batch = settings["block_size"], settings["batch_documents"]
-    out_dir = make_dirs(out_dir)
-    seen: set[bytes] = set()
-    counts = {s: {"documents": 0, "tokens": 0} for s in SPLITS}
-    stats = {"read": 0, "empty": 0, "duplicates": 0}
-    documents = iter_documents(source, spec)
-    if spec.get("max_documents"):
-        documents = itertools.islice(documents, spec["max_documents"])
+    tokenizer, separator = _tokenizer(tokenizer_dir)
+    vocab_size, block_size, batch = len(tokenizer), settings["block_size"], settings["batch_documents"]
+    dtype, out_dir, seen = token_dtype(vocab_size), make_dirs(out_dir), set()
+    stats = {"documents_read": 0, "empty_documents": 0, "duplicate_documents": 0}
+    documents = itertools.islice(iter_documents(source, spec), spec.get("max_documents") or None)
     started = time.perf_counter()
     with (
         atomic_path(out_dir / "train.bin") as t_train,
@@ -110,16 +113,19 @@ def preprocess_corpus(
                 continue
             encoded = tokenizer([t for _, t in texts], add_special_tokens=False)["input_ids"]
             for (split, _), ids in zip(texts, encoded, strict=True):
-                ids = [*ids, separator]
-                packers[split].add(ids)
-                counts[split]["documents"] += 1
-                counts[split]["tokens"] += len(ids)
-                bar.update(len(ids))
+                packers[split].add([*ids, separator])
+                bar.update(len(ids) + 1)
         bar.close()
     elapsed = time.perf_counter() - started
-    for split in SPLITS:
-        counts[split]["blocks"] = packers[split].blocks
-        counts[split]["tail_tokens_not_packed"] = len(packers[split].pending)
+    counts = {
+        split: {
+            "documents": p.documents,
+            "tokens": p.tokens,
+            "blocks": p.blocks,
+            "tail_tokens_not_packed": len(p.pending),
+        }
+        for split, p in packers.items()
+    }
     total = sum(c["tokens"] for c in counts.values())
     meta = {
         "kdflow": "token_stream",
@@ -132,9 +138,7 @@ def preprocess_corpus(
         "separator_id": separator,
         "seed": seed,
         "valid_fraction": settings["valid_fraction"],
-        "documents_read": stats["read"],
-        "empty_documents": stats["empty"],
-        "duplicate_documents": stats["duplicates"],
+        **stats,
         "splits": counts,
         "tokens": total,
         "tokens_per_second": total / elapsed if elapsed > 0 else None,

@@ -33,14 +33,8 @@ from .errors import ConfigError
 log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-DEFAULT_COMPUTE: dict[str, Any] = {
-    "device": "auto",
-    "precision": "fp32",
-    "teacher_dtype": "auto",
-    "tf32": True,
-    "attn_implementation": None,
-    "gradient_checkpointing": False,
-}
+DEFAULT_COMPUTE: dict[str, Any] = {"device": "auto", "precision": "fp32", "teacher_dtype": "auto", "tf32": True}
+DEFAULT_COMPUTE.update(attn_implementation=None, gradient_checkpointing=False)
 
 
 def first_host(nodelist: str) -> str:

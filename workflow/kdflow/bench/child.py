@@ -86,6 +86,33 @@ def stage1(a: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _gkd_settings(a: dict[str, Any]) -> dict[str, Any]:
+    """TRL's GKDConfig as kdflow's stage-1 row runs: off-policy forward KL at the same temperature, lr, batch,
+    length and clipping, fp32 on the CPU, constant lr, no checkpoints or logging."""
+    return {
+        "per_device_train_batch_size": a["batch_size"],
+        "max_steps": a["steps"],
+        "learning_rate": 1e-4,
+        "lmbda": 0.0,
+        "beta": 0.0,
+        "seq_kd": False,
+        "temperature": a["temperature"],
+        "gradient_checkpointing": False,
+        "bf16": False,
+        "use_cpu": True,
+        "report_to": [],
+        "save_strategy": "no",
+        "logging_steps": 10**6,
+        "dataloader_num_workers": 0,
+        "disable_tqdm": True,
+        "max_length": a["max_length"],
+        "shuffle_dataset": False,
+        "lr_scheduler_type": "constant",
+        "warmup_steps": 0,
+        "max_grad_norm": 1.0,
+    }
+
+
 def trl(a: dict[str, Any]) -> dict[str, Any]:
     import datasets
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -115,29 +142,7 @@ def trl(a: dict[str, Any]) -> dict[str, Any]:
     teacher = AutoModelForCausalLM.from_pretrained(a["teacher"], dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(a["student"])
     with tempfile.TemporaryDirectory() as tmp:
-        args = GKDConfig(
-            output_dir=tmp,
-            per_device_train_batch_size=a["batch_size"],
-            max_steps=a["steps"],
-            learning_rate=1e-4,
-            lmbda=0.0,
-            beta=0.0,
-            seq_kd=False,
-            temperature=a["temperature"],
-            gradient_checkpointing=False,
-            bf16=False,
-            use_cpu=True,
-            report_to=[],
-            save_strategy="no",
-            logging_steps=10**6,
-            dataloader_num_workers=0,
-            disable_tqdm=True,
-            max_length=a["max_length"],
-            shuffle_dataset=False,
-            lr_scheduler_type="constant",
-            warmup_steps=0,
-            max_grad_norm=1.0,
-        )
+        args = GKDConfig(output_dir=tmp, **_gkd_settings(a))
         trainer = GKDTrainer(
             model=student,
             teacher_model=teacher,

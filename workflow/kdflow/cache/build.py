@@ -21,6 +21,7 @@ from ..scoring import build_items, pad_batch, pad_id, score_clozes, wrap_special
 from ..vocab.compress import special_token_ids
 from ..vocab.vmap import VocabMap
 from .format import encode_values, file_sha256, id_dtype, log_normalisers, sparse_targets
+from .head import hidden_capture, teacher_forward
 from .masking import mask_block
 from .store import ShardWriter
 
@@ -68,46 +69,6 @@ def _targets_arrays(outputs: torch.Tensor, settings: dict[str, Any], vocab_size:
     }
 
 
-class _HeadInputs:
-    """Captures what goes into the model's output embedding (the vector whose product with the head gives
-    the logits), so that a ``hidden`` cache can store it instead of the logits."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.value: torch.Tensor | None = None
-        self.handle = model.get_output_embeddings().register_forward_hook(self._hook)
-
-    def _hook(self, module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        self.value = inputs[0].detach()
-
-
-def _teacher_forward(model, ids, mask, capture: _HeadInputs | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, what the cache stores: the logits, or in mode ``hidden`` the LM head's inputs)."""
-    logits = model(input_ids=ids, attention_mask=mask).logits
-    return logits, capture.value if capture is not None else logits
-
-
-def _hidden_capture(model, out_dir, settings: dict[str, Any], main: bool) -> tuple[_HeadInputs | None, str | None]:
-    """Mode ``hidden``: a hook on the head's inputs, and the head saved once beside the cache by the main
-    process (its sha256)."""
-    if settings["mode"] != "hidden":
-        return None, None
-    return _HeadInputs(model), _save_head(model, out_dir) if main else None
-
-
-def _save_head(model: torch.nn.Module, out_dir: str | Path) -> str:
-    """The teacher's full output head, stored once beside a ``hidden`` cache; returns its sha256."""
-    from safetensors.torch import save_file
-
-    head = model.get_output_embeddings()
-    tensors = {"weight": head.weight.detach().float().cpu().contiguous()}
-    if head.bias is not None:
-        tensors["bias"] = head.bias.detach().float().cpu().contiguous()
-    path = Path(out_dir) / "head.safetensors"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path))
-    return file_sha256(path)
-
-
 def _header(kind: str, teacher_dir, tokenizer_dir, vocab_map, data_sha: str, settings: dict, extra: dict) -> dict:
     return {
         "kdflow": "logit_cache",
@@ -121,6 +82,27 @@ def _header(kind: str, teacher_dir, tokenizer_dir, vocab_map, data_sha: str, set
         },
         **extra,
     }
+
+
+def _masked(ids: torch.Tensor, first: int, seed: int, tokenizer: Any, specials: Any) -> tuple[torch.Tensor, list]:
+    """Masked-LM inputs of blocks ``first, first + 1, ...``: the deterministic masking of each block, and the
+    masked positions (where the targets are stored)."""
+    masked = [
+        mask_block(row.numpy(), seed, first + r, tokenizer.mask_token_id, len(tokenizer), specials)
+        for r, row in enumerate(ids)
+    ]
+    return torch.from_numpy(np.stack([m[0] for m in masked])), [torch.as_tensor(m[1]) for m in masked]
+
+
+def _at_positions(
+    logits: torch.Tensor, positions: list[torch.Tensor] | None, first: int, block_size: int
+) -> tuple[torch.Tensor, np.ndarray | None]:
+    """The rows of ``logits`` [blocks, length, V] to store: every position, or the masked ones with their flat
+    corpus positions."""
+    if positions is None:
+        return logits.reshape(-1, logits.shape[-1]), None
+    flat = np.concatenate([(first + r) * block_size + p.cpu().numpy() for r, p in enumerate(positions)])
+    return torch.cat([logits[r, p] for r, p in enumerate(positions)]), flat.astype(np.int64)
 
 
 @torch.no_grad()
@@ -145,7 +127,7 @@ def cache_corpus(
         extra["masking"] = {"seed": seed, "prob": 0.15, "mask_id": tokenizer.mask_token_id}
     header = _header("corpus", teacher_dir, teacher_dir, vocab_map, corpus_fingerprint(corpus_dir), settings, extra)
     writer = _writer(out_dir, header, runtime)
-    capture, head_sha = _hidden_capture(model, out_dir, settings, runtime.ranks.main)
+    capture, head_sha = hidden_capture(model, out_dir, settings, runtime.ranks.main)
     specials = special_token_ids(tokenizer)
     per_shard, batch = settings["shard_blocks"], settings["batch_size"]
     bar = tqdm(
@@ -160,28 +142,14 @@ def cache_corpus(
         parts: list[dict[str, np.ndarray]] = []
         for b in range(start, stop, batch):
             ids = torch.from_numpy(np.asarray(blocks[b : min(b + batch, stop)]).astype(np.int64))
-            positions = None
-            if family == "masked":
-                masked = [
-                    mask_block(row.numpy(), seed, b + r, tokenizer.mask_token_id, len(tokenizer), specials)
-                    for r, row in enumerate(ids)
-                ]
-                ids = torch.from_numpy(np.stack([m[0] for m in masked]))
-                positions = [m[1] for m in masked]
+            ids, positions = _masked(ids, b, seed, tokenizer, specials) if family == "masked" else (ids, None)
             t0 = time.perf_counter()
-            _, logits = _teacher_forward(model, *runtime.to((ids, torch.ones_like(ids))), capture)
-            if positions is not None:
-                positions = runtime.to([torch.as_tensor(p) for p in positions])
+            _, logits = teacher_forward(model, *runtime.to((ids, torch.ones_like(ids))), capture)
             forward_seconds += time.perf_counter() - t0
-            if positions is not None:
-                logits = torch.cat([logits[r, p] for r, p in enumerate(positions)])
-                flat = np.concatenate([(b + r) * block_size + p.cpu().numpy() for r, p in enumerate(positions)])
-            else:
-                logits = logits.reshape(-1, logits.shape[-1])
-                flat = None
+            logits, flat = _at_positions(logits, runtime.to(positions), b, block_size)
             arrays = _targets_arrays(logits if capture else _project(logits, vmap), settings, student_vocab)
             if flat is not None:
-                arrays["positions"] = flat.astype(np.int64)
+                arrays["positions"] = flat
             parts.append(arrays)
             bar.update(ids.numel())
         merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
@@ -193,6 +161,21 @@ def cache_corpus(
 def _rows(arrays: dict[str, np.ndarray]) -> int:
     key = "hidden" if "hidden" in arrays else "log_norm"
     return int(len(arrays[key]))
+
+
+def _task_shard(
+    parts: list[dict[str, np.ndarray]], inputs: list, positions: list, scores: list
+) -> dict[str, np.ndarray]:
+    """One task shard: the batches' targets, and per example (flat arrays with offsets) its input ids, its
+    word-prediction positions and the teacher's candidate scores."""
+    arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    arrays["input_ids"] = np.concatenate([np.asarray(i, dtype=np.int64) for i in inputs])
+    arrays["input_offsets"] = np.cumsum([0] + [len(i) for i in inputs]).astype(np.int64)
+    arrays["positions"] = np.concatenate(positions).astype(np.int64)
+    arrays["position_offsets"] = np.cumsum([0] + [len(p) for p in positions]).astype(np.int64)
+    arrays["candidate_scores"] = np.concatenate([np.asarray(s, dtype=np.float32) for s in scores])
+    arrays["candidate_offsets"] = np.cumsum([0] + [len(s) for s in scores]).astype(np.int64)
+    return arrays
 
 
 def _writer(out_dir: str | Path, header: dict[str, Any], runtime: Runtime) -> ShardWriter:
@@ -253,7 +236,7 @@ def cache_task(
     extra = {"family": family, "task": meta["name"], "examples": len(examples), "student_vocab_size": student_vocab}
     header = _header("task", teacher_dir, teacher_dir, vocab_map, task_fingerprint(task_dir), settings, extra)
     writer = _writer(out_dir, header, runtime)
-    capture, head_sha = _hidden_capture(model, out_dir, settings, runtime.ranks.main)
+    capture, head_sha = hidden_capture(model, out_dir, settings, runtime.ranks.main)
     per_shard, batch = settings["shard_examples"], settings["batch_size"]
     pad = pad_id(tokenizer)
     bar = tqdm(total=len(examples), desc="cache task", unit="ex", disable=not runtime.ranks.main)
@@ -270,7 +253,7 @@ def cache_task(
             ids, mask = runtime.to(pad_batch(inputs[b : b + batch], pad))
             where = runtime.to([torch.as_tensor(p) for p in positions[b : b + batch]])
             t0 = time.perf_counter()
-            logits, outputs = _teacher_forward(model, ids, mask, capture)
+            logits, outputs = teacher_forward(model, ids, mask, capture)
             forward_seconds += time.perf_counter() - t0
             picked = torch.cat([outputs[r, p] for r, p in enumerate(where)])
             parts.append(_targets_arrays(picked if capture else _project(picked, vmap), settings, student_vocab))
@@ -291,13 +274,7 @@ def cache_task(
             )
             for i, row in zip(rest, scored):
                 scores[i] = row
-        arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        arrays["input_ids"] = np.concatenate([np.asarray(i, dtype=np.int64) for i in inputs])
-        arrays["input_offsets"] = np.cumsum([0] + [len(i) for i in inputs]).astype(np.int64)
-        arrays["positions"] = np.concatenate(positions).astype(np.int64)
-        arrays["position_offsets"] = np.cumsum([0] + [len(p) for p in positions]).astype(np.int64)
-        arrays["candidate_scores"] = np.concatenate([np.asarray(s, dtype=np.float32) for s in scores])
-        arrays["candidate_offsets"] = np.cumsum([0] + [len(s) for s in scores]).astype(np.int64)
+        arrays = _task_shard(parts, inputs, positions, scores)
         writer.add(index, arrays, {"examples": [start, start + len(chunk)], "positions": _rows(arrays)})
         bar.update(len(chunk))
     bar.close()

@@ -40,6 +40,8 @@ chromium:
 	   apt-get install -y -q chromium >/dev/null)) ; } || echo "chromium not installed: the report test will skip"
 
 lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/snakemake --lint
 	$(BIN)/snakefmt --check .
 

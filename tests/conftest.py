@@ -15,6 +15,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 BIN = Path(sys.executable).parent
+# Training and logit-cache settings of the tiny unit-test jobs (tests derive theirs with {**TINY_TRAIN, ...})
+TINY_TRAIN = {"epochs": 2, "max_steps": 4, "batch_size": 4, "grad_accum": 1, "lr": 1e-3, "warmup_ratio": 0.0}
+TINY_TRAIN.update(weight_decay=0.0, max_grad_norm=1.0, checkpoint_every=2, max_length=48, teacher="cached")
+TINY_CACHE = {"k": 16, "value_dtype": "fp32", "temperatures": [1.0, 15.0], "mode": "topk", "shard_blocks": 4}
+TINY_CACHE.update(shard_examples=8, batch_size=4, max_blocks=8, max_length=48)
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPEATED_TEXT as TEXT
-from conftest import pack_text
+from conftest import TINY_CACHE, pack_text
 
 from kdflow.cache.build import cache_corpus, cache_task
 from kdflow.cache.format import bytes_per_position, sparse_targets
@@ -23,17 +23,7 @@ from kdflow.preprocess import open_blocks
 from kdflow.prompts import resolve_prompt, to_cloze
 from kdflow.scoring import score_clozes
 
-SETTINGS = {
-    "k": 16,
-    "value_dtype": "fp32",
-    "temperatures": [1.0, 15.0],
-    "mode": "topk",
-    "shard_blocks": 4,
-    "shard_examples": 8,
-    "batch_size": 4,
-    "max_blocks": 12,
-    "max_length": 64,
-}
+SETTINGS = {**TINY_CACHE, "max_blocks": 12, "max_length": 64}
 
 
 @pytest.fixture(scope="module")

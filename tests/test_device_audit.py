@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import pack_text
+from conftest import TINY_CACHE, TINY_TRAIN, pack_text
 
 from kdflow.cache.build import cache_corpus, cache_task
 from kdflow.device_audit import DeviceAudit
@@ -16,31 +16,8 @@ from kdflow.finetune import finetune_classifier, finetune_teacher
 from kdflow.runtime import Runtime, compute_settings
 from kdflow.students import init_student
 
-TRAIN = {
-    "epochs": 1,
-    "max_steps": 2,
-    "batch_size": 4,
-    "grad_accum": 1,
-    "lr": 1e-3,
-    "warmup_ratio": 0.0,
-    "weight_decay": 0.0,
-    "max_grad_norm": 1.0,
-    "checkpoint_every": 2,
-    "max_length": 48,
-    "teacher": "cached",
-    "max_examples": 8,
-}
-CACHE = {
-    "k": 16,
-    "value_dtype": "fp32",
-    "temperatures": [1.0, 15.0],
-    "mode": "topk",
-    "shard_blocks": 4,
-    "shard_examples": 8,
-    "batch_size": 4,
-    "max_blocks": 8,
-    "max_length": 48,
-}
+TRAIN = {**TINY_TRAIN, "epochs": 1, "max_steps": 2, "max_examples": 8}
+CACHE = TINY_CACHE
 EVAL = {"batch_size": 8, "max_length": 48, "bootstrap_samples": 10, "latency_examples": 2}
 
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from conftest import pack_text, step_inputs
+from conftest import TINY_CACHE, TINY_TRAIN, pack_text, step_inputs
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
@@ -26,30 +26,8 @@ from kdflow.modeling import load_lm
 from kdflow.prepare import prepare_task
 from kdflow.students import init_student, select_layers
 
-TRAIN = {
-    "epochs": 2,
-    "max_steps": 4,
-    "batch_size": 4,
-    "grad_accum": 1,
-    "lr": 1e-3,
-    "warmup_ratio": 0.0,
-    "weight_decay": 0.0,
-    "max_grad_norm": 1.0,
-    "checkpoint_every": 2,
-    "max_length": 48,
-    "teacher": "cached",
-}
-CACHE = {
-    "k": 16,
-    "value_dtype": "fp32",
-    "temperatures": [1.0, 15.0],
-    "mode": "topk",
-    "shard_blocks": 4,
-    "shard_examples": 8,
-    "batch_size": 4,
-    "max_blocks": 8,
-    "max_length": 48,
-}
+TRAIN = TINY_TRAIN
+CACHE = TINY_CACHE
 GLMD = {
     "student": "s",
     "stage1": {"losses": {"word_kl": {"weight": 1.0, "temperature": 15.0}}},

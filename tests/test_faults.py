@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import pack_text, tiny_cmd
+from conftest import TINY_CACHE, TINY_TRAIN, pack_text, tiny_cmd
 from safetensors.torch import load_file
 
 from kdflow import cli
@@ -36,30 +36,8 @@ from kdflow.train.loop import TrainingError, TrainSettings, train
 from kdflow.train.workdir import WorkDir
 from kdflow.vocab.stage import compress_vocab
 
-TRAIN = {
-    "epochs": 2,
-    "max_steps": 4,
-    "batch_size": 4,
-    "grad_accum": 1,
-    "lr": 1e-3,
-    "warmup_ratio": 0.0,
-    "weight_decay": 0.0,
-    "max_grad_norm": 1.0,
-    "checkpoint_every": 2,
-    "max_length": 48,
-    "teacher": "cached",
-}
-CACHE = {
-    "k": 16,
-    "value_dtype": "fp32",
-    "temperatures": [1.0, 15.0],
-    "mode": "topk",
-    "shard_blocks": 4,
-    "shard_examples": 8,
-    "batch_size": 4,
-    "max_blocks": 8,
-    "max_length": 48,
-}
+TRAIN = TINY_TRAIN
+CACHE = TINY_CACHE
 RUN = {"student": "s", "stage1": {"losses": {"word_kl": {"temperature": 15.0}}}}
 
 

@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from conftest import pack_text, step_inputs
+from conftest import TINY_CACHE, TINY_TRAIN, pack_text, step_inputs
 
 from kdflow.cache.build import cache_corpus, cache_task
 from kdflow.distill import distill
@@ -21,30 +21,8 @@ from kdflow.losses.codir import CoDIR, momentum_update, nce_loss, nce_scores, sa
 from kdflow.modeling import load_lm
 from kdflow.students import init_student
 
-TRAIN = {
-    "epochs": 1,
-    "max_steps": 2,
-    "batch_size": 4,
-    "grad_accum": 1,
-    "lr": 1e-3,
-    "warmup_ratio": 0.0,
-    "weight_decay": 0.0,
-    "max_grad_norm": 1.0,
-    "checkpoint_every": 2,
-    "max_length": 48,
-    "teacher": "cached",
-}
-CACHE = {
-    "k": 16,
-    "value_dtype": "fp32",
-    "temperatures": [1.0, 2.0, 15.0],
-    "mode": "topk",
-    "shard_blocks": 4,
-    "shard_examples": 8,
-    "batch_size": 4,
-    "max_blocks": 8,
-    "max_length": 48,
-}
+TRAIN = {**TINY_TRAIN, "epochs": 1, "max_steps": 2}
+CACHE = {**TINY_CACHE, "temperatures": [1.0, 2.0, 15.0]}
 SMALL_CODIR = {"negatives": 4}
 
 # (loss or preset, settings, track, stage): every registered name appears at least once (checked below)

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from conftest import pack_text
+from conftest import TINY_TRAIN, pack_text
 from safetensors.torch import load_file
 
 from kdflow.cache.build import cache_corpus
@@ -22,19 +22,7 @@ RUN = {
     "stage1": {"losses": {"word_kl": {"weight": 1.0, "temperature": 2.0}}},
     "stage2": {"losses": {"ce": {}}},
 }
-TRAIN = {
-    "epochs": 4,
-    "max_steps": 3,
-    "batch_size": 4,
-    "grad_accum": 1,
-    "lr": 1e-3,
-    "warmup_ratio": 0.0,
-    "weight_decay": 0.0,
-    "max_grad_norm": 1.0,
-    "checkpoint_every": 2,
-    "max_length": 48,
-    "teacher": "cached",
-}
+TRAIN = {**TINY_TRAIN, "epochs": 4, "max_steps": 3}
 
 
 @pytest.fixture(scope="module")

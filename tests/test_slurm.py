@@ -8,8 +8,10 @@ the outputs equal those of the local run of the same config.
 
 from __future__ import annotations
 
+import csv
 import json
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -66,8 +68,7 @@ def _comparable(results: Path) -> dict[str, object]:
 
 def test_tiny_pipeline_on_slurm_matches_local(repo, tool_env, tiny_run, slurm_cluster, tmp_path):
     workdir = tmp_path / "slurm_run"
-    executor = ("--profile", str(repo / "profiles" / "slurm"), "--jobs", "4", "--slurm-status-command", "squeue",
-                "--slurm-no-account", "--slurm-init-seconds-before-status-checks", "1", "--local-cores", "1")  # fmt: skip
+    executor = _executor(repo, jobs=4)
     proc = run_checked(tiny_cmd(repo, workdir, *executor), repo, slurm_cluster.env(tool_env), timeout=1800)
     assert "slurm" in proc.stdout + proc.stderr
 
@@ -78,8 +79,9 @@ def test_tiny_pipeline_on_slurm_matches_local(repo, tool_env, tiny_run, slurm_cl
     assert all(job["JobState"] == "COMPLETED" for job in jobs), [(j["Comment"], j["JobState"]) for j in jobs]
     assert not set(by_rule) & LOCAL_RULES, "local rules were submitted to SLURM"
 
-    plan = run_checked(tiny_cmd(repo, tmp_path / "plan") + ["-n", "--forceall", "--quiet", "rules"],
-                       repo, tool_env).stdout  # fmt: skip
+    plan = run_checked(
+        tiny_cmd(repo, tmp_path / "plan") + ["-n", "--forceall", "--quiet", "rules"], repo, tool_env
+    ).stdout
     counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", plan, re.M)}
     expected = {rule: n for rule, n in counts.items() if rule not in LOCAL_RULES | {"total"}}
     assert {rule: len(js) for rule, js in by_rule.items()} == expected
@@ -100,4 +102,82 @@ def test_tiny_pipeline_on_slurm_matches_local(repo, tool_env, tiny_run, slurm_cl
     local, remote = _comparable(tiny_run / "results"), _comparable(workdir / "results")
     assert len(local) > 20 and local.keys() == remote.keys()
     for key in local:
-        assert remote[key] == pytest.approx(local[key]) if isinstance(local[key], dict) else remote[key] == local[key], key
+        assert (
+            remote[key] == pytest.approx(local[key]) if isinstance(local[key], dict) else remote[key] == local[key]
+        ), key
+
+
+def _executor(repo: Path, jobs: int) -> tuple[str, ...]:
+    """The SLURM profile on the test cluster (no accounting: job states from squeue)."""
+    return (
+        "--profile",
+        str(repo / "profiles" / "slurm"),
+        "--jobs",
+        str(jobs),
+        "--slurm-status-command",
+        "squeue",
+        "--slurm-no-account",
+        "--slurm-init-seconds-before-status-checks",
+        "1",
+        "--local-cores",
+        "1",
+    )
+
+
+def _losses(folder: Path) -> list[float]:
+    with open(folder / "train_log.csv", encoding="utf-8") as fh:
+        return [float(row["loss"]) for row in csv.DictReader(fh)]
+
+
+def test_a_two_task_srun_job_matches_one_process(repo, tool_env, tiny_run, slurm_cluster, tmp_path):
+    """`nodes: 1, processes: 2` makes distill_stage1 an srun job of 2 tasks (`--ntasks-per-node=2`), whose
+    ranks come from SLURM's environment (2 CPU processes, gloo); its losses equal the local single-process
+    run's. The upstream results are copied from the local tiny run, so that only that one job is submitted."""
+    cfg = yaml.safe_load((repo / "tests" / "config" / "tiny.yaml").read_text())
+    cfg["resources"]["rules"]["distill_stage1"] = {"nodes": 1, "processes": 2, "slurm_partition": "cpu"}
+    config = tmp_path / "srun.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    workdir = tmp_path / "srun_run"
+    shutil.copytree(tiny_run / "results", workdir / "results", symlinks=True)
+    target = "results/runs/glmd/stage1"
+    shutil.rmtree(workdir / target)
+    plan = run_checked(
+        [
+            "snakemake",
+            target,
+            "-s",
+            str(repo / "Snakefile"),
+            "-d",
+            str(workdir),
+            "-n",
+            "-p",
+            "--replace-workflow-config",
+            "--configfile",
+            str(config),
+        ],
+        repo,
+        tool_env,
+    ).stdout
+    assert "srun --kill-on-bad-exit=1 kdflow distill --stage stage1" in plan
+    assert re.search(r"^distill_stage1\s+1$", plan, re.M) and re.search(r"^total\s+1$", plan, re.M), plan
+    executor = _executor(repo, jobs=1)
+    before = {job.get("JobId") for job in slurm_cluster.jobs()}
+    cmd = [
+        "snakemake",
+        target,
+        "-s",
+        str(repo / "Snakefile"),
+        "-d",
+        str(workdir),
+        *executor,
+        "--replace-workflow-config",
+        "--configfile",
+        str(config),
+    ]
+    run_checked(cmd, repo, slurm_cluster.env(tool_env), timeout=1200)
+    (job,) = [j for j in slurm_cluster.jobs() if "JobId" in j and j["JobId"] not in before]
+    assert _rule(job["Comment"]) == "distill_stage1" and job["JobState"] == "COMPLETED", job
+    assert job["NumTasks"] == "2", job
+    log = (workdir / "results" / "logs" / "distill_stage1" / "glmd.log").read_text()
+    assert "world_size 2" in log and "launcher slurm" in log, log[-2000:]
+    assert _losses(workdir / target) == pytest.approx(_losses(tiny_run / target), rel=1e-4)

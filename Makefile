@@ -1,6 +1,6 @@
 # Two commands do all set-up on a fresh machine:
 #   make run    # the default experiment (config/config.yaml), embedded real teacher, CPU
-#   make test   # the whole test suite
+#   make test   # the whole test suite (make test-fast: the unit tests, a few minutes)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test bench lint venv clean-results chromium
+.PHONY: run test test-fast bench lint venv clean-results chromium
 
 venv: $(STAMP)
 
@@ -28,6 +28,11 @@ run: $(STAMP)
 
 test: $(STAMP) chromium
 	$(BIN)/pytest -q tests
+
+# The edit-test loop: unit tests only (no snakemake runs, SLURM, subprocess trainings or dry runs of every
+# config; no apt installs). `make test` stays the whole suite, what CI runs.
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -m "not e2e and not slurm and not slow" tests
 
 # kdflow against TRL and DistillKit-style caches, plus the rule wall times of results/: results/bench/
 bench: $(STAMP)

@@ -90,6 +90,7 @@ def test_mismatched_fingerprint_is_refused(tmp_path, tiny_llama, tiny_bert, corp
         CorpusCacheDataset(tmp_path / "cache", corpus, tokenizer_dir=tiny_bert)
 
 
+@pytest.mark.slow
 def test_killed_job_resumes_to_an_identical_cache(tmp_path, tiny_llama, corpus, tool_env):
     cache_corpus(tiny_llama, corpus, None, tmp_path / "clean", SETTINGS, seed=0)
     cmd = [

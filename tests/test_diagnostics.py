@@ -7,9 +7,11 @@ import json
 import math
 import re
 
+import pytest
 from conftest import run_checked
 
 
+@pytest.mark.slow
 def test_diagnostics_experiment_resolves(repo, tool_env, tmp_path):
     cmd = [
         "snakemake",
@@ -27,6 +29,7 @@ def test_diagnostics_experiment_resolves(repo, tool_env, tmp_path):
     assert "metrics/smollm2/ax.json" not in out  # GLUE AX has no labels: no evaluate job bound to fail
 
 
+@pytest.mark.slow
 def test_diagnostics_end_to_end(repo, tool_env, tmp_path):
     (tmp_path / "tests").symlink_to(repo / "tests")
     cmd = [

@@ -86,6 +86,7 @@ def _jobs(out: str) -> list[dict[str, str]]:
     return jobs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(EXPERIMENTS))
 def test_experiment_resolves_with_expected_jobs_and_gpus(repo, tool_env, tmp_path, name):
     path = repo / "config" / "experiments" / f"{name}.yaml"
@@ -223,6 +224,7 @@ def test_task_losses_replace_the_losses_on_their_task(repo):
     assert set(run_recipe(cfg, "kd", "other")["stage2"]["losses"]) == {"kd", "ce"}
 
 
+@pytest.mark.slow
 def test_unknown_rule_in_resources_is_refused(repo, tool_env, tmp_path):
     cfg = _base(repo)
     cfg["resources"]["rules"]["distil_stage1"] = {"gpu": 1}
@@ -234,6 +236,7 @@ def test_unknown_rule_in_resources_is_refused(repo, tool_env, tmp_path):
     assert "unknown rule(s) distil_stage1" in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_per_task_epochs_reach_the_training_jobs(repo, tool_env, tmp_path):
     cfg = _base(repo)
     cfg["teacher_finetune"]["task_epochs"] = {"sentiment": 7}

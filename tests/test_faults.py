@@ -117,6 +117,7 @@ def _losses(rows):
 # --- kill -9 during training, during the save, and a finished job run again ---------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", ["train_step:3", "before_save:1"], ids=["kill-at-step-3", "kill-while-saving"])
 def test_killed_training_resumes_to_the_clean_weights_and_full_log(setup, tiny_llama, tmp_path, tool_env, fault):
     clean = _clean(setup, tiny_llama, tmp_path, TRAIN)
@@ -131,6 +132,7 @@ def test_killed_training_resumes_to_the_clean_weights_and_full_log(setup, tiny_l
     assert not (tmp_path / "work").exists()  # a finished job leaves no checkpoint to resume
 
 
+@pytest.mark.slow
 def test_finished_job_run_again_gives_the_same_result(setup, tiny_llama, tmp_path, tool_env):
     """SIGKILL of snakemake while its job (the orphan) finished: snakemake reruns the job as incomplete."""
     clean = _clean(setup, tiny_llama, tmp_path, TRAIN)
@@ -144,6 +146,7 @@ def test_finished_job_run_again_gives_the_same_result(setup, tiny_llama, tmp_pat
 # --- changed settings never resume another run's checkpoint ------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change", [{"lr": 5e-3}, {"max_steps": 3}], ids=["lr", "max_steps"])
 def test_changed_settings_discard_the_stale_checkpoint(setup, tiny_llama, tmp_path, tool_env, change):
     final = {**TRAIN, **change}
@@ -172,6 +175,7 @@ def test_changed_student_discards_the_stale_checkpoint(setup, tiny_llama, tmp_pa
 # --- teacher and tokenizer changes are refused by the cache readers -----------------------------------------
 
 
+@pytest.mark.slow
 def test_a_changed_teacher_is_refused_by_the_corpus_cache(setup, tiny_llama, tmp_path, tool_env):
     teacher = tmp_path / "teacher"
     shutil.copytree(tiny_llama, teacher)
@@ -215,6 +219,7 @@ def test_a_changed_local_model_is_rebuilt(tmp_path, tiny_llama):
 # --- NaN before and after a checkpoint, divergence ----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_nan_weights_are_never_checkpointed_and_a_corrected_rerun_starts_clean(setup, tiny_llama, tmp_path, tool_env):
     cmd = _cmd(setup, tiny_llama, tmp_path / "out", tmp_path / "work", TRAIN)
     failed = _run(cmd, tool_env, "nan_weights:4")
@@ -266,6 +271,7 @@ def test_two_jobs_cannot_train_into_one_work_folder(tmp_path):
         pass
 
 
+@pytest.mark.slow
 def test_two_snakemake_runs_cannot_share_a_results_folder(repo, tool_env, tmp_path):
     """Snakemake's own lock is per working directory; kdflow's is per results folder."""
     results = tmp_path / "shared-results"

@@ -216,6 +216,7 @@ def test_several_processes_launch_training_and_caching_rules_only():
         bad.check(["evaluate"])
 
 
+@pytest.mark.slow
 def test_seeds_repeat_every_run_as_its_own_jobs():
     """`seeds: [7, 8]`: every run twice (RUN with seed 7, RUN.seed8 with seed 8), each with its own jobs,
     evaluations and comparisons paired by seed; the dry run has twice the distillation jobs."""

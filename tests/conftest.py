@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -112,10 +113,12 @@ def run_checked(cmd: list[str], repo: Path, env: dict[str, str], timeout: int = 
     return proc
 
 
-def tiny_cmd(repo: Path, workdir: Path, *executor: str) -> list[str]:
-    """snakemake on the tiny config in ``workdir``: locally on 2 cores, or with the given executor flags."""
+def tiny_cmd(repo: Path, workdir: Path, *executor: str, config: Path | None = None, targets: tuple = ()) -> list[str]:
+    """snakemake on the tiny config (or ``config``) in ``workdir``: locally on 2 cores, or with the given executor
+    flags; ``targets`` go before the options (after --configfile they would be read as config files)."""
     return [
         "snakemake",
+        *map(str, targets),
         "-s",
         str(repo / "Snakefile"),
         "-d",
@@ -123,7 +126,7 @@ def tiny_cmd(repo: Path, workdir: Path, *executor: str) -> list[str]:
         *(executor or ("--cores", "2")),
         "--replace-workflow-config",
         "--configfile",
-        str(repo / "tests" / "config" / "tiny.yaml"),
+        str(config or repo / "tests" / "config" / "tiny.yaml"),
     ]
 
 
@@ -144,3 +147,41 @@ def step_inputs(student=None, teacher=None, **values):
         if feats is not None:
             values.update({f"{side}_{kind}": feats for kind in FEATURE_KINDS})
     return StepInputs(**values)
+
+
+def stage1_args(
+    student: Path,
+    recipe: dict,
+    settings: dict,
+    cache: Path,
+    corpus: Path,
+    teacher: Path,
+    out: Path,
+    work: Path,
+    deepspeed: dict | None = None,
+) -> list[str]:
+    """`kdflow distill --stage stage1 ...` arguments (after the launcher) of a tiny cached stage-1 job, seed 0."""
+    args = [
+        "distill",
+        "--stage",
+        "stage1",
+        "--student",
+        str(student),
+        "--recipe",
+        json.dumps(recipe),
+        "--settings",
+        json.dumps(settings),
+        "--cache",
+        str(cache),
+        "--corpus",
+        str(corpus),
+        "--teacher",
+        str(teacher),
+        "--out",
+        str(out),
+        "--work",
+        str(work),
+        "--seed",
+        "0",
+    ]
+    return args + (["--deepspeed", json.dumps(deepspeed)] if deepspeed is not None else [])

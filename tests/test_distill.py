@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import csv
-import json
 import subprocess
 import sys
 
 import pytest
 import torch
-from conftest import TINY_CACHE, TINY_TRAIN, pack_text, step_inputs
+from conftest import TINY_CACHE, TINY_TRAIN, pack_text, stage1_args, step_inputs
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
@@ -171,32 +170,17 @@ def test_stage2_runs_every_recipe(setup, tiny_llama, tmp_path):
 def test_killed_distillation_resumes_to_the_same_weights(setup, tiny_llama, tmp_path, tool_env):
     data = {"cache": setup / "ccache", "corpus": setup / "corpus", "teacher": tiny_llama}
     distill("stage1", setup / "student", tmp_path / "clean", tmp_path / "wc", GLMD, TRAIN, data, None, seed=0)
-    cmd = [
-        sys.executable,
-        "-m",
-        "kdflow",
-        "distill",
-        "--stage",
-        "stage1",
-        "--student",
-        str(setup / "student"),
-        "--recipe",
-        json.dumps(GLMD),
-        "--settings",
-        json.dumps(TRAIN),
-        "--cache",
-        str(setup / "ccache"),
-        "--corpus",
-        str(setup / "corpus"),
-        "--teacher",
-        str(tiny_llama),
-        "--out",
-        str(tmp_path / "resumed"),
-        "--work",
-        str(tmp_path / "wr"),
-        "--seed",
-        "0",
-    ]
+    args = stage1_args(
+        setup / "student",
+        GLMD,
+        TRAIN,
+        setup / "ccache",
+        setup / "corpus",
+        tiny_llama,
+        tmp_path / "resumed",
+        tmp_path / "wr",
+    )
+    cmd = [sys.executable, "-m", "kdflow", *args]
     assert subprocess.run(cmd, env={**tool_env, "KDFLOW_FAULT": "train_step:3"}, capture_output=True).returncode == 137
     done = subprocess.run(cmd, env=tool_env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -111,7 +111,8 @@ def test_experiment_resolves_with_expected_jobs_and_gpus(repo, tool_env, tmp_pat
             assert not gpus and int(per_node.group(1)) == spec["gpus_per_node"], (name, job)
             assert f"nodes={spec['nodes']}" in job["resources"] and "mpi=srun" in job["resources"]
             assert f"tasks_per_node={spec['gpus_per_node']}" in job["resources"]
-            assert job["shell"].startswith("srun --kill-on-bad-exit=1 kdflow distill"), job["shell"][:120]
+            srun = f"srun --kill-on-bad-exit=1 --nodes {spec['nodes']} --ntasks-per-node {spec['gpus_per_node']} kdflow"
+            assert job["shell"].startswith(f"{srun} distill"), job["shell"][:120]
             assert f"--gpus {spec['gpus_per_node']}" in job["shell"]
             continue
         assert (int(gpus.group(1)) if gpus else 0) == spec.get("gpu", 0), (name, job)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_CACHE, TINY_TRAIN, pack_text, tiny_cmd
+from conftest import TINY_CACHE, TINY_TRAIN, pack_text, stage1_args, tiny_cmd
 from safetensors.torch import load_file
 
 from kdflow import cli
@@ -51,32 +51,8 @@ def setup(tmp_path_factory, tiny_llama):
 
 
 def _cmd(setup: Path, teacher: Path, out: Path, work: Path, settings: dict, cache: Path | None = None) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "kdflow",
-        "distill",
-        "--stage",
-        "stage1",
-        "--student",
-        str(setup / "student"),
-        "--recipe",
-        json.dumps(RUN),
-        "--settings",
-        json.dumps(settings),
-        "--cache",
-        str(cache or setup / "cache"),
-        "--corpus",
-        str(setup / "corpus"),
-        "--teacher",
-        str(teacher),
-        "--out",
-        str(out),
-        "--work",
-        str(work),
-        "--seed",
-        "0",
-    ]
+    args = stage1_args(setup / "student", RUN, settings, cache or setup / "cache", setup / "corpus", teacher, out, work)
+    return [sys.executable, "-m", "kdflow", *args]
 
 
 def _run(cmd: list[str], env: dict[str, str], fault: str | None = None) -> subprocess.CompletedProcess:

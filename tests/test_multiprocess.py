@@ -8,10 +8,11 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_TRAIN, pack_text
+from conftest import TINY_TRAIN, pack_text, stage1_args
 from safetensors.torch import load_file
 
 from kdflow.cache.build import cache_corpus
@@ -51,31 +52,18 @@ def _distill(setup, tiny_llama, out, processes, env, deepspeed=None):
         if processes > 1
         else [sys.executable, "-m", "kdflow"]
     )
-    cmd = base + [
-        "distill",
-        "--stage",
-        "stage1",
-        "--student",
-        str(setup / "student"),
-        "--recipe",
-        json.dumps(RUN),
-        "--settings",
-        json.dumps(TRAIN),
-        "--cache",
-        str(setup / "cache"),
-        "--corpus",
-        str(setup / "corpus"),
-        "--teacher",
-        str(tiny_llama),
-        "--out",
-        str(out),
-        "--work",
-        str(out) + "_work",
-        "--seed",
-        "0",
-        "--deepspeed",
-        json.dumps(deepspeed),
-    ]
+    args = stage1_args(
+        setup / "student",
+        RUN,
+        TRAIN,
+        setup / "cache",
+        setup / "corpus",
+        tiny_llama,
+        out,
+        Path(str(out) + "_work"),
+        deepspeed=deepspeed,
+    )
+    cmd = base + args
     proc = subprocess.run(cmd, env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(out / "train_log.csv") as fh:

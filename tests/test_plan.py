@@ -209,7 +209,7 @@ def test_several_processes_launch_training_and_caching_rules_only():
     rules = build_plan(tiny_with(resources=resources)).rules
     rules.check(["cache_logits_task", "distill_stage1", "evaluate"])
     assert rules.launcher("cache_logits_task") == "torchrun --standalone --nproc_per_node 2 -m kdflow"
-    assert rules.launcher("distill_stage1") == "srun --kill-on-bad-exit=1 kdflow"
+    assert rules.launcher("distill_stage1") == "srun --kill-on-bad-exit=1 --nodes 1 --ntasks-per-node 2 kdflow"
     assert rules.scheduler("distill_stage1")["tasks_per_node"] == 2
     bad = build_plan(tiny_with(resources={**raw["resources"], "rules": {"evaluate": {"processes": 2}}})).rules
     with pytest.raises(ConfigError, match="launch only .*cache_logits_corpus.*, not evaluate"):

@@ -141,39 +141,13 @@ def test_a_two_task_srun_job_matches_one_process(repo, tool_env, tiny_run, slurm
     shutil.copytree(tiny_run / "results", workdir / "results", symlinks=True)
     target = "results/runs/glmd/stage1"
     shutil.rmtree(workdir / target)
-    plan = run_checked(
-        [
-            "snakemake",
-            target,
-            "-s",
-            str(repo / "Snakefile"),
-            "-d",
-            str(workdir),
-            "-n",
-            "-p",
-            "--replace-workflow-config",
-            "--configfile",
-            str(config),
-        ],
-        repo,
-        tool_env,
-    ).stdout
-    assert "srun --kill-on-bad-exit=1 kdflow distill --stage stage1" in plan
+    dry = ("-n", "-p")
+    plan = run_checked(tiny_cmd(repo, workdir, *dry, config=config, targets=(target,)), repo, tool_env).stdout
+    assert "srun --kill-on-bad-exit=1 --nodes 1 --ntasks-per-node 2 kdflow distill --stage stage1" in plan
     assert re.search(r"^distill_stage1\s+1$", plan, re.M) and re.search(r"^total\s+1$", plan, re.M), plan
     executor = _executor(repo, jobs=1)
     before = {job.get("JobId") for job in slurm_cluster.jobs()}
-    cmd = [
-        "snakemake",
-        target,
-        "-s",
-        str(repo / "Snakefile"),
-        "-d",
-        str(workdir),
-        *executor,
-        "--replace-workflow-config",
-        "--configfile",
-        str(config),
-    ]
+    cmd = tiny_cmd(repo, workdir, *executor, config=config, targets=(target,))
     run_checked(cmd, repo, slurm_cluster.env(tool_env), timeout=1200)
     (job,) = [j for j in slurm_cluster.jobs() if "JobId" in j and j["JobId"] not in before]
     assert _rule(job["Comment"]) == "distill_stage1" and job["JobState"] == "COMPLETED", job

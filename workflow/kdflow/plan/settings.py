@@ -83,10 +83,13 @@ class RuleSettings:
 
     def launcher(self, rule: str) -> str:
         """`kdflow`; on one node with `processes` > 1, torchrun with one process per GPU; on several nodes,
-        srun with one task per GPU (ranks and the rendezvous address come from SLURM's environment)."""
+        srun with one task per GPU (ranks and the rendezvous address come from SLURM's environment). The step's
+        shape is given to srun explicitly: Snakemake's job-step executor strips the allocation's SLURM_*
+        variables (task counts included) before it runs an `mpi` job's command."""
         resources = self.scheduler(rule)
         if "nodes" in resources:
-            return "srun --kill-on-bad-exit=1 kdflow"
+            nodes, per_node = self.own(rule)["nodes"], resources["processes"]
+            return f"srun --kill-on-bad-exit=1 --nodes {nodes} --ntasks-per-node {per_node} kdflow"
         if resources["processes"] > 1:
             return f"torchrun --standalone --nproc_per_node {resources['processes']} -m kdflow"
         return "kdflow"

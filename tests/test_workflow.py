@@ -151,13 +151,20 @@ def test_report_renders_in_headless_chromium(repo, tool_env, tiny_run):
         item = page.get_by_text("scores, averages, size and speed").locator("xpath=ancestor::tr[1]")
         item.locator("a[iconname=eye]").click()
         frame = page.frame_locator("iframe").first
-        table_text = frame.locator("table").inner_text()
+        table_text = frame.locator("table").first.inner_text()
         for name in ("tiny_llama", "glmd", "no_distill", "retention %"):
             assert name in table_text
+        assert "verdict" in frame.locator("table").nth(1).inner_text()  # the paired comparisons
         page.screenshot(path=str(tiny_run / "report-summary.png"))
         page.get_by_text("Results").first.click()
         page.get_by_text("3. Plots").click()
-        for label in ("per-task scores", "score vs parameters", "training loss", "vocabulary coverage"):
+        for label in (
+            "per-task scores",
+            "score vs parameters",
+            "training loss",
+            "vocabulary coverage",
+            "paired differences",
+        ):
             assert page.get_by_text(label).count() == 1
         row = page.get_by_text("score vs parameters").locator("xpath=ancestor::tr[1]")
         row.locator("a[iconname=eye]").click()

@@ -4,7 +4,6 @@ difference with each baseline on the same dev examples, per seed and pooled over
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from collections import Counter
@@ -13,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from .data.files import read_jsonl
 from .errors import DataError
 from .metrics import paired_bootstrap
 from .plan.names import run_of
@@ -25,8 +25,7 @@ def read_predictions(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: the predictions are missing (run the rule that writes them first)")
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    return [row for _, row in read_jsonl(path)]
 
 
 def _aligned(a: list[dict[str, Any]], b: list[dict[str, Any]], where: str) -> None:

@@ -45,7 +45,7 @@ def test_tiny_dag_end_to_end(repo, tool_env, tiny_run):
         assert {line.split("\t")[1] for line in submission[1:]} <= {"0", "1"}
     assert (results / "benchmarks" / "evaluate" / "tiny_llama" / "sentiment.tsv").exists()
     task = json.loads((results / "tasks" / "sentiment" / "task.json").read_text())
-    assert task["splits"] == {"train": 200, "dev": 64, "test": 64}
+    assert task["splits"] == {"train": 200, "dev": 64, "test": 64} and task["labelled_train"] == 64
     ft = json.loads((results / "metrics" / "teacher_finetuned" / "sentiment.json").read_text())
     assert ft["examples"] == 64 and 0.0 <= ft["metrics"]["accuracy"] <= 1.0
     for vocab, size in (("full", 49152), ("half", 24576)):
@@ -54,13 +54,15 @@ def test_tiny_dag_end_to_end(repo, tool_env, tiny_run):
         )
         assert corpus_cache["blocks"] == 24 and corpus_cache["student_vocab_size"] == size
         task_cache = json.loads((results / "cache" / "task" / "sentiment" / vocab / "manifest.json").read_text())
-        assert task_cache["examples"] == 200 and len(task_cache["shards"]) == 4
+        examples = 200 if vocab == "full" else 64  # glmd_full_vocab's transfer set; the labelled examples
+        assert task_cache["examples"] == examples and len(task_cache["shards"]) == examples // 64 + (vocab == "full")
     assert (results / "vocab" / "half" / "coverage.png").stat().st_size > 10_000
     for run in ("glmd", "glmd_full_vocab", "kd", "no_distill"):
         metrics = json.loads((results / "metrics" / "runs" / run / "sentiment.json").read_text())
         assert metrics["examples"] == 64 and metrics["ci95"]["accuracy"] is not None
         student = json.loads((results / "runs" / run / "sentiment" / "kdflow.json").read_text())
         assert student["role"] == "student" and student["stage"] == "stage2" and student["run"] == run
+        assert student["training_examples"] == (200 if run == "glmd_full_vocab" else 64)  # its transfer set
     assert (results / "runs" / "glmd" / "stage1" / "train_log.csv").exists()
     assert not (results / "runs" / "kd" / "stage1").exists()  # kd has no stage 1
     half = json.loads((results / "runs" / "glmd" / "sentiment" / "kdflow.json").read_text())

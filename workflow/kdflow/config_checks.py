@@ -169,6 +169,39 @@ def check_stage(config: Config, run: str, stage: str, classifier: bool) -> list[
     return problems
 
 
+def _has_unlabelled(task: dict[str, Any]) -> bool:
+    labelled, limit = task.get("labelled"), (task.get("max_examples") or {}).get("train")
+    return labelled is not None and (limit is None or labelled < limit)
+
+
+def check_transfer_set(config: Config, run: str) -> list[str]:
+    """`stage2.transfer_set`: no loss reads gold labels, and every task of the run has unlabelled inputs."""
+    spec = config["runs"][run]
+    if spec.get("stage1", {}).get("transfer_set") is not None:
+        return [f"config key 'runs.{run}.stage1.transfer_set': stage 1 trains on a corpus; a transfer set is a task's"]
+    if not spec.get("stage2", {}).get("transfer_set"):
+        return []
+    problems = []
+    for key, losses in _loss_groups(spec["stage2"]).items():
+        if check_recipe(losses, "stage2"):
+            continue  # reported by check_stage
+        for loss, settings in expand_presets(losses, "stage2").items():
+            other_label = (settings or {}).get("negatives_from") == "other_label"
+            if "labels" in recipe_needs({loss: settings}, "stage2") or other_label:
+                problems.append(
+                    f"config key 'runs.{run}.stage2.{key}.{loss}': reads gold labels, and the run distils on a "
+                    "transfer set (stage2.transfer_set), whose inputs have none"
+                )
+    tasks = config.get("tasks", {})
+    problems += [
+        f"config key 'runs.{run}.stage2.transfer_set': task '{t}' has no unlabelled inputs (set "
+        f"tasks.{t}.labelled below its max_examples.train)"
+        for t in config.get("distill", {}).get("tasks", [])
+        if t in tasks and not _has_unlabelled(tasks[t])
+    ]
+    return problems
+
+
 def check_stage1_corpus(config: Config, run: str) -> list[str]:
     """A run's stage-1 corpus exists and is tokenised by its student's teacher."""
     spec, corpora = config["runs"][run], config.get("corpora", {})
@@ -202,6 +235,7 @@ def check_runs(config: Config) -> list[str]:
         for stage in ("stage1", "stage2"):
             problems += check_stage(config, name, stage, classifier) if run.get(stage) is not None else []
         problems += check_stage1_corpus(config, name)
+        problems += check_transfer_set(config, name)
         if run.get("stage2", {}).get("corpus") is not None:
             problems.append(f"config key 'runs.{name}.stage2.corpus': stage 2 trains on the task, not a corpus")
     return problems

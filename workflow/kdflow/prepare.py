@@ -36,6 +36,20 @@ def read_prepared(path: str | Path) -> list[Example]:
         return [json.loads(line) for line in fh]
 
 
+def _unlabel_after(task: TaskType, examples: list[Example], labelled: int | None) -> list[Example]:
+    """Training examples with the gold labels of the first ``labelled`` units only (`tasks.*.labelled`, counted
+    as `max_examples` counts): the rest are unlabelled inputs, for runs that distil on a transfer set. Their
+    labels are dropped here, so that no job can read them."""
+    if labelled is None:
+        return examples
+    units: set = set()
+    out = []
+    for i, ex in enumerate(examples):
+        units.add(task.unit(ex, i))
+        out.append(ex if len(units) <= labelled else {**ex, "label": None})
+    return out
+
+
 def check_required_files(name: str, task: TaskType, source: str, required: Iterable[str]) -> None:
     """Refuse, before any work, a task folder that lacks the file of a split the experiment uses."""
     if source.startswith("hf"):
@@ -79,6 +93,8 @@ def prepare_task(
         examples = read_split(task, source, origin, limits.get(split), labelled=labelled)
         if not examples:
             raise DataError(f"task {name}: split '{split}' of {source} has no examples")
+        if split == "train":
+            examples = _unlabel_after(task, examples, spec.get("labelled"))
         write_jsonl(out_dir / f"{split}.jsonl", examples)
         counts[split] = len(examples)
         labels[split] = dict(Counter(str(ex["label"]) for ex in examples if ex["label"] is not None))
@@ -90,6 +106,7 @@ def prepare_task(
         "kind": task.kind,
         "source": source,
         "splits": counts,
+        "labelled_train": sum(labels.get("train", {}).values()),
         "missing_files": missing,
         "label_counts": labels,
         "metrics": list(task.metrics),
@@ -122,14 +139,21 @@ class PreparedTask:
     clozes: list[Cloze]
 
 
-def load_prepared(task_dir: str | Path, split: str, limit: int | None = None) -> PreparedTask:
-    """Open split ``split`` of a `prepare_task` folder (at most ``limit`` examples)."""
+def load_prepared(
+    task_dir: str | Path, split: str, limit: int | None = None, transfer_set: bool = False
+) -> PreparedTask:
+    """Open split ``split`` of a `prepare_task` folder (at most ``limit`` examples). The train split holds its
+    labelled examples only (`tasks.*.labelled`), unless ``transfer_set``: then the unlabelled inputs after them
+    too."""
     task_dir = Path(task_dir)
     meta = read_json(task_dir / "task.json")
     task = get_task(meta["task"])
     if split not in meta["splits"]:
         raise DataError(f"{task_dir}: task {meta['name']} has no {split} split")
     prompt = resolve_prompt(task, meta["prompt"], meta.get("prompt_set", "pet"))
-    examples = read_prepared(task_dir / f"{split}.jsonl")[:limit]
+    examples = read_prepared(task_dir / f"{split}.jsonl")
+    if split == "train" and not transfer_set:
+        examples = examples[: meta.get("labelled_train", len(examples))]
+    examples = examples[:limit]
     clozes = [to_cloze(task, prompt, ex) for ex in examples]
     return PreparedTask(meta, task, prompt, label_order(task, prompt), examples, clozes)

@@ -88,5 +88,11 @@ def cache_inputs(wildcards):
     return PLAN.cache_inputs(wildcards.vocab, getattr(wildcards, "task", None))
 
 
+def task_cache_settings(wildcards):
+    """The cache settings, and whether this task cache holds the unlabelled inputs too (a transfer set)."""
+    transfer = PLAN.cache_covers_transfer_set(wildcards.task, wildcards.vocab)
+    return as_json({**config["cache"], "transfer_set": transfer})
+
+
 def all_targets():
     return list(PLAN.targets)

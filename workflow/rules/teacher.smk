@@ -100,7 +100,7 @@ rule cache_logits_task:
         **rule_resources("cache_logits_task"),
     params:
         out=lambda w: f"{R}/cache/task/{w.task}/{w.vocab}",
-        settings=as_json(config["cache"]),
+        settings=task_cache_settings,
         launcher=launcher("cache_logits_task"),
         compute=compute_args("cache_logits_task"),
     shell:

@@ -227,10 +227,11 @@ def cache_task(
     settings: dict[str, Any],
     runtime: Runtime | None = None,
 ) -> dict[str, Any]:
-    """Stage 2: word-prediction targets on the task inputs + the teacher's candidate scores, per example."""
+    """Stage 2: word-prediction targets on the task inputs + the teacher's candidate scores, per example: the
+    labelled training examples, and with ``settings["transfer_set"]`` the unlabelled inputs after them too."""
     runtime = runtime or Runtime()
     model, tokenizer, family, vmap = _load(teacher_dir, vocab_map, runtime)
-    prepared = load_prepared(task_dir, "train")
+    prepared = load_prepared(task_dir, "train", transfer_set=bool(settings.get("transfer_set")))
     meta, examples = prepared.meta, prepared.examples
     student_vocab = vmap.size if vmap else model.config.vocab_size
     extra = {"family": family, "task": meta["name"], "examples": len(examples), "student_vocab_size": student_vocab}

@@ -103,7 +103,10 @@ def _stage_data(job: DistillJob, losses: list[Loss]) -> tuple[torch.nn.Module, S
     if classifier:
         model = classifier_student(job.student_dir, teacher)
     student = Student(model, tokenizer, family, classifier)
-    data = TaskData(job.data, student, teacher, all_needs, job.settings, job.vocab_map, job.seed, job.runtime, replace)
+    transfer_set = bool(job.run.get("stage2", {}).get("transfer_set"))
+    data = TaskData(
+        job.data, student, teacher, all_needs, job.settings, job.vocab_map, job.seed, job.runtime, replace, transfer_set
+    )
     return model, data, classifier
 
 

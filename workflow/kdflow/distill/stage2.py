@@ -73,12 +73,18 @@ class TaskData:
         seed: int,
         runtime: Runtime,
         replace: ReplaceSchedule | None = None,
+        transfer_set: bool = False,
     ) -> None:
         self.student, self.teacher, self.seed, self.runtime, self.replace = student, teacher, seed, runtime, replace
-        self.prepared = load_prepared(Path(data["task"]), "train")
+        self.prepared = load_prepared(Path(data["task"]), "train", transfer_set=transfer_set)
         self.max_length = settings["max_length"]
         self.cache = self._open_cache(data, all_needs, vocab_map)
-        self.n_examples = len(self.cache) if self.cache is not None else len(self.prepared.examples)
+        self.n_examples = len(self.prepared.examples)
+        if self.cache is not None and len(self.cache) < self.n_examples:
+            raise ConfigError(
+                f"{data['cache']}: the task cache holds {len(self.cache)} examples, and this stage trains on "
+                f"{self.n_examples} (a transfer set needs a cache built with transfer_set: true)"
+            )
         self.cache_temperatures = tuple(self.cache.settings["temperatures"]) if self.cache is not None else ()
         self.teacher_tokenizer = None
         if teacher is not None:
@@ -90,7 +96,10 @@ class TaskData:
         task = self.prepared.task
         self.label_names = list(task.labels) if student.classifier else self.prepared.labels  # head / candidates
         self.label_ids = None
-        if task.kind == "classification":
+        unlabelled = sum(ex["label"] is None for ex in self.prepared.examples)
+        if unlabelled and "labels" in all_needs:
+            raise ConfigError(f"{unlabelled} training inputs of the transfer set have no gold label; a loss needs them")
+        if task.kind == "classification" and not unlabelled:
             self.label_ids = tuple(self.label_names.index(ex["label"]) for ex in self.prepared.examples)
         self.producers = self._table()
 

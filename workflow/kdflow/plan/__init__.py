@@ -60,6 +60,11 @@ class Plan:
         teacher = self.model_dir(self.tasks[task].teacher, task) if task else self.model_dir(self.teacher)
         return {"teacher": teacher, "vmap": list(vocab_map(self.results, vocab))}
 
+    def cache_covers_transfer_set(self, task: str, vocab: str) -> bool:
+        """Whether a task cache must hold every training input (a run reading it distils on a transfer set)."""
+        jobs = [job for run in self.runs.values() for job in run.stage2.values()]
+        return any(j.transfer_set for j in jobs if j.task == task and j.cache and j.vocabulary == vocab)
+
     @property
     def wildcard_constraints(self) -> dict[str, str]:
         """A regex of the names each wildcard may take (`-` where there are none, matching no name)."""

@@ -103,6 +103,7 @@ class StageJob:
     vocabulary: str
     cache: str | None  # the teacher-logit cache manifest the job reads, if any
     out: str
+    transfer_set: bool = False  # stage 2 on every training input of the task, the unlabelled ones too
 
     def inputs(self) -> dict[str, Any]:
         """The job's input files by role, in the order the distill rules name them."""
@@ -185,6 +186,7 @@ def stage2_job(config: dict[str, Any], results: str, run: str, task: str) -> Sta
         vocab,
         cache,
         f"{results}/runs/{run}/{task}",
+        bool(spec["stage2"].get("transfer_set")),
     )
 
 

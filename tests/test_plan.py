@@ -245,3 +245,22 @@ def test_bad_baselines_and_seed_name_clashes_name_their_key():
     runs = {**raw["runs"], "kd.seed2": raw["runs"]["kd"]}
     with pytest.raises(ConfigError, match=r"'runs.kd.seed2': the name of run 'kd' under another seed"):
         tiny_with(runs=runs, seeds=[1, 2])
+
+
+def test_a_run_overrides_the_stage_training_settings_it_names():
+    raw = yaml.safe_load(CONFIGS["tests-tiny"].read_text())
+    raw["runs"]["codir"]["stage2"]["training"] = {"max_steps": 12, "lr": 5.0e-4}
+    raw["runs"]["glmd"]["stage1"]["training"] = {"teacher": "online"}
+    plan = build_plan(validate_config(raw))
+    codir, kd = plan.runs["codir"].stage2["sentiment"].settings, plan.runs["kd"].stage2["sentiment"].settings
+    assert (codir["max_steps"], codir["lr"]) == (12, 5.0e-4)
+    assert (kd["max_steps"], kd["lr"]) == (3, 1.0e-3)  # distill.stage2 of the tiny config
+    assert {k: v for k, v in codir.items() if k not in ("max_steps", "lr")} == {
+        k: v for k, v in kd.items() if k not in ("max_steps", "lr")
+    }
+    assert plan.runs["glmd"].stage1.settings["teacher"] == "online" and plan.runs["glmd"].stage1.cache is None
+    raw["runs"]["codir"]["stage2"]["training"] = {"max_step": 12, "lr": -1}
+    with pytest.raises(ConfigError) as info:
+        validate_config(raw)
+    assert "runs.codir.stage2.training.max_step" in str(info.value)
+    assert "runs.codir.stage2.training.lr" in str(info.value)

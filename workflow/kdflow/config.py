@@ -43,8 +43,15 @@ _TYPE_NAMES = {
 
 
 def load_schema() -> dict[str, Any]:
+    """The schema, with `$defs/training_override`: the training settings without their defaults (a run's
+    `stageN.training` replaces only the settings it names)."""
     with open(SCHEMA_PATH, encoding="utf-8") as fh:
-        return yaml.safe_load(fh)
+        schema = yaml.safe_load(fh)
+    training = copy.deepcopy(schema["$defs"]["training"])
+    for sub in training["properties"].values():
+        sub.pop("default", None)
+    schema["$defs"]["training_override"] = training
+    return schema
 
 
 def _key(path: Any) -> str:

@@ -91,7 +91,7 @@ def cache_inputs(wildcards):
 def task_cache_settings(wildcards):
     """The cache settings, and whether this task cache holds the unlabelled inputs too (a transfer set)."""
     transfer = PLAN.cache_covers_transfer_set(wildcards.task, wildcards.vocab)
-    return as_json({**config["cache"], "transfer_set": transfer})
+    return as_json({**config["cache"], **({"transfer_set": True} if transfer else {})})
 
 
 def all_targets():

@@ -3,13 +3,14 @@ every run's stage jobs, the evaluated pairs and the workflow's targets."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..recipes import recipe_needs
 from . import names
 from .names import FINETUNED, classifier_model, model_folder, run_model
+from .settings import stage_settings
 
 EMBEDDED_TASKS = frozenset({"embedded:rotten-tomatoes"})
 EMBEDDED_CORPORA = frozenset({"embedded:package-texts"})
@@ -104,6 +105,7 @@ class StageJob:
     cache: str | None  # the teacher-logit cache manifest the job reads, if any
     out: str
     transfer_set: bool = False  # stage 2 on every training input of the task, the unlabelled ones too
+    settings: dict[str, Any] = field(default_factory=dict)  # the job's training settings (`stage_settings`)
 
     def inputs(self) -> dict[str, Any]:
         """The job's input files by role, in the order the distill rules name them."""
@@ -150,7 +152,8 @@ def stage1_job(config: dict[str, Any], results: str, run: str) -> StageJob | Non
         return None
     corpus, teacher = names.stage1_corpus(config, run), names.student_teacher(config, spec["student"])
     vocab = config["students"][spec["student"]]["vocabulary"]
-    cached = config["distill"]["stage1"]["teacher"] == "cached" and "word_targets" in _needs(spec, "stage1")
+    teacher_mode = stage_settings(config, spec, "stage1", None)["teacher"]
+    cached = teacher_mode == "cached" and "word_targets" in _needs(spec, "stage1")
     cache = f"{results}/cache/corpus/{corpus}/{vocab}/manifest.json"
     return StageJob(
         run,
@@ -163,6 +166,7 @@ def stage1_job(config: dict[str, Any], results: str, run: str) -> StageJob | Non
         vocab,
         cache if cached else None,
         f"{results}/runs/{run}/stage1",
+        settings=stage_settings(config, spec, "stage1", None),
     )
 
 
@@ -187,6 +191,7 @@ def stage2_job(config: dict[str, Any], results: str, run: str, task: str) -> Sta
         cache,
         f"{results}/runs/{run}/{task}",
         bool(spec["stage2"].get("transfer_set")),
+        stage_settings(config, spec, "stage2", task),
     )
 
 

@@ -24,6 +24,12 @@ PARALLEL = frozenset(
 )
 
 
+def stage_settings(config: dict[str, Any], run: dict[str, Any], stage: str, task: str | None) -> dict[str, Any]:
+    """A run's training settings of ``stage`` on ``task``: `distill.STAGE`, with the run's own `STAGE.training`
+    over them, then `task_epochs[task]` for `epochs`."""
+    return task_settings({**config["distill"][stage], **run.get(stage, {}).get("training", {})}, task)
+
+
 def task_settings(settings: dict[str, Any], task: str | None) -> dict[str, Any]:
     """Training settings for one task: `task_epochs[task]` replaces `epochs`."""
     out = {k: v for k, v in settings.items() if k != "task_epochs"}

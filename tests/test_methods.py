@@ -348,3 +348,22 @@ def test_stsb_regression_head_distils_with_mse_logits(shared_data, tiny_bert, tm
             None,
             seed=0,
         )
+
+
+@pytest.mark.parametrize(("steps", "warned"), [(2, True), (3, False)])
+def test_codir_warns_when_no_example_is_visited_twice(caplog, steps, warned):
+    """CoDIR's positive is the example's own memory-bank entry: at its first visit still the bank's random
+    start. Within one epoch (8 examples, 4 per step: 2 steps) no positive holds a feature yet."""
+    config, _, _ = _codir_inputs()
+    context = LossContext(
+        stage="stage1",
+        n_examples=8,
+        steps=steps,
+        seed=0,
+        student_config=config,
+        teacher_config=config,
+        examples_per_step=4,
+    )
+    with caplog.at_level("WARNING", logger="kdflow.losses.codir"):
+        CoDIR(negatives=3, dim=2).bind(context)
+    assert ("visit each of the 8 examples at most once" in caplog.text) == warned

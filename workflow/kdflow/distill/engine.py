@@ -125,6 +125,7 @@ def _bind_losses(job: DistillJob, losses: list[Loss], model: torch.nn.Module, da
         student_config=model.config,
         teacher_config=teacher.config if teacher is not None else None,
         label_ids=data.label_ids,
+        examples_per_step=job.settings["batch_size"] * job.settings["grad_accum"] * job.runtime.ranks.size,
     )
     for loss in losses:
         if loss.needs & INTERNALS and teacher is None:

@@ -36,6 +36,7 @@ class LossContext:
     student_config: Any = None
     teacher_config: Any = None
     label_ids: tuple[int, ...] | None = None  # gold label index per training example (classification tasks)
+    examples_per_step: int = 1  # batch size x gradient accumulation x data-parallel processes
 
 
 class Loss(torch.nn.Module):

@@ -21,6 +21,7 @@ the registered loss that owns the projections, the banks and the negative sampli
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -34,6 +35,7 @@ from .base import Loss, LossContext
 from .inputs import StepInputs
 
 EPS = 1e-7
+log = logging.getLogger(__name__)
 
 
 def nce_scores(anchor: torch.Tensor, memory: torch.Tensor, indices: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -135,6 +137,14 @@ class CoDIR(Loss):
         n = context.n_examples
         if n < 2:
             raise ConfigError("codir needs at least two training examples (one positive, one negative)")
+        if context.steps * context.examples_per_step <= n:
+            log.warning(
+                "codir: %d steps x %d examples visit each of the %d examples at most once: an example's positive is "
+                "its memory-bank entry, still the bank's random start at its first visit; train 2 epochs or more",
+                context.steps,
+                context.examples_per_step,
+                n,
+            )
         self.student_proj = torch.nn.Linear(s.num_hidden_layers * s.hidden_size, self.dim)
         self.teacher_proj = torch.nn.Linear(len(self.layer_map) * t.hidden_size, self.dim)
         generator = torch.Generator().manual_seed(context.seed)

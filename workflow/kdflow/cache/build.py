@@ -227,8 +227,7 @@ def cache_task(
     settings: dict[str, Any],
     runtime: Runtime | None = None,
 ) -> dict[str, Any]:
-    """Stage 2: word-prediction targets on the task inputs + the teacher's candidate scores, per example: the
-    labelled training examples, and with ``settings["transfer_set"]`` the unlabelled inputs after them too."""
+    """Stage 2: word targets on the task inputs + candidate scores per labelled example (all with transfer_set)."""
     runtime = runtime or Runtime()
     model, tokenizer, family, vmap = _load(teacher_dir, vocab_map, runtime)
     prepared = load_prepared(task_dir, "train", transfer_set=bool(settings.get("transfer_set")))

@@ -1,0 +1,66 @@
+"""A language model's output head taken apart: run the model up to the head's input (no vocabulary-wide logits),
+and read the head's rows, so that the logits can be formed a chunk of positions at a time."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True, eq=False)
+class HeadRows:
+    """What a word-prediction loss needs to form logits itself: the head's inputs at the word positions
+    ``hidden`` [positions, d] and the head, ``weight`` [vocabulary, d] (+ ``bias`` [vocabulary])."""
+
+    hidden: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor | None = None
+
+    def logits(self, rows: slice | None = None) -> torch.Tensor:
+        """The logits of ``rows`` (all when None) in float32."""
+        h = self.hidden if rows is None else self.hidden[rows]
+        out = h.float() @ self.weight.float().T
+        return out + self.bias.float() if self.bias is not None else out
+
+    def __len__(self) -> int:
+        return self.hidden.shape[0]
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The Hugging Face model inside a DeepSpeed engine or DDP wrapper."""
+    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+        model = model.module
+    return model
+
+
+def _owner(model: torch.nn.Module, target: torch.nn.Module) -> tuple[torch.nn.Module, str]:
+    for name, module in model.named_modules():
+        for child_name, child in module.named_children():
+            if child is target:
+                return module, child_name
+    raise ValueError(f"{type(model).__name__}: its output embeddings are not one of its submodules")
+
+
+@contextlib.contextmanager
+def head_bypassed(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Within the block, the model's output embeddings are the identity: its "logits" are the head's inputs
+    (after any head transform, e.g. BERT's dense + LayerNorm). The head module is put back afterwards."""
+    inner = unwrap(model)
+    head = inner.get_output_embeddings()
+    if head is None:
+        raise ValueError(f"{type(inner).__name__} has no output embeddings (no LM head)")
+    owner, name = _owner(inner, head)
+    setattr(owner, name, torch.nn.Identity())
+    try:
+        yield head
+    finally:
+        setattr(owner, name, head)
+
+
+def head_parameters(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The output head's weight [vocabulary, d] and bias (None when it has none)."""
+    head = unwrap(model).get_output_embeddings()
+    return head.weight, getattr(head, "bias", None)

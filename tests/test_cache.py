@@ -214,3 +214,30 @@ def test_hidden_mode_reconstructs_the_teacher_logits(tmp_path, family, request):
     (tmp_path / "cache" / "head.safetensors").write_bytes(b"broken")
     with pytest.raises(DataError, match="head"):
         CorpusCacheDataset(tmp_path / "cache", packed, tokenizer_dir=teacher).teacher_logits(item["hidden"])
+
+
+def test_a_failed_background_write_surfaces_and_stops_the_writes(tmp_path, monkeypatch):
+    """Shards are written by a background thread: its first failure is raised in the caller (at the next add,
+    at finish or on leaving the block) and no later shard is written."""
+    from types import SimpleNamespace
+
+    from kdflow.cache import store
+
+    written: list[str] = []
+
+    def fails_second(path, arrays):
+        written.append(path.name)
+        if len(written) == 2:
+            raise OSError("disk gone")
+        return real(path, arrays)
+
+    real = store.write_shard
+    monkeypatch.setattr(store, "write_shard", fails_second)
+    with pytest.raises(OSError, match="disk gone"):
+        with store.ShardWriter(tmp_path, {"header": 1}) as writer:
+            for index in range(4):
+                writer.add(index, {"x": np.arange(3)}, {"positions": 3})
+            writer.finish(4, {}, SimpleNamespace(barrier=lambda: None))
+    assert written == ["shard_00000.npz", "shard_00001.npz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shard_00000.json", "shard_00000.npz"]
+    assert not writer._background.thread.is_alive()

@@ -11,7 +11,8 @@ from transformers import BatchEncoding
 
 from kdflow.device_audit import DeviceAudit
 from kdflow.errors import ConfigError
-from kdflow.runtime import Ranks, Runtime, compute_settings, first_host
+from kdflow.ranks import Ranks, first_host
+from kdflow.runtime import Runtime, compute_settings
 from kdflow.train.engines import deepspeed_precision
 
 

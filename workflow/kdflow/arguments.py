@@ -103,8 +103,8 @@ def _reproduce(p: argparse.ArgumentParser) -> None:
 def _bench(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--sections",
-        default="stage1,cache,caching,scaling,rules",
-        help="comma-separated: stage1, cache, caching, scaling, rules",
+        default="stage1,memory,cache,caching,scaling,rules",
+        help="comma-separated: stage1, memory, cache, caching, scaling, rules",
     )
     p.add_argument("--teacher", help="teacher folder (default: the embedded SmolLM2)")
     p.add_argument("--results", default="results", help="an experiment's results folder (rule wall times)")
@@ -117,6 +117,8 @@ def _bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--documents", type=int, default=400, help="embedded-corpus documents packed")
     p.add_argument("--layers", type=int, default=6, help="student layers cut from the teacher")
     p.add_argument("--threads", type=int, default=0, help="torch threads per workload (default: all CPUs)")
+    p.add_argument("--loss-chunk", type=int, default=256, help="positions per chunk of the fused head + loss rows")
+    p.add_argument("--memory-positions", type=int, default=4096, help="positions of the memory section's loss")
 
 
 def _validate_config(p: argparse.ArgumentParser) -> None:

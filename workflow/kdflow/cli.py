@@ -178,6 +178,8 @@ def _bench(a: argparse.Namespace) -> None:
         documents=a.documents,
         layers=a.layers,
         threads=a.threads or BenchSettings().threads,
+        loss_chunk=a.loss_chunk,
+        memory_positions=a.memory_positions,
     )
     run_bench(settings)
     print((settings.out / "bench.md").read_text())

@@ -81,7 +81,8 @@ def check_tasks(config: Config) -> list[str]:
 
 
 def check_corpora(config: Config) -> list[str]:
-    """Corpus tokenizers, vocabularies (corpus, counted tasks) and the cached corpora and vocabularies."""
+    """Corpus tokenizers, vocabularies (corpus, counted tasks), the cached corpora and vocabularies, and the cache's
+    value dtype (int8 / int4 quantise head inputs: mode hidden only)."""
     corpora, vocabularies, problems = config.get("corpora", {}), config.get("vocabularies", {}), []
     for name, corpus in corpora.items():
         if corpus.get("tokenizer_model") is not None and corpus["tokenizer_model"] not in config.get("models", {}):
@@ -99,6 +100,11 @@ def check_corpora(config: Config) -> list[str]:
     for i, vocab in enumerate(config.get("cache", {}).get("vocabularies", [])):
         if vocab != "full" and vocab not in vocabularies:
             problems.append(f"config key 'cache.vocabularies[{i}]': '{vocab}' is neither 'full' nor a vocabulary")
+    dtype, mode = config.get("cache", {}).get("value_dtype"), config.get("cache", {}).get("mode", "topk")
+    if dtype in ("int8", "int4") and mode != "hidden":
+        problems.append(
+            f"config key 'cache.value_dtype': {dtype} needs cache.mode 'hidden' (not '{mode}'): use bf16/fp16/fp32"
+        )
     return problems
 
 

@@ -4,7 +4,7 @@ and read the head's rows, so that the logits can be formed a chunk of positions 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -12,18 +12,38 @@ import torch
 
 @dataclass(frozen=True, eq=False)
 class HeadRows:
-    """What a word-prediction loss needs to form logits itself: the head's inputs at the word positions
-    ``hidden`` [positions, d] and the head, ``weight`` [vocabulary, d] (+ ``bias`` [vocabulary])."""
+    """What a word-prediction loss needs to form the student's logits itself: the head's inputs at the word
+    positions ``hidden`` [positions, d] and the head, ``weight`` [vocabulary, d] (+ ``bias`` [vocabulary]);
+    ``chunk``: positions per chunk of the fused head + loss (``compute.loss_chunk``; None: all at once)."""
 
     hidden: torch.Tensor
     weight: torch.Tensor
     bias: torch.Tensor | None = None
+    chunk: int | None = None
 
     def logits(self, rows: slice | None = None) -> torch.Tensor:
         """The logits of ``rows`` (all when None) in float32."""
         h = self.hidden if rows is None else self.hidden[rows]
         out = h.float() @ self.weight.float().T
         return out + self.bias.float() if self.bias is not None else out
+
+    def __len__(self) -> int:
+        return self.hidden.shape[0]
+
+
+@dataclass(frozen=True, eq=False)
+class DecodedRows:
+    """Teacher word targets kept as head inputs [positions, d] and decoded to logits a slice at a time by
+    ``decode`` (a cached teacher's head, projected onto the kept vocabulary)."""
+
+    hidden: torch.Tensor
+    decode: Callable[[torch.Tensor], torch.Tensor]
+
+    def logits(self, rows: slice | None = None) -> torch.Tensor:
+        return self.decode(self.hidden if rows is None else self.hidden[rows]).float()
+
+    def __getitem__(self, rows: slice) -> DecodedRows:
+        return DecodedRows(self.hidden[rows], self.decode)
 
     def __len__(self) -> int:
         return self.hidden.shape[0]
@@ -37,7 +57,7 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _owner(model: torch.nn.Module, target: torch.nn.Module) -> tuple[torch.nn.Module, str]:
-    for name, module in model.named_modules():
+    for module in model.modules():
         for child_name, child in module.named_children():
             if child is target:
                 return module, child_name
@@ -64,3 +84,13 @@ def head_parameters(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor 
     """The output head's weight [vocabulary, d] and bias (None when it has none)."""
     head = unwrap(model).get_output_embeddings()
     return head.weight, getattr(head, "bias", None)
+
+
+def word_rows(
+    model: torch.nn.Module, outputs: torch.Tensor, positions: list[torch.Tensor], chunk: int | None
+) -> torch.Tensor | HeadRows:
+    """The student's word predictions at ``positions`` (one index tensor per batch row) from its forward
+    ``outputs``: logits, or with ``chunk`` (the head was bypassed) its head inputs with the head, as ``HeadRows``
+    for the fused head + loss."""
+    rows = torch.cat([outputs[r, p] for r, p in enumerate(positions)])
+    return HeadRows(rows, *head_parameters(model), chunk=chunk) if chunk else rows

@@ -9,7 +9,11 @@ Config (``compute:``, per rule overridable under ``compute.rules.RULE``):
 * ``teacher_dtype``: ``auto`` (half precision on a GPU: bf16 where supported, else fp16; fp32 on the CPU),
   or ``fp32``/``bf16``/``fp16``; frozen teachers are loaded in it on the same device;
 * ``tf32``: TF32 matmuls on Ampere and newer; ``attn_implementation``: ``sdpa``, ``eager``,
-  ``flash_attention_2`` or null (the model's default); ``gradient_checkpointing`` for trained models.
+  ``flash_attention_2`` or null (the model's default); ``gradient_checkpointing`` for trained models;
+* ``compile``: ``torch.compile`` of trained models (``nn.Module.compile``: the module keeps its type);
+* ``loss_chunk``: positions per chunk of the fused LM head + word loss (``kdflow.losses.chunked``: the
+  [positions, vocabulary] logits of the student and of a cached or online teacher are never formed whole),
+  or null to form them whole.
 
 A rule that asked the scheduler for GPUs (``--gpus N``) and finds no CUDA device stops, unless its device is
 explicitly ``cpu``: a GPU job never falls back to the CPU in silence."""
@@ -19,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import os
 import re
 from collections import UserDict
 from collections.abc import Mapping
@@ -27,82 +30,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from transformers import PreTrainedModel
 
 from .errors import ConfigError
+from .ranks import Ranks
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEFAULT_COMPUTE: dict[str, Any] = {"device": "auto", "precision": "fp32", "teacher_dtype": "auto", "tf32": True}
-DEFAULT_COMPUTE.update(attn_implementation=None, gradient_checkpointing=False)
-
-
-def first_host(nodelist: str) -> str:
-    """The first host name of a SLURM node list (``gpu[03-05,07],cpu1`` -> ``gpu03``), as ``scontrol show
-    hostnames`` would print it first."""
-    match = re.match(r"([^\[,]+)(?:\[([^\]]+)\])?", nodelist.strip())
-    if not match:
-        raise ConfigError(f"cannot read the SLURM node list {nodelist!r}")
-    prefix, ranges = match.groups()
-    if not ranges:
-        return prefix
-    first = ranges.split(",")[0].split("-")[0]
-    return f"{prefix}{first}"
-
-
-@dataclass(frozen=True)
-class Ranks:
-    """This process's place among the data-parallel processes: from torchrun (RANK, LOCAL_RANK, WORLD_SIZE,
-    MASTER_ADDR/PORT) or, under ``srun`` with one task per GPU, from SLURM (SLURM_PROCID, SLURM_LOCALID,
-    SLURM_NTASKS, the first host of the node list, a port derived from the job id)."""
-
-    rank: int = 0
-    local_rank: int = 0
-    size: int = 1
-    master_addr: str = "127.0.0.1"
-    master_port: int = 29500
-    launcher: str = "single"
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Ranks:
-        env = os.environ if env is None else env
-        if "RANK" in env and "WORLD_SIZE" in env:
-            return cls(
-                int(env["RANK"]),
-                int(env.get("LOCAL_RANK", env["RANK"])),
-                int(env["WORLD_SIZE"]),
-                env.get("MASTER_ADDR", "127.0.0.1"),
-                int(env.get("MASTER_PORT", 29500)),
-                "torchrun",
-            )
-        if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env:
-            nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST", "")
-            port = 20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000
-            return cls(
-                int(env["SLURM_PROCID"]),
-                int(env.get("SLURM_LOCALID", "0")),
-                int(env["SLURM_NTASKS"]),
-                first_host(nodes) if nodes else "127.0.0.1",
-                port,
-                "slurm",
-            )
-        return cls()
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def export(self) -> None:
-        """Set the variables ``torch.distributed`` (env://) and DeepSpeed read, when SLURM launched us."""
-        if self.launcher == "slurm":
-            for key, value in (
-                ("RANK", self.rank),
-                ("LOCAL_RANK", self.local_rank),
-                ("WORLD_SIZE", self.size),
-                ("MASTER_ADDR", self.master_addr),
-                ("MASTER_PORT", self.master_port),
-            ):
-                os.environ.setdefault(key, str(value))
+DEFAULT_COMPUTE.update(attn_implementation=None, gradient_checkpointing=False, compile=False, loss_chunk=None)
 
 
 def compute_settings(compute: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -116,6 +53,11 @@ def compute_settings(compute: Mapping[str, Any] | None) -> dict[str, Any]:
         raise ConfigError(f"compute.precision: {out['precision']!r} is not one of {', '.join(DTYPES)}")
     if out["teacher_dtype"] not in (*DTYPES, "auto"):
         raise ConfigError(f"compute.teacher_dtype: {out['teacher_dtype']!r} is not auto or one of {', '.join(DTYPES)}")
+    chunk = out["loss_chunk"]
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+        raise ConfigError(f"compute.loss_chunk: {chunk!r} is not null or a positive number of positions")
+    if not isinstance(out["compile"], bool):
+        raise ConfigError(f"compute.compile: {out['compile']!r} is not true or false")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(out["device"])):
         raise ConfigError(f"compute.device: {out['device']!r} is not auto, cpu, cuda or cuda:N")
     return out
@@ -247,9 +189,16 @@ class Runtime:
         model = model.to(self.device, dtype=self.teacher_dtype if teacher else torch.float32)
         if not teacher and self.settings["gradient_checkpointing"] and hasattr(model, "gradient_checkpointing_enable"):
             model.gradient_checkpointing_enable()
+        if not teacher and self.settings["compile"] and isinstance(model, PreTrainedModel):
+            model.compile()  # the language model only: a training wrapper around it also reads data
         if self.audit is not None:
             self.audit.mark_module(model)
         return model
+
+    @property
+    def loss_chunk(self) -> int | None:
+        """Positions per chunk of the fused head + word loss (None: logits formed whole)."""
+        return self.settings["loss_chunk"]
 
     def load_kwargs(self, teacher: bool = False) -> dict[str, Any]:
         """``from_pretrained`` arguments: dtype and attention implementation."""

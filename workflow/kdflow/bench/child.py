@@ -60,7 +60,8 @@ def _settings(a: dict[str, Any], teacher: str) -> dict[str, Any]:
 def stage1(a: dict[str, Any]) -> dict[str, Any]:
     from ..distill import distill
 
-    run = {"student": "s", "stage1": {"losses": {"word_kl": {"weight": 1.0, "temperature": a["temperature"]}}}}
+    losses = a.get("losses") or {"word_kl": {"weight": 1.0, "temperature": a["temperature"]}}
+    run = {"student": "s", "stage1": {"losses": losses}}
     mode = "cached" if a.get("cache") else "online"
     runtime = _runtime(a)
     with tempfile.TemporaryDirectory() as tmp:
@@ -88,7 +89,8 @@ def stage1(a: dict[str, Any]) -> dict[str, Any]:
 
 def _gkd_settings(a: dict[str, Any]) -> dict[str, Any]:
     """TRL's GKDConfig as kdflow's stage-1 row runs: off-policy forward KL at the same temperature, lr, batch,
-    length and clipping, fp32 on the CPU, constant lr, no checkpoints or logging."""
+    length and clipping, on the CPU in fp32 or bf16 autocast (``precision``), constant lr, no checkpoints or
+    logging."""
     return {
         "per_device_train_batch_size": a["batch_size"],
         "max_steps": a["steps"],
@@ -98,7 +100,7 @@ def _gkd_settings(a: dict[str, Any]) -> dict[str, Any]:
         "seq_kd": False,
         "temperature": a["temperature"],
         "gradient_checkpointing": False,
-        "bf16": False,
+        "bf16": a.get("precision") == "bf16",
         "use_cpu": True,
         "report_to": [],
         "save_strategy": "no",
@@ -139,7 +141,8 @@ def trl(a: dict[str, Any]) -> dict[str, Any]:
             times.append(time.perf_counter() - self.t0)
 
     student = AutoModelForCausalLM.from_pretrained(a["student"], dtype=torch.float32)
-    teacher = AutoModelForCausalLM.from_pretrained(a["teacher"], dtype=torch.float32)
+    teacher_dtype = torch.bfloat16 if a.get("precision") == "bf16" else torch.float32  # as kdflow's bf16 row
+    teacher = AutoModelForCausalLM.from_pretrained(a["teacher"], dtype=teacher_dtype)
     tokenizer = AutoTokenizer.from_pretrained(a["student"])
     with tempfile.TemporaryDirectory() as tmp:
         args = GKDConfig(output_dir=tmp, **_gkd_settings(a))
@@ -189,7 +192,77 @@ def forward(a: dict[str, Any]) -> dict[str, Any]:
     return {"seconds": time.perf_counter() - started, "positions": blocks * data.shape[1]}
 
 
+def _word_loss_inputs(a: dict[str, Any]) -> tuple[Any, Any, list[torch.Tensor]]:
+    """The stage-1 word loss at ``positions`` x the teacher's vocabulary: a student head (the teacher's rows)
+    over random head inputs, against a cached teacher decoded from its head inputs; (loss, inputs, leaves)."""
+    from safetensors import safe_open
+
+    from ..heads import DecodedRows
+    from ..losses.prediction import WordKL
+
+    with safe_open(str(Path(a["teacher"]) / "model.safetensors"), "pt") as fh:
+        key = next(k for k in fh.keys() if k.endswith("embed_tokens.weight"))
+        head = fh.get_tensor(key).float()
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(a["positions"], head.shape[1], generator=g).requires_grad_()
+    weight = head.clone().requires_grad_()
+    teacher = DecodedRows(torch.randn(a["positions"], head.shape[1], generator=g), lambda h: h @ head.T)
+    return WordKL(temperature=a.get("temperature", 15.0)), {"head": teacher}, [hidden, weight]
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def _word_loss(loss: Any, targets: Any, leaves: list[torch.Tensor], chunk: int | None) -> torch.Tensor:
+    from ..heads import HeadRows
+    from ..losses.inputs import StepInputs
+
+    for leaf in leaves:
+        leaf.grad = None
+    value = loss(StepInputs(word_logits=HeadRows(*leaves, chunk=chunk), word_targets=targets))
+    value.backward()
+    return value.detach()
+
+
+def loss_memory(a: dict[str, Any]) -> dict[str, Any]:
+    """Peak RSS above the inputs while one stage-1 word loss and its backward run (sampled every ms)."""
+    import threading
+
+    loss, targets, leaves = _word_loss_inputs(a)
+    for leaf in leaves:  # the gradient buffers exist before the measurement, as in training
+        leaf.grad = torch.zeros_like(leaf)
+    base, peak, done = _rss_mb(), [0.0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_mb())
+            time.sleep(0.001)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    started = time.perf_counter()
+    _word_loss(loss, targets, leaves, a["chunk"] if a["fused"] else None)
+    seconds = time.perf_counter() - started
+    done.set()
+    sampler.join()
+    return {"peak_loss_mb": max(peak[0], _rss_mb()) - base, "seconds": seconds, "positions": a["positions"]}
+
+
+def loss_agreement(a: dict[str, Any]) -> dict[str, Any]:
+    """The fused and unfused word loss on the same inputs: relative differences of the loss and gradients."""
+    loss, targets, leaves = _word_loss_inputs(a)
+    plain = _word_loss(loss, targets, leaves, None)
+    plain_grads = [leaf.grad.clone() for leaf in leaves]
+    fused = _word_loss(loss, targets, leaves, a["chunk"])
+    rel = [float((leaf.grad - g).norm() / g.norm()) for leaf, g in zip(leaves, plain_grads, strict=True)]
+    return {"loss_relative_difference": float((fused - plain).abs() / plain.abs()), "grad_relative_differences": rel}
+
+
 WORKLOADS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "loss_memory": loss_memory,
+    "loss_agreement": loss_agreement,
     "stage1": stage1,
     "trl": trl,
     "cache": cache,

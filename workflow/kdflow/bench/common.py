@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import KdflowError
 
-SECTIONS = ("stage1", "cache", "caching", "scaling", "rules")
+SECTIONS = ("stage1", "memory", "cache", "caching", "scaling", "rules")
 
 
 class BenchError(KdflowError):
@@ -39,6 +39,8 @@ class BenchSettings:
     temperature: float = 1.0  # TRL's GKD loss has no temperature: compare at T = 1
     ks: tuple[int, ...] = (16, 64, 256)
     kl_temperatures: tuple[float, ...] = (1.0, 15.0)
+    loss_chunk: int = 256  # positions per chunk of the fused head + loss rows (compute.loss_chunk)
+    memory_positions: int = 8 * 512  # section `memory`: positions of the word loss measured (P3: 8 x 512)
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
 
 
@@ -142,9 +144,13 @@ def stage1_args(
     corpus: str = "corpus",
     batch: int | None = None,
     cache: Path | None = None,
+    losses: dict[str, Any] | None = None,
+    compute: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     length = settings.block_size * (2 if corpus == "corpus_long" else 1)
     return {
+        "losses": losses,
+        "compute": compute,
         "teacher": str(paths["teacher"]),
         "student": str(paths["student"]),
         "corpus": str(paths[corpus]),

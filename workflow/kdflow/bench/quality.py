@@ -57,3 +57,37 @@ def kl_errors(
             "positions": int(dense.numel()),
         }
     return out
+
+
+@torch.no_grad()
+def hidden_kl_errors(
+    teacher: Path, student: Path, corpus: Path, cache_dir: Path, temperatures: tuple[float, ...], blocks: int
+) -> dict[str, Any]:
+    """A ``hidden`` cache (any value dtype): the KL computed from the logits it gives back (its head inputs as
+    stored, times the teacher's head) against the KL from the teacher's own logits, per temperature."""
+    from ..cache.kl import dense_kl
+    from ..cache.reader import CorpusCacheDataset
+    from ..modeling import load_lm
+
+    t_model, _, _ = load_lm(teacher)
+    s_model, _, _ = load_lm(student)
+    t_model.eval(), s_model.eval()
+    data = CorpusCacheDataset(cache_dir, corpus)
+    parts: dict[float, list[tuple[torch.Tensor, torch.Tensor]]] = {t: [] for t in temperatures}
+    for i in range(min(blocks, len(data))):
+        item = data[i]
+        ids = item["input_ids"][None]
+        t_logits, s_logits = t_model(ids).logits[0].float(), s_model(ids).logits[0].float()
+        cached_logits = data.teacher_logits(item["hidden"])
+        for temp in temperatures:
+            parts[temp].append((dense_kl(t_logits, s_logits, temp), dense_kl(cached_logits, s_logits, temp)))
+    out = {}
+    for temp, rows in parts.items():
+        dense, cached = torch.cat([r[0] for r in rows]), torch.cat([r[1] for r in rows])
+        out[f"T={temp:g}"] = {
+            "dense_kl": float(dense.mean()),
+            "cached_kl": float(cached.mean()),
+            "relative_error": float((dense - cached).abs().mean()) / float(dense.mean()),
+            "positions": int(dense.numel()),
+        }
+    return out

@@ -21,8 +21,9 @@ from ..scoring import build_items, pad_batch, pad_id, score_clozes, wrap_special
 from ..vocab.compress import special_token_ids
 from ..vocab.vmap import VocabMap
 from .format import encode_values, file_sha256, id_dtype, log_normalisers, sparse_targets
-from .head import hidden_capture, teacher_forward
+from .head import chunk_rows, save_head, teacher_hidden
 from .masking import mask_block
+from .quant import check_value_dtype, encode_hidden
 from .store import ShardWriter
 
 
@@ -40,7 +41,9 @@ def vocab_fingerprint(vocab_map: str | Path | None) -> str:
     return file_sha256(vocab_map) if vocab_map else "full"
 
 
-def _load(teacher_dir: str | Path, vocab_map: str | Path | None, runtime: Runtime):
+def _load(teacher_dir: str | Path, vocab_map: str | Path | None, runtime: Runtime, settings: dict[str, Any]):
+    """The teacher, its tokenizer and family and the vocabulary map, once the settings are checked."""
+    check_value_dtype(settings)
     model, tokenizer, family = load_lm(teacher_dir, runtime=runtime, teacher=True)
     vmap = VocabMap.load(vocab_map, tokenizer_fingerprint(teacher_dir)) if vocab_map else None
     return model, tokenizer, family, vmap
@@ -50,26 +53,31 @@ def _project(logits: torch.Tensor, vmap: VocabMap | None) -> torch.Tensor:
     return vmap.project_logits(logits) if vmap is not None else logits
 
 
-def _targets_arrays(outputs: torch.Tensor, settings: dict[str, Any], vocab_size: int) -> dict[str, np.ndarray]:
-    """Arrays of one batch: ``outputs`` are projected logits, or (mode ``hidden``) the LM head's inputs."""
-    temps = settings["temperatures"]
+def _targets_arrays(
+    hidden: torch.Tensor, head: torch.nn.Module, vmap: VocabMap | None, settings: dict[str, Any], vocab_size: int
+) -> dict[str, np.ndarray]:
+    """Arrays of one batch's stored rows, from the LM head's inputs ``hidden`` [rows, d]: in mode ``hidden``
+    those; else the head's logits, projected, a chunk of rows at a time, reduced to top-k or dense targets."""
     if settings["mode"] == "hidden":
-        return {"hidden": encode_values(outputs, settings["value_dtype"])}
-    if settings["mode"] == "dense":
-        logprobs = torch.log_softmax(outputs.float(), -1)
-        return {
-            "dense": encode_values(logprobs, settings["value_dtype"]),
-            "log_norm": log_normalisers(logprobs, temps).cpu().numpy(),
-        }
-    t = sparse_targets(outputs, settings["k"], temps)
-    return {
-        "topk_values": encode_values(t["values"], settings["value_dtype"]),
-        "topk_ids": t["ids"].cpu().numpy().astype(id_dtype(vocab_size)),
-        "log_norm": t["log_norm"].cpu().numpy().astype(np.float32),
-    }
+        return encode_hidden(hidden, settings["value_dtype"])
+    step, parts = chunk_rows(head), []
+    for start in range(0, len(hidden), step):
+        logits = _project(head(hidden[start : start + step]), vmap)
+        if settings["mode"] == "dense":
+            logprobs = torch.log_softmax(logits.float(), -1)
+            parts.append({"dense": logprobs, "log_norm": log_normalisers(logprobs, settings["temperatures"])})
+        else:
+            t = sparse_targets(logits, settings["k"], settings["temperatures"])
+            parts.append({"topk_values": t["values"], "topk_ids": t["ids"], "log_norm": t["log_norm"]})
+    merged = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}  # one copy to the host per array
+    out = {"log_norm": merged.pop("log_norm").cpu().numpy().astype(np.float32)}
+    if "topk_ids" in merged:
+        out["topk_ids"] = merged.pop("topk_ids").cpu().numpy().astype(id_dtype(vocab_size))
+    return {key: encode_values(value, settings["value_dtype"]) for key, value in merged.items()} | out
 
 
 def _header(kind: str, teacher_dir, tokenizer_dir, vocab_map, data_sha: str, settings: dict, extra: dict) -> dict:
+    """The cache's header: what it was built from and how."""
     return {
         "kdflow": "logit_cache",
         "kind": kind,
@@ -95,14 +103,14 @@ def _masked(ids: torch.Tensor, first: int, seed: int, tokenizer: Any, specials: 
 
 
 def _at_positions(
-    logits: torch.Tensor, positions: list[torch.Tensor] | None, first: int, block_size: int
+    hidden: torch.Tensor, positions: list[torch.Tensor] | None, first: int, block_size: int
 ) -> tuple[torch.Tensor, np.ndarray | None]:
-    """The rows of ``logits`` [blocks, length, V] to store: every position, or the masked ones with their flat
+    """The rows of ``hidden`` [blocks, length, d] to store: every position, or the masked ones with their flat
     corpus positions."""
     if positions is None:
-        return logits.reshape(-1, logits.shape[-1]), None
+        return hidden.reshape(-1, hidden.shape[-1]), None
     flat = np.concatenate([(first + r) * block_size + p.cpu().numpy() for r, p in enumerate(positions)])
-    return torch.cat([logits[r, p] for r, p in enumerate(positions)]), flat.astype(np.int64)
+    return torch.cat([hidden[r, p] for r, p in enumerate(positions)]), flat.astype(np.int64)
 
 
 @torch.no_grad()
@@ -117,7 +125,7 @@ def cache_corpus(
 ) -> dict[str, Any]:
     """Stage 1: targets at every position (causal) or at the deterministic masked positions (masked)."""
     runtime = runtime or Runtime()
-    model, tokenizer, family, vmap = _load(teacher_dir, vocab_map, runtime)
+    model, tokenizer, family, vmap = _load(teacher_dir, vocab_map, runtime, settings)
     blocks = open_blocks(corpus_dir, "train")
     n_blocks = min(len(blocks), settings["max_blocks"] or len(blocks))
     block_size = blocks.shape[1]
@@ -126,36 +134,40 @@ def cache_corpus(
     if family == "masked":
         extra["masking"] = {"seed": seed, "prob": 0.15, "mask_id": tokenizer.mask_token_id}
     header = _header("corpus", teacher_dir, teacher_dir, vocab_map, corpus_fingerprint(corpus_dir), settings, extra)
-    writer = _writer(out_dir, header, runtime)
-    capture, head_sha = hidden_capture(model, out_dir, settings, runtime.ranks.main)
-    specials = special_token_ids(tokenizer)
-    per_shard, batch = settings["shard_blocks"], settings["batch_size"]
-    bar = tqdm(
-        total=n_blocks * block_size, desc="cache corpus", unit="tok", unit_scale=True, disable=not runtime.ranks.main
-    )
-    started, forward_seconds = time.perf_counter(), 0.0
-    for index, start in enumerate(range(0, n_blocks, per_shard)):
-        stop = min(start + per_shard, n_blocks)
-        if writer.skip(index):
-            bar.update((stop - start) * block_size)
-            continue
-        parts: list[dict[str, np.ndarray]] = []
-        for b in range(start, stop, batch):
-            ids = torch.from_numpy(np.asarray(blocks[b : min(b + batch, stop)]).astype(np.int64))
-            ids, positions = _masked(ids, b, seed, tokenizer, specials) if family == "masked" else (ids, None)
-            t0 = time.perf_counter()
-            _, logits = teacher_forward(model, *runtime.to((ids, torch.ones_like(ids))), capture)
-            forward_seconds += time.perf_counter() - t0
-            logits, flat = _at_positions(logits, runtime.to(positions), b, block_size)
-            arrays = _targets_arrays(logits if capture else _project(logits, vmap), settings, student_vocab)
-            if flat is not None:
-                arrays["positions"] = flat
-            parts.append(arrays)
-            bar.update(ids.numel())
-        merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        writer.add(index, merged, {"blocks": [start, stop], "positions": _rows(merged)})
-    bar.close()
-    return writer.finish(-(-n_blocks // per_shard), _timings(started, forward_seconds, head_sha), runtime)
+    with _writer(out_dir, header, runtime) as writer:
+        head_sha = save_head(model, out_dir, settings, runtime.ranks.main)
+        specials = special_token_ids(tokenizer)
+        per_shard, batch = settings["shard_blocks"], settings["batch_size"]
+        bar = tqdm(
+            total=n_blocks * block_size,
+            desc="cache corpus",
+            unit="tok",
+            unit_scale=True,
+            disable=not runtime.ranks.main,
+        )
+        started, forward_seconds = time.perf_counter(), 0.0
+        for index, start in enumerate(range(0, n_blocks, per_shard)):
+            stop = min(start + per_shard, n_blocks)
+            if writer.skip(index):
+                bar.update((stop - start) * block_size)
+                continue
+            parts: list[dict[str, np.ndarray]] = []
+            for b in range(start, stop, batch):
+                ids = torch.from_numpy(np.asarray(blocks[b : min(b + batch, stop)]).astype(np.int64))
+                ids, positions = _masked(ids, b, seed, tokenizer, specials) if family == "masked" else (ids, None)
+                t0 = time.perf_counter()
+                hidden, head = teacher_hidden(model, *runtime.to((ids, torch.ones_like(ids))))
+                forward_seconds += time.perf_counter() - t0
+                rows, flat = _at_positions(hidden, runtime.to(positions), b, block_size)
+                arrays = _targets_arrays(rows, head, vmap, settings, student_vocab)
+                if flat is not None:
+                    arrays["positions"] = flat
+                parts.append(arrays)
+                bar.update(ids.numel())
+            merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+            writer.add(index, merged, {"blocks": [start, stop], "positions": _rows(merged)})
+        bar.close()
+        return writer.finish(-(-n_blocks // per_shard), _timings(started, forward_seconds, head_sha), runtime)
 
 
 def _rows(arrays: dict[str, np.ndarray]) -> int:
@@ -229,53 +241,53 @@ def cache_task(
 ) -> dict[str, Any]:
     """Stage 2: word targets on the task inputs + candidate scores per labelled example (all with transfer_set)."""
     runtime = runtime or Runtime()
-    model, tokenizer, family, vmap = _load(teacher_dir, vocab_map, runtime)
+    model, tokenizer, family, vmap = _load(teacher_dir, vocab_map, runtime, settings)
     prepared = load_prepared(task_dir, "train", transfer_set=bool(settings.get("transfer_set")))
     meta, examples = prepared.meta, prepared.examples
     student_vocab = vmap.size if vmap else model.config.vocab_size
     extra = {"family": family, "task": meta["name"], "examples": len(examples), "student_vocab_size": student_vocab}
     header = _header("task", teacher_dir, teacher_dir, vocab_map, task_fingerprint(task_dir), settings, extra)
-    writer = _writer(out_dir, header, runtime)
-    capture, head_sha = hidden_capture(model, out_dir, settings, runtime.ranks.main)
-    per_shard, batch = settings["shard_examples"], settings["batch_size"]
-    pad = pad_id(tokenizer)
-    bar = tqdm(total=len(examples), desc="cache task", unit="ex", disable=not runtime.ranks.main)
-    started, forward_seconds = time.perf_counter(), 0.0
-    for index, start in enumerate(range(0, len(examples), per_shard)):
-        chunk = examples[start : start + per_shard]
-        if writer.skip(index):
+    with _writer(out_dir, header, runtime) as writer:
+        head_sha = save_head(model, out_dir, settings, runtime.ranks.main)
+        per_shard, batch = settings["shard_examples"], settings["batch_size"]
+        pad = pad_id(tokenizer)
+        bar = tqdm(total=len(examples), desc="cache task", unit="ex", disable=not runtime.ranks.main)
+        started, forward_seconds = time.perf_counter(), 0.0
+        for index, start in enumerate(range(0, len(examples), per_shard)):
+            chunk = examples[start : start + per_shard]
+            if writer.skip(index):
+                bar.update(len(chunk))
+                continue
+            clozes = prepared.clozes[start : start + per_shard]
+            inputs, positions, shared = _task_inputs(clozes, tokenizer, family, settings["max_length"])
+            parts, scores = [], [None] * len(chunk)
+            for b in range(0, len(chunk), batch):
+                ids, mask = runtime.to(pad_batch(inputs[b : b + batch], pad))
+                where = runtime.to([torch.as_tensor(p) for p in positions[b : b + batch]])
+                t0 = time.perf_counter()
+                hidden, head = teacher_hidden(model, ids, mask)
+                forward_seconds += time.perf_counter() - t0
+                picked = torch.cat([hidden[r, p] for r, p in enumerate(where)])
+                parts.append(_targets_arrays(picked, head, vmap, settings, student_vocab))
+                for r, slot in enumerate(shared[b : b + batch]):
+                    if slot is not None:  # single-token candidates: scored from this very forward pass
+                        scores[b + r] = torch.log_softmax(head(hidden[r, slot[0]]).float(), -1).cpu()[slot[1]].tolist()
+            rest = [i for i, s in enumerate(scores) if s is None]
+            if rest:
+                scored = score_clozes(
+                    model,
+                    tokenizer,
+                    family,
+                    [clozes[i] for i in rest],
+                    batch_size=batch,
+                    max_length=settings["max_length"],
+                    progress=False,
+                    runtime=runtime,
+                )
+                for i, row in zip(rest, scored):
+                    scores[i] = row
+            arrays = _task_shard(parts, inputs, positions, scores)
+            writer.add(index, arrays, {"examples": [start, start + len(chunk)], "positions": _rows(arrays)})
             bar.update(len(chunk))
-            continue
-        clozes = prepared.clozes[start : start + per_shard]
-        inputs, positions, shared = _task_inputs(clozes, tokenizer, family, settings["max_length"])
-        parts, scores = [], [None] * len(chunk)
-        for b in range(0, len(chunk), batch):
-            ids, mask = runtime.to(pad_batch(inputs[b : b + batch], pad))
-            where = runtime.to([torch.as_tensor(p) for p in positions[b : b + batch]])
-            t0 = time.perf_counter()
-            logits, outputs = teacher_forward(model, ids, mask, capture)
-            forward_seconds += time.perf_counter() - t0
-            picked = torch.cat([outputs[r, p] for r, p in enumerate(where)])
-            parts.append(_targets_arrays(picked if capture else _project(picked, vmap), settings, student_vocab))
-            for r, slot in enumerate(shared[b : b + batch]):
-                if slot is not None:  # single-token candidates: scored from this very forward pass
-                    scores[b + r] = torch.log_softmax(logits[r, slot[0]].float(), -1).cpu()[slot[1]].tolist()
-        rest = [i for i, s in enumerate(scores) if s is None]
-        if rest:
-            scored = score_clozes(
-                model,
-                tokenizer,
-                family,
-                [clozes[i] for i in rest],
-                batch_size=batch,
-                max_length=settings["max_length"],
-                progress=False,
-                runtime=runtime,
-            )
-            for i, row in zip(rest, scored):
-                scores[i] = row
-        arrays = _task_shard(parts, inputs, positions, scores)
-        writer.add(index, arrays, {"examples": [start, start + len(chunk)], "positions": _rows(arrays)})
-        bar.update(len(chunk))
-    bar.close()
-    return writer.finish(-(-len(examples) // per_shard), _timings(started, forward_seconds, head_sha), runtime)
+        bar.close()
+        return writer.finish(-(-len(examples) // per_shard), _timings(started, forward_seconds, head_sha), runtime)

@@ -59,14 +59,23 @@ def log_normalisers(logprobs: torch.Tensor, temperatures: list[float]) -> torch.
 def sparse_targets(logits: torch.Tensor, k: int, temperatures: list[float]) -> dict[str, torch.Tensor]:
     """Top-k log-probabilities (T = 1), their ids and the log-normalisers of ``logits`` (..., N).
 
-    Works on the raw logits (no full log-softmax is materialised): ``lp = z - lse_1`` and
-    ``c_T = logsumexp(z / T) - lse_1 / T``.
+    Works on the raw logits ``z`` (no full log-softmax is materialised) and shares the work: the top-k's first
+    value is the row's maximum ``m``, ``S_T = sum(exp((z - m) / T))``, so ``lp = z - m - log S_1`` and
+    ``c_T = log S_T - log S_1 / T`` (``c_1`` is exactly 0); ``z - m`` and one exp buffer are the only full-size
+    temporaries.
     """
     logits = logits.float()
-    lse1 = torch.logsumexp(logits, dim=-1)
     values, ids = logits.topk(min(k, logits.shape[-1]), dim=-1)
-    norms = [torch.zeros_like(lse1) if t == 1 else torch.logsumexp(logits / t, dim=-1) - lse1 / t for t in temperatures]
-    return {"values": values - lse1[..., None], "ids": ids, "log_norm": torch.stack(norms, dim=-1)}
+    shifted = logits - values[..., :1]
+    scratch = torch.exp(shifted)
+    log_s1 = scratch.sum(-1).log()
+    norms = []
+    for t in temperatures:
+        if t == 1:
+            norms.append(torch.zeros_like(log_s1))
+        else:
+            norms.append(torch.div(shifted, t, out=scratch).exp_().sum(-1).log() - log_s1 / t)
+    return {"values": values - values[..., :1] - log_s1[..., None], "ids": ids, "log_norm": torch.stack(norms, -1)}
 
 
 def bytes_per_position(k: int, value_dtype: str, vocab_size: int, temperatures: int) -> int:

@@ -1,5 +1,7 @@
-"""A ``hidden`` cache stores what enters the teacher's output head (the logits are that times the head): the
-hook that captures it, and the head saved once beside the cache."""
+"""The teacher's forward pass for a cache: the model runs with its LM head skipped (``heads.head_bypassed``), so
+that a ``hidden`` cache stores the head's inputs without computing any vocabulary-wide logits, and the other
+modes apply the head to the rows they store, a chunk of rows at a time. A ``hidden`` cache keeps the head once
+beside its shards."""
 
 from __future__ import annotations
 
@@ -8,37 +10,29 @@ from typing import Any
 
 import torch
 
+from ..heads import head_bypassed
 from .format import file_sha256
 
-
-class HeadInputs:
-    """Captures what goes into the model's output embedding (the vector whose product with the head gives
-    the logits), so that a ``hidden`` cache can store it instead of the logits."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.value: torch.Tensor | None = None
-        self.handle = model.get_output_embeddings().register_forward_hook(self._hook)
-
-    def _hook(self, module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        self.value = inputs[0].detach()
+CHUNK_ELEMENTS = 1 << 23  # logits formed at once (32 MiB of float32): a chunk's reductions stay in the CPU cache
 
 
-def teacher_forward(model, ids, mask, capture: HeadInputs | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, what the cache stores: the logits, or in mode ``hidden`` the LM head's inputs)."""
-    logits = model(input_ids=ids, attention_mask=mask).logits
-    return logits, capture.value if capture is not None else logits
+def teacher_hidden(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    """The LM head's inputs at every position, [batch, length, d] (after any head transform), and the head."""
+    with head_bypassed(model) as head:
+        hidden = model(input_ids=ids, attention_mask=mask).logits
+    return hidden, head
 
 
-def hidden_capture(model, out_dir, settings: dict[str, Any], main: bool) -> tuple[HeadInputs | None, str | None]:
-    """Mode ``hidden``: a hook on the head's inputs, and the head saved once beside the cache by the main
-    process (its sha256)."""
-    if settings["mode"] != "hidden":
-        return None, None
-    return HeadInputs(model), _save_head(model, out_dir) if main else None
+def chunk_rows(head: torch.nn.Module) -> int:
+    """How many rows of head inputs to turn into logits at once."""
+    return max(1, CHUNK_ELEMENTS // head.weight.shape[0])
 
 
-def _save_head(model: torch.nn.Module, out_dir: str | Path) -> str:
-    """The teacher's full output head, stored once beside a ``hidden`` cache; returns its sha256."""
+def save_head(model: torch.nn.Module, out_dir: str | Path, settings: dict[str, Any], main: bool) -> str | None:
+    """Mode ``hidden``: the teacher's full output head, stored once beside the cache by the main process; its
+    sha256 (None in the other modes and processes)."""
+    if settings["mode"] != "hidden" or not main:
+        return None
     from safetensors.torch import save_file
 
     head = model.get_output_embeddings()

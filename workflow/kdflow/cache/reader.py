@@ -17,12 +17,13 @@ from ..vocab.vmap import VocabMap
 from .build import corpus_fingerprint, task_fingerprint, vocab_fingerprint
 from .format import decode_values, file_sha256
 from .masking import mask_block
+from .quant import decode_hidden
 from .store import ShardReader
 
 
 def _targets(arrays: dict[str, np.ndarray], rows: slice, dtype: str) -> dict[str, torch.Tensor]:
     if "hidden" in arrays:
-        return {"hidden": decode_values(arrays["hidden"][rows], dtype)}
+        return {"hidden": decode_hidden(arrays, rows, dtype)}
     out = {"log_norm": torch.from_numpy(np.ascontiguousarray(arrays["log_norm"][rows]))}
     if "dense" in arrays:
         out["dense"] = decode_values(arrays["dense"][rows], dtype)

@@ -7,8 +7,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import queue
 import re
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import numpy as np
@@ -24,10 +28,50 @@ MANIFEST = "manifest.json"
 SHARD = re.compile(r"shard_(\d{5})\.(npz|json)$")
 
 
+class _Background:
+    """One thread running jobs in order, at most ``depth`` waiting: the caller computes the next shard while the
+    last one is written. The first failure stops the jobs after it and is raised in the caller by the next
+    ``submit`` or ``drain`` (and by every one after it)."""
+
+    def __init__(self, depth: int) -> None:
+        self.jobs: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="kdflow-shard-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            try:
+                if self.error is None:
+                    job()
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller, which raises it
+                self.error = exc
+            finally:
+                self.jobs.task_done()
+
+    def _raise(self) -> None:
+        if self.error is not None:  # kept: every later submit or drain raises it again, nothing is lost silently
+            raise self.error
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self._raise()
+        self.jobs.put(job)
+
+    def drain(self) -> None:
+        """Wait until every submitted job ran; raise the first failure."""
+        self.jobs.join()
+        self._raise()
+
+    def close(self) -> None:
+        self.jobs.put(None)
+        self.thread.join()
+
+
 class ShardWriter:
     """Process ``rank`` of ``size`` writes the shards it owns (index % size == rank). A shard whose record
     carries this run's header (settings + fingerprints) and whose file has the recorded checksum is kept on
-    a rerun: a killed job resumes shard by shard."""
+    a rerun: a killed job resumes shard by shard. Shards are written by a background thread (one shard waits
+    at most) while the next is computed; use the writer as a context manager so that it stops."""
 
     def __init__(self, out_dir: str | Path, header: dict[str, Any], rank: int = 0, size: int = 1) -> None:
         self.out_dir = make_dirs(out_dir)
@@ -35,8 +79,25 @@ class ShardWriter:
         self.header_sha = hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()
         self.rank, self.size = rank, size
         self.written_now = 0
+        self._background = _Background(depth=1)
         if rank == 0:
             (self.out_dir / MANIFEST).unlink(missing_ok=True)
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        """Write what was handed over (complete shards are kept for a resume) and stop the thread; a writing
+        failure is raised unless another exception is already on its way."""
+        try:
+            self._background.drain()
+        except Exception as failure:
+            if kind is None:
+                raise
+            if failure is not exc:
+                log.exception("%s: writing a shard failed too", self.out_dir)
+        finally:
+            self._background.close()
 
     def _name(self, index: int) -> str:
         return f"shard_{index:05d}"
@@ -65,6 +126,11 @@ class ShardWriter:
         return False
 
     def add(self, index: int, arrays: dict[str, np.ndarray], record: dict[str, Any]) -> None:
+        """Hand shard ``index`` to the writing thread (``arrays`` must not change afterwards); raises the
+        failure of an earlier shard's writing."""
+        self._background.submit(lambda: self._write(index, arrays, record))
+
+    def _write(self, index: int, arrays: dict[str, np.ndarray], record: dict[str, Any]) -> None:
         name = self._name(index)
         sha = write_shard(self.out_dir / f"{name}.npz", arrays)
         write_json(
@@ -77,6 +143,7 @@ class ShardWriter:
     def finish(self, n_shards: int, summary: dict[str, Any], runtime: Any) -> dict[str, Any]:
         """After every process wrote its shards, the main one checks all ``n_shards`` records, removes
         leftovers of other runs and writes the manifest; every process returns it."""
+        self._background.drain()
         runtime.barrier()
         if self.rank == 0:
             shards = []

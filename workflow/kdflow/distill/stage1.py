@@ -3,6 +3,7 @@ online teacher (one batched forward pass), and the producers of stage 1's step i
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from ..cache.masking import mask_block
 from ..cache.reader import CorpusCacheDataset
 from ..errors import ConfigError
 from ..features import forward_features, is_causal
+from ..heads import DecodedRows, head_bypassed, head_parameters, word_rows
 from ..losses.inputs import feature_fields, feature_flags
 from ..preprocess import open_blocks
 from ..runtime import Runtime
@@ -50,6 +52,7 @@ class CorpusData:
         runtime: Runtime | None = None,
     ) -> None:
         self.runtime = runtime or Runtime()
+        self.teacher_deepspeed = teacher_deepspeed
         self.online = online or not words
         self.words = words
         self.vmap = VocabMap.load(vocab_map) if vocab_map else None
@@ -127,13 +130,21 @@ class CorpusData:
             host["example_ids"] = torch.tensor(indices)
         return self.runtime.to(host)
 
-    def _online_targets(self, logits: torch.Tensor | None, positions: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _project(self, logits: torch.Tensor) -> torch.Tensor:
+        return self.vmap.project_logits(logits) if self.vmap is not None else logits
+
+    def _online_targets(self, logits: torch.Tensor | None, positions: list[torch.Tensor], fused: bool) -> dict:
+        """The online teacher's word targets: its logits at the positions, or with ``fused`` (its head was
+        bypassed) its head inputs there, decoded by the loss a chunk at a time."""
         if logits is None:
             raise ConfigError(
                 f"word losses need the teacher's word predictions; {type(self.teacher).__name__} has no LM head"
             )
         rows = torch.cat([logits[r, p] for r, p in enumerate(positions)])
-        return {"logits": self.vmap.project_logits(rows) if self.vmap is not None else rows}
+        if fused:
+            weight, bias = head_parameters(self.teacher)
+            return {"head": DecodedRows(rows, lambda h: self._project(torch.nn.functional.linear(h, weight, bias)))}
+        return {"logits": self._project(rows)}
 
     def teacher_outputs(self, step: Step) -> Produced:
         """The word targets (cached, or from the online teacher) and the teacher's features, one forward pass."""
@@ -143,29 +154,31 @@ class CorpusData:
             raise ConfigError("representation losses need the teacher online")
         values: dict[str, Any] = {}
         if online_words or any(flags.values()):
-            feats = teacher_features(self.teacher, {"input_ids": step.batch["teacher_ids"]}, online_words, flags)
+            # with a loss chunk the teacher's head is left to the loss (not under ZeRO: its head is partitioned)
+            fused = online_words and bool(self.runtime.loss_chunk) and not self.teacher_deepspeed
+            with head_bypassed(self.teacher) if fused else contextlib.nullcontext():
+                feats = teacher_features(self.teacher, {"input_ids": step.batch["teacher_ids"]}, online_words, flags)
             values.update(feature_fields(step.needs, "teacher", feats))
             if online_words:
                 values["word_targets"] = self._online_targets(
-                    getattr(feats.output, "logits", None), step.batch["positions"]
+                    getattr(feats.output, "logits", None), step.batch["positions"], fused
                 )
         if words and not self.online:
             targets = dict(step.batch["targets"])
-            if "hidden" in targets:
-                targets = {"logits": self.data.teacher_logits(targets.pop("hidden"))}
+            if "hidden" in targets:  # decoded by the loss (a chunk at a time with compute.loss_chunk)
+                targets = {"head": DecodedRows(targets.pop("hidden"), self.data.teacher_logits)}
             values["word_targets"] = targets
         return Produced(values)
 
     def student_outputs(self, step: Step) -> Produced:
         """The student's word predictions at the target positions and its features, one forward pass."""
         flags, ids = feature_flags(step.needs, "student"), step.batch["ids"]
-        words = "word_logits" in step.needs
-        feats = forward_features(step.student if words else body(step.student), {"input_ids": ids}, **flags)
+        words, chunk = "word_logits" in step.needs, self.runtime.loss_chunk
+        with head_bypassed(step.student) if words and chunk else contextlib.nullcontext():
+            feats = forward_features(step.student if words else body(step.student), {"input_ids": ids}, **flags)
         values: dict[str, Any] = feature_fields(step.needs, "student", feats)
         if words:
-            values["word_logits"] = torch.cat(
-                [feats.output.logits[r, p] for r, p in enumerate(step.batch["positions"])]
-            )
+            values["word_logits"] = word_rows(step.student, feats.output.logits, step.batch["positions"], chunk)
         return Produced(values, tokens=int(ids.numel()))
 
     def word_labels(self, step: Step) -> Produced:

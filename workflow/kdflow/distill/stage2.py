@@ -4,6 +4,7 @@ BERT-of-Theseus's hybrid scores are produced here too, on the replace schedule o
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from ..classify import encode_pairs
 from ..errors import ConfigError
 from ..features import forward_features
 from ..finetune import gold_target
+from ..heads import DecodedRows, head_bypassed, word_rows
 from ..hybrid import theseus_layers
 from ..losses import Loss
 from ..losses.inputs import feature_fields, feature_flags
@@ -161,11 +163,12 @@ class TaskData:
     def word_predictions(self, step: Step) -> Produced:
         """The student's word predictions at the cached positions, and the cached targets there."""
         b = step.batch
-        targets = dict(b["targets"])
-        if "hidden" in targets:
-            targets = {"logits": self.cache.teacher_logits(targets.pop("hidden"))}
-        logits = step.student(input_ids=b["ids"], attention_mask=b["mask"]).logits
-        word_logits = torch.cat([logits[r, p] for r, p in enumerate(b["positions"])])
+        targets, chunk = dict(b["targets"]), self.runtime.loss_chunk
+        if "hidden" in targets:  # decoded by the loss (a chunk at a time with compute.loss_chunk)
+            targets = {"head": DecodedRows(targets.pop("hidden"), self.cache.teacher_logits)}
+        with head_bypassed(step.student) if chunk else contextlib.nullcontext():
+            outputs = step.student(input_ids=b["ids"], attention_mask=b["mask"]).logits
+        word_logits = word_rows(step.student, outputs, b["positions"], chunk)
         return Produced({"word_logits": word_logits, "word_targets": targets}, tokens=int(b["mask"].sum()))
 
     def student_outputs(self, step: Step) -> Produced:

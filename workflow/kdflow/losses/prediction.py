@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from ..cache.kl import dense_kl, sparse_kl
+from ..heads import HeadRows
 from ..recipes import specs
 from .base import Loss
+from .chunked import PerPosition, fused_head_loss
 from .inputs import StepInputs
 
 
 def word_kl_per_position(
-    logits: torch.Tensor, targets: dict[str, torch.Tensor], temperature: float, temperatures: list[float]
+    logits: torch.Tensor, targets: dict[str, Any], temperature: float, temperatures: list[float]
 ) -> torch.Tensor:
-    """KL(p_T || q_T) at each position from cached top-k (+ normaliser), dense rows, or teacher logits."""
+    """KL(p_T || q_T) at each position from cached top-k (+ normaliser), dense rows, teacher logits, or a
+    cached teacher's head inputs (``head``: ``DecodedRows``, decoded here)."""
+    if "head" in targets:
+        return dense_kl(targets["head"].logits(), logits, temperature)
     if "logits" in targets:
         return dense_kl(targets["logits"], logits, temperature)
     if "dense" in targets:
@@ -24,16 +31,34 @@ def word_kl_per_position(
     return sparse_kl(logits, targets["values"], targets["ids"], targets["log_norm"][..., column], temperature)
 
 
+def target_rows(targets: dict[str, Any], rows: slice) -> dict[str, Any]:
+    """The word targets of the positions ``rows`` (tensors and ``DecodedRows`` are sliced alike)."""
+    return {k: v[rows] for k, v in targets.items()}
+
+
+def summed_over_positions(word_logits: torch.Tensor | HeadRows, per_position: PerPosition) -> torch.Tensor:
+    """The sum of ``per_position(logits, rows)`` over every word position: on the logits as given, or, for a
+    student's ``HeadRows``, formed by its head (fused with the loss a chunk at a time when ``chunk`` is set)."""
+    if isinstance(word_logits, HeadRows):
+        if word_logits.chunk:
+            return fused_head_loss(word_logits, per_position, word_logits.chunk)
+        word_logits = word_logits.logits()
+    return per_position(word_logits, slice(None)).sum()
+
+
 class WordKL(Loss):
     """GLMD: KL(softmax(t/T) || softmax(s/T)) * T^2 over every non-padding word prediction."""
 
     spec = specs.WordKL
 
     def forward(self, inputs: StepInputs) -> torch.Tensor:
-        kl = word_kl_per_position(
-            inputs.word_logits, inputs.word_targets, self.temperature, list(inputs.cache_temperatures)
-        )
-        return kl.mean() * self.temperature**2
+        targets, temperatures = inputs.word_targets, list(inputs.cache_temperatures)
+
+        def kl(logits: torch.Tensor, rows: slice) -> torch.Tensor:
+            return word_kl_per_position(logits, target_rows(targets, rows), self.temperature, temperatures)
+
+        n = len(inputs.word_logits)
+        return summed_over_positions(inputs.word_logits, kl) / max(n, 1) * self.temperature**2
 
 
 def _soft(scores: list[torch.Tensor], temperature: float) -> list[torch.Tensor]:
@@ -93,4 +118,9 @@ class LanguageModelling(Loss):
     spec = specs.LanguageModelling
 
     def forward(self, inputs: StepInputs) -> torch.Tensor:
-        return torch.nn.functional.cross_entropy(inputs.word_logits.float(), inputs.word_labels, ignore_index=-100)
+        labels = inputs.word_labels
+
+        def ce(logits: torch.Tensor, rows: slice) -> torch.Tensor:
+            return torch.nn.functional.cross_entropy(logits.float(), labels[rows], ignore_index=-100, reduction="none")
+
+        return summed_over_positions(inputs.word_logits, ce) / (labels != -100).sum().clamp(min=1)

@@ -1,0 +1,191 @@
+"""The fused LM head + word loss (compute.loss_chunk): the same losses and gradients as the unfused
+computation, the head taken apart on both model families, and the switch through a real distillation."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_CACHE, TINY_TRAIN, pack_text
+from transformers import BertConfig, BertForMaskedLM, LlamaConfig, LlamaForCausalLM
+
+from kdflow.cache.build import cache_corpus
+from kdflow.cache.format import sparse_targets
+from kdflow.distill import distill
+from kdflow.errors import ConfigError
+from kdflow.heads import DecodedRows, HeadRows, head_bypassed, head_parameters
+from kdflow.losses import build_losses
+from kdflow.losses.chunked import fused_head_loss
+from kdflow.losses.inputs import StepInputs
+from kdflow.runtime import Runtime, compute_settings
+from kdflow.students import init_student
+from kdflow.vocab.vmap import RESERVED, VocabMap
+
+N, D, V_TEACHER = 29, 12, 90
+CHUNK = 7  # 29 positions: four full chunks and a short one
+
+
+def _vocab_map() -> VocabMap:
+    """A compressed vocabulary: 40 of the 90 teacher rows kept, plus a reserved row for the dropped mass."""
+    kept = np.concatenate([np.arange(0, 80, 2), [RESERVED]])
+    old_to_new = np.full(V_TEACHER, len(kept) - 1)
+    old_to_new[kept[:-1]] = np.arange(len(kept) - 1)
+    return VocabMap(kept, old_to_new)
+
+
+def _reference_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, t: float) -> torch.Tensor:
+    """The word loss written out from its definition (Hinton et al. 2015, GLMD's L_word): mean over positions
+    of sum_v p_T (log p_T - log q_T), times T^2, with the logits formed whole."""
+    log_p = teacher_logits / t - torch.logsumexp(teacher_logits / t, -1, keepdim=True)
+    log_q = student_logits / t - torch.logsumexp(student_logits / t, -1, keepdim=True)
+    return (log_p.exp() * (log_p - log_q)).sum(-1).mean() * t * t
+
+
+def _grads(loss_fn, params):
+    for p in params:
+        p.grad = None
+    loss = loss_fn()
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in params]
+
+
+@pytest.mark.parametrize("temperature", [1.0, 15.0])
+@pytest.mark.parametrize("compressed", [False, True])
+@pytest.mark.parametrize("form", ["logits", "topk", "head"])
+def test_fused_word_kl_equals_the_unfused_loss_and_gradients(temperature, compressed, form):
+    torch.manual_seed(0)
+    vmap = _vocab_map() if compressed else None
+    v_student = vmap.size if vmap else V_TEACHER
+    h = torch.randn(N, D, requires_grad=True)
+    w = (0.5 * torch.randn(v_student, D)).requires_grad_()
+    b = (0.1 * torch.randn(v_student)).requires_grad_()
+    t_hidden, t_head = torch.randn(N, D), torch.randn(V_TEACHER, D)
+
+    def decode(x: torch.Tensor) -> torch.Tensor:
+        logits = x @ t_head.T
+        return vmap.project_logits(logits) if vmap else logits
+
+    teacher_logits = decode(t_hidden)
+    temps = [1.0, 15.0]
+    targets = {
+        "logits": {"logits": teacher_logits},
+        "topk": sparse_targets(teacher_logits, v_student, temps),  # k = vocabulary: the exact KL
+        "head": {"head": DecodedRows(t_hidden, decode)},
+    }[form]
+    loss = build_losses({"word_kl": {"temperature": temperature}}, "stage1")[0]
+
+    def run(chunk):
+        rows = HeadRows(h, w, b, chunk=chunk)
+        return loss(StepInputs(word_logits=rows, word_targets=targets, cache_temperatures=tuple(temps)))
+
+    unfused, g_unfused = _grads(lambda: run(None), [h, w, b])
+    fused, g_fused = _grads(lambda: run(CHUNK), [h, w, b])
+    reference, g_reference = _grads(lambda: _reference_kl(teacher_logits, h @ w.T + b, temperature), [h, w, b])
+    # fp32: the fused loop adds the same products in another order (chunks), so agreement is to rounding
+    assert fused.item() == pytest.approx(unfused.item(), rel=1e-5)
+    assert fused.item() == pytest.approx(reference.item(), rel=1e-4)
+    for a, u, r in zip(g_fused, g_unfused, g_reference, strict=True):
+        assert torch.allclose(a, u, rtol=1e-4, atol=1e-6)
+        assert torch.allclose(a, r, rtol=1e-3, atol=1e-5)
+
+
+def test_fused_language_modelling_equals_cross_entropy():
+    torch.manual_seed(1)
+    h, w = torch.randn(N, D, requires_grad=True), torch.randn(V_TEACHER, D, requires_grad=True)
+    labels = torch.randint(0, V_TEACHER, (N,))
+    labels[[0, 5, 17]] = -100
+    loss = build_losses({"lm": {}}, "stage1")[0]
+    fused, g_fused = _grads(
+        lambda: loss(StepInputs(word_logits=HeadRows(h, w, chunk=CHUNK), word_labels=labels)), [h, w]
+    )
+    expected, g_expected = _grads(lambda: torch.nn.functional.cross_entropy(h @ w.T, labels, ignore_index=-100), [h, w])
+    assert fused.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert all(torch.allclose(a, e, rtol=1e-4, atol=1e-6) for a, e in zip(g_fused, g_expected, strict=True))
+
+
+def test_fused_head_loss_refuses_an_empty_chunk():
+    with pytest.raises(ValueError, match="positive"):
+        fused_head_loss(HeadRows(torch.zeros(2, 3), torch.zeros(4, 3)), lambda z, r: z.sum(-1), 0)
+
+
+@pytest.mark.parametrize("family", ["llama", "bert"])
+def test_head_bypassed_gives_the_head_inputs_and_puts_the_head_back(family):
+    torch.manual_seed(0)
+    common = {"vocab_size": 50, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2}
+    if family == "llama":
+        model = LlamaForCausalLM(LlamaConfig(num_attention_heads=4, num_key_value_heads=2, **common))
+    else:
+        model = BertForMaskedLM(BertConfig(num_attention_heads=4, **common))
+    model.eval()
+    head = model.get_output_embeddings()
+    ids = torch.randint(0, 50, (2, 6))
+    full = model(input_ids=ids).logits
+    with head_bypassed(model) as bypassed:
+        inputs = model(input_ids=ids).logits
+        assert bypassed is head and inputs.shape == (2, 6, 16)
+    assert model.get_output_embeddings() is head
+    rows = HeadRows(inputs.reshape(-1, 16), *head_parameters(model))
+    assert torch.allclose(rows.logits(), full.reshape(-1, 50), atol=1e-5)
+
+
+@pytest.mark.parametrize(("bad", "message"), [({"loss_chunk": 0}, "loss_chunk"), ({"compile": "yes"}, "compile")])
+def test_compute_settings_refuse_bad_values(bad, message):
+    with pytest.raises(ConfigError, match=message):
+        compute_settings(bad)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, tiny_llama):
+    root = tmp_path_factory.mktemp("chunked")
+    pack_text(root, tiny_llama, name="corpus")
+    hidden = {**TINY_CACHE, "mode": "hidden", "max_blocks": None, "shard_blocks": 32}
+    cache_corpus(tiny_llama, root / "corpus", None, root / "hcache", hidden, seed=0)
+    init_student(tiny_llama, {"layers": {"strategy": "last", "count": 1}}, None, root / "student", seed=0)
+    return root
+
+
+def _first_losses(root, teacher, out, compute, mode, recipe):
+    run = {"student": "s", "stage1": {"losses": recipe}}
+    distill(
+        "stage1",
+        root / "student",
+        out,
+        out.with_name(out.name + "_work"),
+        run,
+        {**TINY_TRAIN, "max_steps": 3, "teacher": mode},
+        {"cache": root / "hcache" if mode == "cached" else None, "corpus": root / "corpus", "teacher": teacher},
+        None,
+        seed=0,
+        runtime=Runtime.create({"device": "cpu", **compute}),
+    )
+    with open(out / "train_log.csv") as fh:
+        return [float(r["loss"]) for r in csv.DictReader(fh)]
+
+
+@pytest.mark.parametrize("mode", ["cached", "online"])
+def test_loss_chunk_trains_like_the_unfused_head(corpus, tiny_llama, tmp_path, mode):
+    recipe = {"word_kl": {"temperature": 15.0}, "lm": {"weight": 0.5}}
+    plain = _first_losses(corpus, tiny_llama, tmp_path / "plain", {}, mode, recipe)
+    fused = _first_losses(corpus, tiny_llama, tmp_path / "fused", {"loss_chunk": 37}, mode, recipe)
+    assert len(plain) == 3 and fused == pytest.approx(plain, rel=1e-4)
+
+
+@pytest.mark.slow
+def test_compile_switch_gives_the_same_first_losses(corpus, tiny_llama, tmp_path):
+    recipe = {"word_kl": {"temperature": 15.0}}
+    plain = _first_losses(corpus, tiny_llama, tmp_path / "plain", {}, "cached", recipe)
+    compiled = _first_losses(corpus, tiny_llama, tmp_path / "compiled", {"compile": True}, "cached", recipe)
+    assert compiled == pytest.approx(plain, rel=1e-4)
+
+
+def test_compile_switch_compiles_the_language_model_only():
+    config = LlamaConfig(
+        vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=4
+    )
+    runtime = Runtime.create({"device": "cpu", "compile": True})
+    model = runtime.place(LlamaForCausalLM(config))
+    wrapper = runtime.place(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+    assert model._compiled_call_impl is not None and wrapper._compiled_call_impl is None
+    assert Runtime.create({"device": "cpu"}).place(LlamaForCausalLM(config))._compiled_call_impl is None

@@ -1,0 +1,59 @@
+"""A word-prediction loss over the vocabulary, computed a chunk of positions at a time: the student's head and
+the loss are fused so that the [positions, vocabulary] logits (and their gradient) never exist at once.
+
+Like Liger-Kernel's fused linear cross-entropy/JSD, the gradient is formed during the forward pass, chunk by
+chunk: for each chunk the logits ``h W^T + b`` are computed, the per-position loss and its gradient with respect
+to those logits come from autograd (so any per-position loss fuses), and the gradients of ``h``, ``W`` and ``b``
+are accumulated by two matrix products; the backward pass only scales them. Peak memory is one chunk's logits
+instead of all of them, at the cost of nothing but the loop (no recomputation)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ..heads import HeadRows
+
+PerPosition = Callable[[torch.Tensor, slice], torch.Tensor]  # (logits of a chunk [n, V] fp32, its rows) -> [n]
+
+
+class _FusedHeadLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, per_position: PerPosition, chunk: int):  # noqa: ANN001, ANN205
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_h = torch.empty_like(hidden)
+        grad_w = torch.zeros_like(weight, dtype=torch.float32)
+        grad_b = torch.zeros_like(bias, dtype=torch.float32) if bias is not None else None
+        for start in range(0, hidden.shape[0], chunk):
+            rows = slice(start, min(start + chunk, hidden.shape[0]))
+            h = hidden[rows]
+            logits = torch.nn.functional.linear(h, weight, bias).float().requires_grad_()
+            with torch.enable_grad():
+                loss = per_position(logits, rows).sum()
+                (grad_logits,) = torch.autograd.grad(loss, logits)
+            total += loss.detach()
+            g = grad_logits.to(weight.dtype)
+            grad_h[rows] = g @ weight
+            grad_w.addmm_(grad_logits.T, h.float())
+            if grad_b is not None:
+                grad_b += grad_logits.sum(0)
+        ctx.save_for_backward(grad_h, grad_w, grad_b)
+        ctx.dtypes = (weight.dtype, bias.dtype if bias is not None else None)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):  # noqa: ANN001, ANN205
+        grad_h, grad_w, grad_b = ctx.saved_tensors
+        w_dtype, b_dtype = ctx.dtypes
+        gb = (grad_b * grad_out).to(b_dtype) if grad_b is not None else None
+        return grad_h * grad_out.to(grad_h.dtype), (grad_w * grad_out).to(w_dtype), gb, None, None
+
+
+def fused_head_loss(rows: HeadRows, per_position: PerPosition, chunk: int) -> torch.Tensor:
+    """The sum over positions of ``per_position(logits of the chunk, chunk rows)``, where the logits are
+    ``rows.hidden @ rows.weight.T + rows.bias`` formed ``chunk`` positions at a time (fp32 loss, gradients to
+    the hidden states, the head weight and bias as an unfused computation would give them)."""
+    if chunk < 1:
+        raise ValueError(f"chunk must be a positive number of positions, not {chunk}")
+    return _FusedHeadLoss.apply(rows.hidden, rows.weight, rows.bias, per_position, chunk)

@@ -15,7 +15,7 @@ from kdflow.cache.build import cache_corpus
 from kdflow.cache.format import sparse_targets
 from kdflow.distill import distill
 from kdflow.errors import ConfigError
-from kdflow.heads import DecodedRows, HeadRows, head_bypassed, head_parameters
+from kdflow.heads import DecodedRows, HeadRows, head_bypassed, head_parameters, word_rows
 from kdflow.losses import build_losses
 from kdflow.losses.chunked import fused_head_loss
 from kdflow.losses.inputs import StepInputs
@@ -189,3 +189,12 @@ def test_compile_switch_compiles_the_language_model_only():
     wrapper = runtime.place(torch.nn.Sequential(torch.nn.Linear(2, 2)))
     assert model._compiled_call_impl is not None and wrapper._compiled_call_impl is None
     assert Runtime.create({"device": "cpu"}).place(LlamaForCausalLM(config))._compiled_call_impl is None
+
+
+def test_loss_chunk_refuses_a_partitioned_head():
+    model = LlamaForCausalLM(
+        LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=4)
+    )
+    model.get_output_embeddings().weight = torch.nn.Parameter(torch.empty(0))  # what ZeRO-3 leaves between uses
+    with pytest.raises(ConfigError, match="ZeRO-3"):
+        word_rows(model, torch.zeros(1, 3, 16), [torch.arange(3)], 8)

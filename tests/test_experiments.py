@@ -45,11 +45,11 @@ EXPERIMENTS = {
     },
     "gkd-methods": {
         "finetune_classifier": 7,
-        "distill_stage1": 6,
-        "distill_stage2": 112,
-        "evaluate": 126,
+        "distill_stage1": 7,
+        "distill_stage2": 175,
+        "evaluate": 189,
         "reproduce": 1,
-        "total": 390,
+        "total": 580,
     },
     "cpu-real": {
         "finetune_teacher": 9,

@@ -60,8 +60,13 @@ CHECKED = {
 
 
 def test_every_loss_and_preset_is_checked_against_a_reference():
-    assert set(CHECKED) == set(REGISTRY) | set(PRESETS)
-    assert all(callable(globals()[name]) for name in CHECKED.values())
+    import test_zoo_layermap
+    import test_zoo_schedule
+
+    modules = (globals(), vars(test_zoo_layermap), vars(test_zoo_schedule))
+    checked = {**CHECKED, **test_zoo_layermap.CHECKED, **test_zoo_schedule.CHECKED}
+    assert set(checked) == set(REGISTRY) | set(PRESETS)
+    assert all(any(callable(m.get(test)) for m in modules) for test in checked.values())
 
 
 def _gen(seed: int = 0) -> torch.Generator:

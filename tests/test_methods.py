@@ -52,6 +52,16 @@ CASES = [
     ("codir", SMALL_CODIR, "decoder", "stage2"),
     ("theseus", {}, "encoder", "stage2"),
     ("theseus", {}, "decoder", "stage2"),
+    ("annealing_kd", {}, "encoder", "stage2"),
+    ("sid", {}, "encoder", "stage2"),
+    ("mobilebert", {}, "encoder", "stage1"),
+    ("lrc_bert", {}, "encoder", "stage2"),
+    ("alp_kd", {}, "encoder", "stage2"),
+    ("alp_kd", {}, "decoder", "stage2"),
+    ("universal_kd", {"final_only": True}, "encoder", "stage2"),  # a 1-layer student has no inner layer
+    ("rail_kd", {"dim": 16, "final": True}, "encoder", "stage2"),
+    ("ckd", {}, "encoder", "stage2"),
+    ("mgskd", {"relation_heads": 2}, "encoder", "stage2"),
 ]
 
 

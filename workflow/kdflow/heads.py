@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import ConfigError
+
 
 @dataclass(frozen=True, eq=False)
 class HeadRows:
@@ -93,4 +95,12 @@ def word_rows(
     ``outputs``: logits, or with ``chunk`` (the head was bypassed) its head inputs with the head, as ``HeadRows``
     for the fused head + loss."""
     rows = torch.cat([outputs[r, p] for r, p in enumerate(positions)])
-    return HeadRows(rows, *head_parameters(model), chunk=chunk) if chunk else rows
+    if not chunk:
+        return rows
+    weight, bias = head_parameters(model)
+    if weight.numel() == 0:
+        raise ConfigError(
+            "compute.loss_chunk reads the student's LM head outside its forward pass, and ZeRO-3 has partitioned "
+            "it: set compute.loss_chunk: null for this rule (compute.rules.RULE)"
+        )
+    return HeadRows(rows, weight, bias, chunk=chunk)

@@ -1,16 +1,20 @@
 """`kdflow bench`: kdflow against its peers on one machine, in one command.
 
 Sections (each writes `OUT/<section>.json`; `OUT/bench.md` gathers them):
-1. `stage1`  - stage-1 tokens/s: kdflow with cached targets (top-k and hidden caches), kdflow with an online
-               teacher, TRL's GKD trainer (off-policy, forward KL) when `trl` is installed; same teacher, student
-               (a full-vocabulary 6-layer cut, so TRL can run it), batches and objective.
-2. `cache`   - bytes/token and KL error against dense logits, for kdflow's top-k + log-normaliser cache, a
+1. `stage1`  - stage-1 tokens/s: the student alone (its own next-token CE: the limit of any cache, P1), kdflow
+               with cached targets (top-k and hidden caches) and with an online teacher, each with and without
+               the fused head + loss (`compute.loss_chunk`), compiled, and in bf16; TRL's GKD trainer
+               (off-policy, forward KL) in fp32 and bf16 when `trl` is installed (P2); same teacher, student (a
+               full-vocabulary 6-layer cut, so TRL can run it), batches and objective.
+2. `memory`  - peak memory of the stage-1 word loss (student head + KL over the vocabulary) fused vs unfused
+               at 8 x 512 positions, with the relative differences of the loss and gradients (P3).
+3. `cache`   - bytes/token and KL error against dense logits, for kdflow's top-k + log-normaliser cache, a
                plain top-k cache renormalised over its entries (DistillKit style) at equal bytes/token, and the
                hidden-state caches (bf16, int8, int4: goals <= 600 B and < 1 % / <= 300 B).
-3. `caching` - caching throughput of the top-k and hidden caches against a bare teacher forward pass (goals
+4. `caching` - caching throughput of the top-k and hidden caches against a bare teacher forward pass (goals
                90 % / 100 %); peak RSS at 1x and 10x the corpus.
-4. `scaling` - stage-1 tokens/s and peak RSS as the sequence length and the batch double (2 points each).
-5. `rules`   - wall time and peak RSS of every rule of a finished experiment (Snakemake `benchmark:` files).
+5. `scaling` - stage-1 tokens/s and peak RSS as the sequence length and the batch double (2 points each).
+6. `rules`   - wall time and peak RSS of every rule of a finished experiment (Snakemake `benchmark:` files).
 
 Every timed figure is the median over `repeats` fresh processes; every ratio divides two medians measured in
 this run. Deterministic figures (bytes, KL errors) are computed once.

@@ -62,7 +62,7 @@ def _memory(r: dict[str, Any]) -> list[str]:
 
 
 def _cache(r: dict[str, Any]) -> list[str]:
-    lines = ["## 2. Cache size and fidelity", ""]
+    lines = ["## 3. Cache size and fidelity", ""]
     lines += _table(["format", "bytes/token"], [[k, v["bytes_per_token"]] for k, v in r["bytes_per_token"].items()])
     rows = []
     for k, per_t in r["kl"].items():
@@ -102,7 +102,7 @@ def _hidden_caches(hidden: dict[str, Any]) -> list[str]:
 
 
 def _caching(r: dict[str, Any]) -> list[str]:
-    lines = ["## 3. Caching throughput and memory", ""]
+    lines = ["## 4. Caching throughput and memory", ""]
     rows = [
         [name, row["blocks"], row["positions"], row["seconds"], row["peak_rss_mb"]]
         for name, row in r["caching"].items()
@@ -119,14 +119,14 @@ def _scaling(r: dict[str, Any]) -> list[str]:
         if name not in ("settings", "machine")
     ]
     return [
-        "## 4. Stage-1 scaling (cached top-k targets)",
+        "## 5. Stage-1 scaling (cached top-k targets)",
         "",
         *_table(["point", "block", "batch", "tokens/s (median)", "peak RSS MB"], rows),
     ]
 
 
 def _rules(r: dict[str, Any]) -> list[str]:
-    lines = ["## 5. Rule wall times", "", f"From `{r['source']}`.", ""]
+    lines = ["## 6. Rule wall times", "", f"From `{r['source']}`.", ""]
     if not r["jobs"]:
         return lines + ["No benchmark files found: run an experiment first (`make run`).", ""]
     rows = [[j["rule"], j["job"], j["seconds"], j["max_rss_mb"]] for j in r["jobs"]]

@@ -1,7 +1,7 @@
 """Distillation losses, built by name from a run's recipe (declared and checked in ``kdflow.recipes``)."""
 
 from ..recipes import PRESETS, SettingError, expand_presets
-from . import codir, minilm, prediction, representation  # registers the losses
+from . import codir, layermap, minilm, prediction, representation, schedule  # registers the losses
 from .base import REGISTRY, Loss, LossContext, build_losses, check_losses
 
 __all__ = [
@@ -13,8 +13,10 @@ __all__ = [
     "build_losses",
     "check_losses",
     "codir",
+    "layermap",
     "minilm",
     "expand_presets",
     "prediction",
     "representation",
+    "schedule",
 ]

@@ -1,0 +1,56 @@
+"""Declarations of the scheduled losses of the GKD method zoo (``kdflow.losses.schedule``): Annealing-KD, SID,
+MobileBERT's progressive knowledge transfer and LRC-BERT's COS-NCE. Their schedules run over the loss's own
+``start``/``stop`` window (see ``kdflow.losses.schedule``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from .specs import HIDDEN, LossSpec, _Layers, _Pooled
+from .values import SettingError, number
+
+ATTENTIONS = frozenset({"student_attentions", "teacher_attentions"})
+
+
+@dataclass(frozen=True)
+class AnnealingKD(LossSpec):
+    name: ClassVar[str] = "annealing_kd"
+    needs: ClassVar[frozenset[str]] = frozenset({"student_scores", "teacher_scores"})
+    stages: ClassVar[tuple[str, ...]] = ("stage2",)
+    max_temperature: float = 7.0  # GLMKD --annealing_kd_max_t
+
+    def check(self) -> None:
+        value = number("max_temperature", self.max_temperature)
+        if value < 1.0:
+            raise SettingError("max_temperature", f"expected a number >= 1, got {value:g}")
+        self.set(max_temperature=value)
+
+
+@dataclass(frozen=True)
+class SID(_Pooled):
+    name: ClassVar[str] = "sid"
+    needs: ClassVar[frozenset[str]] = HIDDEN | ATTENTIONS
+    token_aligned: ClassVar[bool] = True
+
+
+@dataclass(frozen=True)
+class MobileBERT(_Layers):
+    name: ClassVar[str] = "mobilebert"
+    needs: ClassVar[frozenset[str]] = HIDDEN | ATTENTIONS
+    token_aligned: ClassVar[bool] = True
+    lower_weight: float = 0.1  # GLMKD --mobilebert_pkt_small_lr: the layers below the one being transferred
+
+    def check(self) -> None:
+        super().check()
+        value = number("lower_weight", self.lower_weight)
+        if value < 0.0:
+            raise SettingError("lower_weight", f"expected a number >= 0, got {value:g}")
+        self.set(lower_weight=value)
+
+
+@dataclass(frozen=True)
+class LRCBert(_Layers):
+    name: ClassVar[str] = "lrc_bert"
+    needs: ClassVar[frozenset[str]] = HIDDEN
+    token_aligned: ClassVar[bool] = True

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from .specs import HIDDEN, LossSpec, _Layers, _Pooled
-from .values import SettingError, number
+from .values import at_least
 
 ATTENTIONS = frozenset({"student_attentions", "teacher_attentions"})
 
@@ -21,10 +21,7 @@ class AnnealingKD(LossSpec):
     max_temperature: float = 7.0  # GLMKD --annealing_kd_max_t
 
     def check(self) -> None:
-        value = number("max_temperature", self.max_temperature)
-        if value < 1.0:
-            raise SettingError("max_temperature", f"expected a number >= 1, got {value:g}")
-        self.set(max_temperature=value)
+        self.set(max_temperature=at_least("max_temperature", self.max_temperature, 1.0))
 
 
 @dataclass(frozen=True)
@@ -43,10 +40,7 @@ class MobileBERT(_Layers):
 
     def check(self) -> None:
         super().check()
-        value = number("lower_weight", self.lower_weight)
-        if value < 0.0:
-            raise SettingError("lower_weight", f"expected a number >= 0, got {value:g}")
-        self.set(lower_weight=value)
+        self.set(lower_weight=at_least("lower_weight", self.lower_weight, 0.0))
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,14 @@ def number(key: str, value: Any) -> float:
     return float(value)
 
 
+def at_least(key: str, value: Any, minimum: float) -> float:
+    """A number >= ``minimum``."""
+    value = number(key, value)
+    if value < minimum:
+        raise SettingError(key, f"expected a number >= {minimum:g}, got {value:g}")
+    return value
+
+
 def positive(key: str, value: Any) -> float:
     """A number > 0 (temperatures, scales)."""
     value = number(key, value)

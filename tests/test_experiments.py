@@ -45,11 +45,11 @@ EXPERIMENTS = {
     },
     "gkd-methods": {
         "finetune_classifier": 7,
-        "distill_stage1": 7,
-        "distill_stage2": 175,
-        "evaluate": 189,
+        "distill_stage1": 8,
+        "distill_stage2": 182,
+        "evaluate": 196,
         "reproduce": 1,
-        "total": 580,
+        "total": 602,
     },
     "cpu-real": {
         "finetune_teacher": 9,

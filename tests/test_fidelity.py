@@ -56,6 +56,7 @@ CHECKED = {
     "codir": "test_codir_equals_crd_loss_and_memory",
     "distilbert": "test_distilbert_preset_equals_distiller_step",
     "tinybert": "test_tinybert_preset_equals_task_distill",
+    "pd": "test_pd_preset_equals_glmkd_recorded_run",
 }
 
 
@@ -906,3 +907,18 @@ def test_tinybert_preset_equals_task_distill():
         att = ref_tinybert_att_loss(ref_tinybert_scores(student, ids, full), ref_tinybert_scores(teacher, ids, full))
     assert torch.allclose(early, rep + att, rtol=1e-4)
     assert torch.allclose(late, ref_soft_cross_entropy_tinybert(s_scores / 2.0, t_scores / 2.0), rtol=1e-6)
+
+
+def test_pd_preset_equals_glmkd_recorded_run():
+    """GLMKD's PD run (distill/ft_logs/16_1e-5_110M-66M/PD.json): a student pre-trained without a teacher, then
+    ``--student_model=kd --distill_ft_soft --distill_temperature=1``: custom_loss.py cross_entropy of the
+    student's log-softmax against the teacher's softmax at T = 1, averaged over examples, no gold CE."""
+    assert expand_presets({"pd": {}}, "stage1") == {"lm": {"weight": 1.0}}
+    assert expand_presets({"pd": {"weight": 2.0}}, "stage2") == {"candidate_kd": {"weight": 2.0, "temperature": 1.0}}
+    loss = build_losses({"pd": {}}, "stage2")[0]
+    g = _gen(61)
+    student = [torch.randn(n, generator=g) for n in (2, 3, 2)]
+    teacher = [torch.randn(n, generator=g) for n in (2, 3, 2)]
+    expected = torch.stack([-(t.softmax(-1) * s.log_softmax(-1)).sum() for s, t in zip(student, teacher)]).mean()
+    got = loss(step_inputs(student_scores=student, teacher_scores=teacher))
+    assert torch.allclose(got, expected, rtol=1e-6)

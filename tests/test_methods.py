@@ -62,6 +62,8 @@ CASES = [
     ("rail_kd", {"dim": 16, "final": True}, "encoder", "stage2"),
     ("ckd", {}, "encoder", "stage2"),
     ("mgskd", {"relation_heads": 2}, "encoder", "stage2"),
+    ("pd", {}, "decoder", "stage1"),
+    ("pd", {}, "encoder", "stage2"),
 ]
 
 

@@ -68,4 +68,5 @@ def test_stage_and_needs_of_presets():
         "student_hidden",
         "teacher_hidden",
     }
-    assert set(PRESETS) == {"tinybert", "distilbert"}
+    assert set(PRESETS) == {"tinybert", "distilbert", "pd"}
+    assert recipe_needs({"pd": {}}, "stage2") == {"student_scores", "teacher_scores"}  # no gold labels

@@ -52,4 +52,14 @@ def distilbert(weight: float, stage: str, temperature: float = 2.0) -> dict[str,
     }
 
 
-PRESETS: dict[str, Preset] = {"tinybert": tinybert, "distilbert": distilbert}
+def pd(weight: float, stage: str, temperature: float = 1.0) -> dict[str, dict[str, Any]]:
+    """PD, pre-trained distillation (Turc et al. 2019), as GKD runs it (aitsc/GLMKD
+    ``distill/ft_logs/16_1e-5_110M-66M/PD.json``): the student pre-trained alone with its own language-modelling
+    loss (stage 1), then distilled on the task with the teacher's soft targets only, no gold labels (stage 2:
+    ``--student_model=kd --distill_ft_soft --distill_temperature=1``, GLMKD's soft cross-entropy)."""
+    if stage == "stage1":
+        return {"lm": {"weight": weight}}
+    return {"candidate_kd": {"weight": weight, "temperature": temperature}}
+
+
+PRESETS: dict[str, Preset] = {"tinybert": tinybert, "distilbert": distilbert, "pd": pd}

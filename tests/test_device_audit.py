@@ -21,10 +21,11 @@ CACHE = TINY_CACHE
 EVAL = {"batch_size": 8, "max_length": 48, "bootstrap_samples": 10, "latency_examples": 2}
 
 
-def audited(fn, *args, **kwargs):
-    """Run ``fn(*args, runtime=..., **kwargs)`` under the audit; fail with every violation it saw."""
+def audited(fn, *args, compute=None, **kwargs):
+    """Run ``fn(*args, runtime=..., **kwargs)`` under the audit (with ``compute`` settings); fail with every
+    violation it saw."""
     with DeviceAudit() as audit:
-        result = fn(*args, runtime=Runtime(audit=audit), **kwargs)
+        result = fn(*args, runtime=Runtime(audit=audit, settings=compute_settings(compute)), **kwargs)
     assert audit.violations == [], "\n".join(dict.fromkeys(audit.violations))
     return result
 
@@ -95,6 +96,24 @@ def test_distillation(env, tiny_llama, tiny_bert, sentiment_task, tmp_path, loss
         None,
         seed=0,
     )
+    assert meta["steps"] == 2
+
+
+@pytest.mark.parametrize("source", ["hidden", "online", "stage2"])
+def test_fused_word_loss(env, tiny_llama, sentiment_task, tmp_path, source):
+    """compute.loss_chunk: the student's head inputs, its head and the teacher's decoded rows stay on the device."""
+    stage = "stage2" if source == "stage2" else "stage1"
+    data = (
+        {"cache": env / "tcache", "task": sentiment_task, "teacher": tiny_llama}
+        if stage == "stage2"
+        else {"cache": env / "hcache" if source == "hidden" else None, "corpus": env / "corpus", "teacher": tiny_llama}
+    )
+    settings = {**TRAIN, "teacher": "online" if source == "online" else "cached"}
+    losses = {"word_kl": {}, "lm": {}} if stage == "stage1" else {"word_kl": {}}
+    run = {"student": "s", stage: {"losses": losses}}
+    out, work = tmp_path / "out", tmp_path / "w"
+    student = env / "llama_student"
+    meta = audited(distill, stage, student, out, work, run, settings, data, None, seed=0, compute={"loss_chunk": 7})
     assert meta["steps"] == 2
 
 

@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 
 from ..errors import DataError
 from ..fingerprint import tokenizer_fingerprint, weights_fingerprint
+from ..heads import DecodedRows
 from ..preprocess import open_blocks
 from ..vocab.compress import special_token_ids
 from ..vocab.vmap import VocabMap
@@ -50,6 +51,13 @@ class _CacheDataset(Dataset):
         self.settings = self.manifest["settings"]
         self.vmap = VocabMap.load(vocab_map) if vocab_map else None
         self._head: dict[str, torch.Tensor] | None = None
+
+    def word_targets(self, batch_targets: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """A batch's cached word targets for the losses: as stored, or (mode ``hidden``) the head inputs as
+        ``DecodedRows``, decoded by the loss (a chunk at a time with ``compute.loss_chunk``)."""
+        if "hidden" not in batch_targets:
+            return dict(batch_targets)
+        return {"head": DecodedRows(batch_targets["hidden"], self.teacher_logits)}
 
     def teacher_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Mode ``hidden``: the teacher's logits from its cached head inputs (projected onto the kept vocabulary)."""

@@ -164,10 +164,7 @@ class CorpusData:
                     getattr(feats.output, "logits", None), step.batch["positions"], fused
                 )
         if words and not self.online:
-            targets = dict(step.batch["targets"])
-            if "hidden" in targets:  # decoded by the loss (a chunk at a time with compute.loss_chunk)
-                targets = {"head": DecodedRows(targets.pop("hidden"), self.data.teacher_logits)}
-            values["word_targets"] = targets
+            values["word_targets"] = self.data.word_targets(step.batch["targets"])
         return Produced(values)
 
     def student_outputs(self, step: Step) -> Produced:

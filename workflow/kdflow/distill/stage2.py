@@ -17,7 +17,7 @@ from ..classify import encode_pairs
 from ..errors import ConfigError
 from ..features import forward_features
 from ..finetune import gold_target
-from ..heads import DecodedRows, head_bypassed, word_rows
+from ..heads import head_bypassed, word_rows
 from ..hybrid import theseus_layers
 from ..losses import Loss
 from ..losses.inputs import feature_fields, feature_flags
@@ -163,9 +163,7 @@ class TaskData:
     def word_predictions(self, step: Step) -> Produced:
         """The student's word predictions at the cached positions, and the cached targets there."""
         b = step.batch
-        targets, chunk = dict(b["targets"]), self.runtime.loss_chunk
-        if "hidden" in targets:  # decoded by the loss (a chunk at a time with compute.loss_chunk)
-            targets = {"head": DecodedRows(targets.pop("hidden"), self.cache.teacher_logits)}
+        targets, chunk = self.cache.word_targets(b["targets"]), self.runtime.loss_chunk
         with head_bypassed(step.student) if chunk else contextlib.nullcontext():
             outputs = step.student(input_ids=b["ids"], attention_mask=b["mask"]).logits
         word_logits = word_rows(step.student, outputs, b["positions"], chunk)

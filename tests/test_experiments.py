@@ -15,6 +15,7 @@ from conftest import run_checked
 from kdflow.config import run_recipe, validate_config
 from kdflow.errors import ConfigError
 from kdflow.losses import PRESETS, REGISTRY, expand_presets
+from kdflow.recipes.specs_teachers import MULTI_TEACHER
 from kdflow.reproduce import compare, to_markdown
 
 EXPERIMENTS = {
@@ -44,12 +45,12 @@ EXPERIMENTS = {
         "total": 157,
     },
     "gkd-methods": {
-        "finetune_classifier": 7,
+        "finetune_classifier": 14,
         "distill_stage1": 8,
-        "distill_stage2": 182,
-        "evaluate": 196,
+        "distill_stage2": 231,
+        "evaluate": 252,
         "reproduce": 1,
-        "total": 602,
+        "total": 772,
     },
     "cpu-real": {
         "finetune_teacher": 9,
@@ -141,6 +142,9 @@ def test_gkd_methods_runs_every_registered_method(repo):
             expanded |= set(expand_presets(losses, stage))
     assert set(REGISTRY) <= expanded, f"no run uses {sorted(set(REGISTRY) - expanded)}"
     assert set(PRESETS) <= named
+    stage2 = [run["stage2"] for run in cfg["runs"].values()]
+    assert {s["multi_teacher"]["method"] for s in stage2 if "multi_teacher" in s} == set(MULTI_TEACHER)
+    assert any(s.get("teacher", "").startswith("runs/") for s in stage2)  # a teacher-assistant chain (TAKD)
 
 
 def test_ten_billion_teacher_is_offloaded(repo):

@@ -119,7 +119,7 @@ def test_default_plan_summary():
 def test_tiny_plan_submissions_and_splits():
     plan = plan_of("tests-tiny")
     assert plan.tasks["sentiment"].splits == ("train", "dev", "test")  # evaluate.test_submissions
-    assert plan.submit_pairs == plan.eval_pairs and len(plan.eval_pairs) == 11
+    assert plan.submit_pairs == plan.eval_pairs and len(plan.eval_pairs) == 13
     assert "results/submissions/runs/glmd/sentiment" in plan.targets
     assert plan.vocabularies["half"].tokenizer_folder == "results/assets/models/tiny_llama"
 
@@ -144,6 +144,8 @@ def test_experiment_plans_are_consistent(name):
         for task, job in run.stage2.items():
             classifier = run.teacher in config["classifier_finetune"]["models"]
             expected = f"classifiers/{run.teacher}" if classifier else plan.tasks[task].teacher
+            chosen = config["runs"][run.base]["stage2"]  # its own teacher(s): teacher assistants, multi-teacher
+            expected = (chosen.get("teachers") or [chosen.get("teacher") or expected])[0]
             assert job.teacher == expected and (job.cache is None) == classifier
             assert job.teacher_folder == plan.model_dir(expected, task)
             assert (names.run_model(run.name), task) in plan.eval_pairs
@@ -161,7 +163,7 @@ def test_experiment_plans_concrete():
     assert glmd.vocabularies["half"].corpus == "wikitext"
     teacher_eval = plan_of("experiments-teacher-glue-superglue")
     assert not teacher_eval.runs and all(t.splits == ("dev",) for t in teacher_eval.tasks.values())
-    assert len(plan_of("experiments-gkd-methods").eval_pairs) == 196
+    assert len(plan_of("experiments-gkd-methods").eval_pairs) == 252
 
 
 def test_vocabulary_and_stage1_corpus_default_to_the_first_corpus_of_the_teacher():

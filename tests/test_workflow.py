@@ -82,6 +82,16 @@ def test_tiny_dag_end_to_end(repo, tool_env, tiny_run):
     with open(results / "runs" / "combined" / "sentiment" / "train_log.csv") as fh:
         header = fh.readline().strip().split(",")
     assert {"kd", "codir", "tinybert_hidden", "tinybert_attention"} <= set(header)
+    # a teacher-assistant chain (takd: codir's student teaches) and two teachers combined by MT-BERT
+    takd = json.loads((results / "runs" / "takd" / "sentiment" / "kdflow.json").read_text())
+    assert takd["teacher"].endswith("runs/codir/sentiment") and takd["head"] == "classification"
+    with open(results / "runs" / "mt_bert" / "sentiment" / "train_log.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 3 and {"multi_teacher", "kd", "ce"} <= set(rows[0])
+    assert json.loads((results / "runs" / "mt_bert" / "sentiment" / "kdflow.json").read_text())["teachers"] == [
+        "results/classifiers/tiny_bert/sentiment",
+        "results/runs/codir/sentiment",
+    ]
     pretrain = (results / "runs" / "codir_pretrain" / "stage1" / "train_log.csv").read_text().splitlines()
     assert pretrain[0].split(",")[1:3] == ["loss", "codir"] and len(pretrain) == 4
     bert_corpus = json.loads((results / "corpus" / "package_texts_bert" / "meta.json").read_text())
@@ -107,6 +117,8 @@ def test_tiny_dag_summary_and_plots(tiny_run):
         "codir",
         "codir_pretrain",
         "combined",
+        "takd",
+        "mt_bert",
     }
     assert set(table["model"]) == expected
     assert table["sentiment"].between(0, 100).all() and table["parameters"].gt(0).all()
@@ -201,6 +213,6 @@ def test_rules_launch_torchrun_for_several_processes(repo, tool_env, tmp_path):
     ]
     out = _run(cmd, repo, tool_env).stdout
     with_stage1 = sum("stage1" in run for run in cfg["runs"].values())
-    assert with_stage1 == 3 and len(cfg["runs"]) == 7
+    assert with_stage1 == 3 and len(cfg["runs"]) == 9
     assert out.count("torchrun --standalone --nproc_per_node 2 -m kdflow distill --stage stage1") == with_stage1
     assert out.count("torchrun --standalone --nproc_per_node 2 -m kdflow distill --stage stage2") == len(cfg["runs"])

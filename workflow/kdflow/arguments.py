@@ -194,7 +194,12 @@ def _distill(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", help="logit cache folder")
     p.add_argument("--corpus", help="preprocessed corpus folder (stage 1)")
     p.add_argument("--task", help="prepared task folder (stage 2)")
-    p.add_argument("--teacher", help="teacher folder (online teacher, masked-LM cache checks)")
+    p.add_argument(
+        "--teacher",
+        nargs="+",
+        default=[],
+        help="teacher folder (online teacher, masked-LM cache checks); several for a multi-teacher stage 2",
+    )
     p.add_argument("--out", required=True)
     p.add_argument("--work", required=True, help="checkpoints and logs (kept across failures)")
     p.add_argument("--deepspeed", type=parse_json, default=None)

@@ -124,7 +124,10 @@ def _init_student(a: argparse.Namespace) -> None:
 def _distill(a: argparse.Namespace) -> None:
     from .distill import distill
 
-    data = {"cache": a.cache, "corpus": a.corpus, "task": a.task, "teacher": a.teacher}
+    teacher = a.teacher[0] if a.teacher else None
+    data = {"cache": a.cache, "corpus": a.corpus, "task": a.task, "teacher": teacher}
+    if len(a.teacher) > 1:
+        data["teachers"] = a.teacher
     recipe = {**a.recipe, "name": a.name} if a.name else a.recipe
     meta = distill(a.stage, a.student, a.out, a.work, recipe, a.settings, data, a.deepspeed, a.seed, _runtime(a))
     log.info("%s of %s -> %s (%s steps)", a.stage, a.student, a.out, meta["steps"])

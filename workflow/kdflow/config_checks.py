@@ -9,6 +9,7 @@ from typing import Any
 from .data.prompt_sets import PROMPT_SETS
 from .data.tasks import TASKS
 from .plan import names
+from .plan.teachers import check_teachers
 from .recipes import check_recipe, expand_presets, recipe_needs
 
 Config = dict[str, Any]
@@ -287,6 +288,7 @@ CHECKS: tuple[Callable[[Config], list[str]], ...] = (
     check_corpora,
     check_students,
     check_runs,
+    check_teachers,
     check_published,
     check_tasks,
     check_seeds_and_baselines,

@@ -12,16 +12,18 @@ import torch
 
 from ..classify import has_classification_head
 from ..errors import ConfigError
-from ..features import Features, release_attentions, require_attentions
+from ..features import release_attentions, require_attentions
 from ..losses import Loss, LossContext, build_losses
 from ..losses.inputs import StepInputs, feature_flags
+from ..losses.multi_teacher import MultiTeacher, build_multi_teacher
 from ..prepare import load_prepared
 from ..train.loop import train
 from ..train.settings import TrainSettings, seed_everything, steps_for
 from ..train.workdir import WorkDir
 from ..vocab.factorised import merge_factorised
 from .job import DistillJob
-from .producers import StageData, Step, produce
+from .multi import check_multi_teacher, multi_teacher_step
+from .producers import StageData, Step, check_alignment, produce
 from .stage1 import corpus_data
 from .stage2 import Student, TaskData, replace_schedule
 from .student import classifier_student, load_student, save_student
@@ -34,17 +36,14 @@ class DistillModule(torch.nn.Module):
     """The student and the run's losses (their projections and memory banks train and checkpoint with it).
     ``forward(step_fn)`` runs ``step_fn(self)``, so data-parallel wrappers see one forward per step."""
 
-    def __init__(self, student: torch.nn.Module, losses: list[Loss]) -> None:
+    def __init__(self, student: torch.nn.Module, losses: list[Loss], combiner: MultiTeacher | None = None) -> None:
         super().__init__()
         self.student = student
         self.losses = torch.nn.ModuleList(losses)
+        self.combiner = combiner  # a multi-teacher stage's method (RL-KD's agent trains with the student)
 
     def forward(self, step_fn: Callable[[DistillModule], Any]) -> Any:
         return step_fn(self)
-
-
-def _features(values: dict[str, Any], side: str) -> Features | None:
-    return next((v for k, v in values.items() if k.startswith(f"{side}_") and isinstance(v, Features)), None)
 
 
 @dataclass(frozen=True)
@@ -58,20 +57,12 @@ class StepRunner:
     def run(self, module: DistillModule, indices: list[int], step: int) -> tuple[torch.Tensor, dict[str, float], int]:
         progress = step / self.steps
         active = [loss for loss in module.losses if loss.active(progress)]
+        if module.combiner is not None:
+            return multi_teacher_step(self.data, module, active, indices, step, self.steps)
         needs = frozenset().union(*(loss.needs for loss in active))
         batch = self.data.batch(indices, needs)
         made = produce(self.data.producers, Step(module.student, indices, batch, needs, step, progress))
-        s, t = _features(made.values, "student"), _features(made.values, "teacher")
-        if (
-            s is not None
-            and t is not None
-            and s.mask.shape != t.mask.shape
-            and any(loss.token_aligned for loss in active)
-        ):
-            raise ConfigError(
-                "per-token representation losses need the student to share the teacher's "
-                f"tokenisation (masks {tuple(s.mask.shape)} vs {tuple(t.mask.shape)})"
-            )
+        check_alignment(made.values, active)
         inputs = StepInputs(
             step=step, progress=progress, cache_temperatures=self.data.cache_temperatures, **made.values
         )
@@ -97,11 +88,12 @@ def _stage_data(job: DistillJob, losses: list[Loss]) -> tuple[torch.nn.Module, S
     classifier = has_classification_head(job.data["teacher"])
     replace = replace_schedule(losses)
     wants_teacher = classifier or replace is not None or any(feature_flags(all_needs, "teacher").values())
-    teacher = (
-        load_teacher(job.data["teacher"], job.settings.get("teacher_deepspeed"), job.runtime) if wants_teacher else None
-    )
+    folders = job.data.get("teachers") or [job.data["teacher"]]
+    ds = job.settings.get("teacher_deepspeed")
+    teachers = [load_teacher(f, ds, job.runtime) for f in folders] if wants_teacher else []
+    teacher = teachers if len(teachers) > 1 else teachers[0] if teachers else None
     if classifier:
-        model = classifier_student(job.student_dir, teacher)
+        model = classifier_student(job.student_dir, teachers[0])
     student = Student(model, tokenizer, family, classifier)
     transfer_set = bool(job.run.get("stage2", {}).get("transfer_set"))
     data = TaskData(
@@ -134,6 +126,17 @@ def _bind_losses(job: DistillJob, losses: list[Loss], model: torch.nn.Module, da
         loss.prepare_student(model)
 
 
+def _combiner(job: DistillJob, losses: list[Loss], model: torch.nn.Module, data: StageData) -> MultiTeacher | None:
+    """A multi-teacher stage's method (`stage2.multi_teacher`, default tmkd), bound to the task's classes."""
+    n = len(getattr(data, "teachers", ()))
+    if n < 2:
+        return None
+    combiner = build_multi_teacher(job.run.get("stage2", {}).get("multi_teacher"), n, job.seed)
+    check_multi_teacher(losses, combiner)
+    combiner.bind(model.config.num_labels)
+    return combiner
+
+
 def train_phase(job: DistillJob, spec: dict[str, Any], phase: int | None = None) -> dict[str, Any]:
     """One training of ``job.student_dir`` on the losses ``spec``; the student is written to ``job.out_dir``."""
     seed_everything(job.seed)  # loss projections, memory banks and heads start from the seed, not the clock
@@ -144,11 +147,12 @@ def train_phase(job: DistillJob, spec: dict[str, Any], phase: int | None = None)
         data.n_examples, settings["epochs"], settings["batch_size"], settings["grad_accum"], settings.get("max_steps")
     )
     _bind_losses(job, losses, model, data, steps)
+    combiner = _combiner(job, losses, model, data)
     runner = StepRunner(data, steps)
     main = job.runtime.ranks.main
     with WorkDir(job.work_dir, job.identity(phase), main) as work:
         trained = train(
-            DistillModule(model, losses),
+            DistillModule(model, losses, combiner),
             runner.loss_fn,
             data.n_examples,
             TrainSettings.from_config(settings, steps, job.seed),
@@ -177,6 +181,9 @@ def train_phase(job: DistillJob, spec: dict[str, Any], phase: int | None = None)
                 head="classification",
                 teacher=str(job.data["teacher"]),
             )
+        if combiner is not None:
+            method = {"method": combiner.settings.method, **combiner.settings.values()}
+            info.update(teachers=[str(t) for t in job.data["teachers"]], multi_teacher=method)
         meta = save_student(trained, job.student_dir, job.out_dir, work.log_csv, info)
         work.remove()
     return meta

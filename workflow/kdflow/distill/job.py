@@ -48,6 +48,8 @@ class DistillJob:
             "corpus": data.get("corpus") if self.stage == "stage1" else None,
             "task": data.get("task") if self.stage == "stage2" else None,
         }
+        for i, folder in enumerate(data.get("teachers") or [], 1):  # a multi-teacher stage 2: every teacher
+            inputs[f"teacher{i}"] = folder
         return job_identity(
             inputs,
             job=f"distill_{self.stage}",

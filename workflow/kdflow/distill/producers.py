@@ -10,6 +10,9 @@ from typing import Any, Protocol
 
 import torch
 
+from ..errors import ConfigError
+from ..features import Features
+
 
 @dataclass(frozen=True)
 class Step:
@@ -21,6 +24,7 @@ class Step:
     needs: frozenset[str]
     step: int = 0
     progress: float = 0.0
+    teacher: int = 0  # which teacher the teacher-side producers run (a multi-teacher stage's index)
 
 
 @dataclass(frozen=True)
@@ -69,3 +73,18 @@ def produce(producers: Mapping[str, Producer], step: Step) -> Produced:
         values.update({k: v for k, v in made.values.items() if k in step.needs})
         tokens += made.tokens
     return Produced(values, tokens)
+
+
+def _features(values: dict[str, Any], side: str) -> Features | None:
+    return next((v for k, v in values.items() if k.startswith(f"{side}_") and isinstance(v, Features)), None)
+
+
+def check_alignment(values: dict[str, Any], losses: list[Any]) -> None:
+    """Refuse per-token representation losses when the student and the teacher tokenise differently."""
+    s, t = _features(values, "student"), _features(values, "teacher")
+    if s is None or t is None or s.mask.shape == t.mask.shape or not any(loss.token_aligned for loss in losses):
+        return
+    raise ConfigError(
+        "per-token representation losses need the student to share the teacher's "
+        f"tokenisation (masks {tuple(s.mask.shape)} vs {tuple(t.mask.shape)})"
+    )

@@ -68,7 +68,7 @@ class TaskData:
         self,
         data: dict[str, Any],
         student: Student,
-        teacher: torch.nn.Module | None,
+        teacher: torch.nn.Module | Sequence[torch.nn.Module] | None,
         all_needs: frozenset[str],
         settings: dict[str, Any],
         vocab_map: Path | None,
@@ -77,7 +77,9 @@ class TaskData:
         replace: ReplaceSchedule | None = None,
         transfer_set: bool = False,
     ) -> None:
-        self.student, self.teacher, self.seed, self.runtime, self.replace = student, teacher, seed, runtime, replace
+        self.teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [] if teacher is None else [teacher]
+        self.teacher = self.teachers[0] if self.teachers else None  # the first: loss sizes, Theseus's layers
+        self.student, self.seed, self.runtime, self.replace = student, seed, runtime, replace
         self.prepared = load_prepared(Path(data["task"]), "train", transfer_set=transfer_set)
         self.max_length = settings["max_length"]
         self.cache = self._open_cache(data, all_needs, vocab_map)
@@ -88,11 +90,12 @@ class TaskData:
                 f"{self.n_examples} (a transfer set needs a cache built with transfer_set: true)"
             )
         self.cache_temperatures = tuple(self.cache.settings["temperatures"]) if self.cache is not None else ()
-        self.teacher_tokenizer = None
-        if teacher is not None:
+        self.teacher_tokenizers = []
+        if self.teachers:
             from transformers import AutoTokenizer
 
-            self.teacher_tokenizer = AutoTokenizer.from_pretrained(data["teacher"], local_files_only=True)
+            folders = data.get("teachers") or [data["teacher"]]
+            self.teacher_tokenizers = [AutoTokenizer.from_pretrained(f, local_files_only=True) for f in folders]
         if student.classifier and student.model.config.num_labels == 1 and "labels" in all_needs:
             raise ConfigError("a regression head has no label distribution: use mse_logits, not ce/theseus")
         task = self.prepared.task
@@ -151,7 +154,7 @@ class TaskData:
         if any(feature_flags(needs, "teacher").values()) or (classifier and "teacher_scores" in needs):
             if self.teacher is None:
                 raise ConfigError("the teacher's outputs are needed, and no teacher is loaded")
-            out["teacher_encoded"] = encode_pairs(self.teacher_tokenizer, examples, self.max_length)
+            out["teacher_encoded"] = [encode_pairs(t, examples, self.max_length) for t in self.teacher_tokenizers]
         if "teacher_scores" in needs and not classifier:
             out["teacher_scores"] = [it["candidate_scores"] for it in items]
         if "labels" in needs:
@@ -193,10 +196,11 @@ class TaskData:
         return candidate_scores(model, s.tokenizer, s.family, clozes, self.max_length, self.runtime)
 
     def teacher_outputs(self, step: Step) -> Produced:
-        """The teacher's features, and a classification teacher's logits, from one forward pass."""
-        classifier = self.student.classifier
+        """The features of the step's teacher (``step.teacher``: the first, or one of a multi-teacher stage's),
+        and a classification teacher's logits, from one forward pass."""
+        classifier, encoded = self.student.classifier, step.batch["teacher_encoded"][step.teacher]
         feats = teacher_features(
-            self.teacher, dict(step.batch["teacher_encoded"]), classifier, feature_flags(step.needs, "teacher")
+            self.teachers[step.teacher], dict(encoded), classifier, feature_flags(step.needs, "teacher")
         )
         values: dict[str, Any] = feature_fields(step.needs, "teacher", feats)
         if classifier:

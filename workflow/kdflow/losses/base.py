@@ -48,6 +48,7 @@ class Loss(torch.nn.Module):
     uses_labels: ClassVar[bool] = False
     token_aligned: ClassVar[bool] = False
     stages: ClassVar[tuple[str, ...]] = ("stage1", "stage2")
+    has_per_example: ClassVar[bool] = False  # ``per_example`` gives each example's value (multi-teacher weights)
 
     def __init__(self, settings: LossSpec | None = None, **values: Any) -> None:
         super().__init__()
@@ -67,6 +68,10 @@ class Loss(torch.nn.Module):
     def forward(self, inputs: StepInputs) -> torch.Tensor:
         """The loss of one step from the inputs it declared in ``needs`` (reading any other one raises)."""
         raise NotImplementedError
+
+    def per_example(self, inputs: StepInputs) -> torch.Tensor:
+        """[B]: each example's loss, whose mean is ``forward`` (losses with ``has_per_example``)."""
+        raise NotImplementedError(f"loss {self.name} has no per-example values")
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

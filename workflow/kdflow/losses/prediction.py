@@ -72,44 +72,60 @@ class CandidateKD(Loss):
     (TinyBERT's ``soft_cross_entropy``, a mean over the [examples, classes] matrix)."""
 
     spec = specs.CandidateKD
+    has_per_example = True
 
-    def forward(self, inputs: StepInputs) -> torch.Tensor:
+    def per_example(self, inputs: StepInputs) -> torch.Tensor:
         t = _soft(inputs.teacher_scores, self.temperature)
         rows = [
             -(p * torch.log_softmax(s.float() / self.temperature, -1)).sum() / (len(p) if self.per_candidate else 1)
             for p, s in zip(t, inputs.student_scores)
         ]
-        return torch.stack(rows).mean()
+        return torch.stack(rows)
+
+    def forward(self, inputs: StepInputs) -> torch.Tensor:
+        return self.per_example(inputs).mean()
 
 
 class HintonKD(Loss):
     """Hinton et al.: KL between temperature-softened teacher and student task logits, times T^2."""
 
     spec = specs.HintonKD
+    has_per_example = True
+
+    def per_example(self, inputs: StepInputs) -> torch.Tensor:
+        rows = [dense_kl(t, s, self.temperature) for t, s in zip(inputs.teacher_scores, inputs.student_scores)]
+        return torch.stack(rows) * self.temperature**2
 
     def forward(self, inputs: StepInputs) -> torch.Tensor:
-        rows = [dense_kl(t, s, self.temperature) for t, s in zip(inputs.teacher_scores, inputs.student_scores)]
-        return torch.stack(rows).mean() * self.temperature**2
+        return self.per_example(inputs).mean()
 
 
 class GoldCE(Loss):
     """Cross-entropy with the gold labels (a target distribution over the candidates)."""
 
     spec = specs.GoldCE
+    has_per_example = True
+
+    def per_example(self, inputs: StepInputs) -> torch.Tensor:
+        rows = [-(y * torch.log_softmax(s, -1)).sum() for y, s in zip(inputs.labels, inputs.student_scores)]
+        return torch.stack(rows)
 
     def forward(self, inputs: StepInputs) -> torch.Tensor:
-        rows = [-(y * torch.log_softmax(s, -1)).sum() for y, s in zip(inputs.labels, inputs.student_scores)]
-        return torch.stack(rows).mean()
+        return self.per_example(inputs).mean()
 
 
 class LogitMSE(Loss):
     """Mean squared error between student and teacher task logits (STS-B-style regression targets)."""
 
     spec = specs.LogitMSE
+    has_per_example = True
+
+    def per_example(self, inputs: StepInputs) -> torch.Tensor:
+        rows = [((s - t) ** 2).mean() for s, t in zip(inputs.student_scores, inputs.teacher_scores)]
+        return torch.stack(rows)
 
     def forward(self, inputs: StepInputs) -> torch.Tensor:
-        rows = [((s - t) ** 2).mean() for s, t in zip(inputs.student_scores, inputs.teacher_scores)]
-        return torch.stack(rows).mean()
+        return self.per_example(inputs).mean()
 
 
 class LanguageModelling(Loss):

@@ -11,6 +11,7 @@ from ..recipes import recipe_needs
 from . import names
 from .names import FINETUNED, classifier_model, model_folder, run_model
 from .settings import stage_settings
+from .teachers import stage2_teachers
 
 EMBEDDED_TASKS = frozenset({"embedded:rotten-tomatoes"})
 EMBEDDED_CORPORA = frozenset({"embedded:package-texts"})
@@ -106,12 +107,15 @@ class StageJob:
     out: str
     transfer_set: bool = False  # stage 2 on every training input of the task, the unlabelled ones too
     settings: dict[str, Any] = field(default_factory=dict)  # the job's training settings (`stage_settings`)
+    more_teachers: tuple[str, ...] = ()  # the folders of the other teachers of a multi-teacher stage 2
 
     def inputs(self) -> dict[str, Any]:
-        """The job's input files by role, in the order the distill rules name them."""
+        """The job's input files by role, in the order the distill rules name them (`teacher`: one folder, or
+        the list of a multi-teacher stage's teachers, first the one ``teacher`` names)."""
         data = "corpus" if self.stage == "stage1" else "task"
         cache = [self.cache] if self.cache else []
-        return {"student": self.start, data: self.data, "teacher": self.teacher_folder, "cache": cache}
+        teacher = [self.teacher_folder, *self.more_teachers] if self.more_teachers else self.teacher_folder
+        return {"student": self.start, data: self.data, "teacher": teacher, "cache": cache}
 
 
 @dataclass(frozen=True)
@@ -175,7 +179,7 @@ def stage2_job(config: dict[str, Any], results: str, run: str, task: str) -> Sta
     logit cache unless the teacher is a classifier."""
     spec = names.run_spec(config, run)
     start = f"{results}/runs/{run}/stage1" if "stage1" in spec else f"{results}/students/{spec['student']}"
-    teacher = names.stage2_teacher_name(config, run, task)
+    teacher, *others = stage2_teachers(config, run, task)
     vocab = config["students"][spec["student"]]["vocabulary"]
     classifier = names.student_teacher(config, spec["student"]) in config["classifier_finetune"]["models"]
     cache = None if classifier else f"{results}/cache/task/{task}/{vocab}/manifest.json"
@@ -192,6 +196,7 @@ def stage2_job(config: dict[str, Any], results: str, run: str, task: str) -> Sta
         f"{results}/runs/{run}/{task}",
         bool(spec["stage2"].get("transfer_set")),
         stage_settings(config, spec, "stage2", task),
+        tuple(model_folder(results, m, task) for m in others),
     )
 
 

@@ -147,6 +147,25 @@ def test_gkd_methods_runs_every_registered_method(repo):
     assert any(s.get("teacher", "").startswith("runs/") for s in stage2)  # a teacher-assistant chain (TAKD)
 
 
+def _losses(run: dict) -> dict:
+    return {stage: sorted(run[stage].get("losses", {})) for stage in ("stage1", "stage2") if stage in run}
+
+
+def test_the_cpu_twins_run_gkd_methods_recipes(repo):
+    """gkd-methods-tiny.yaml runs every run of gkd-methods.yaml with the same losses and teachers' roles;
+    gkd-methods-cpu.yaml (MiniLM, no LM head) all but the runs whose stage 1 learns word predictions."""
+    load = lambda name: yaml.safe_load((repo / "config" / "experiments" / f"{name}.yaml").read_text())["runs"]  # noqa: E731
+    full, tiny, cpu = load("gkd-methods"), load("gkd-methods-tiny"), load("gkd-methods-cpu")
+    assert {n: _losses(r) for n, r in tiny.items()} == {n: _losses(r) for n, r in full.items()}
+    method = lambda run: (run["stage2"].get("multi_teacher") or {}).get("method")  # noqa: E731
+    assert {n: method(r) for n, r in tiny.items()} == {n: method(r) for n, r in full.items()}
+    assert all(method(cpu[n]) == method(full[n]) for n in cpu)
+    words = {"glmd", "mlm", "distilbert", "pd"}
+    assert set(full) - set(cpu) == words
+    assert all(_losses(cpu[n]) == _losses(full[n]) for n in cpu if n != "mobilebert")
+    assert _losses(cpu["mobilebert"])["stage1"] == ["mobilebert"]  # MobileBERT's LM phase needs an LM head
+
+
 def test_ten_billion_teacher_is_offloaded(repo):
     cfg = yaml.safe_load((repo / "config" / "experiments" / "glmd-10b.yaml").read_text())
     teacher_ds = cfg["distill"]["stage1"]["teacher_deepspeed"]["zero_optimization"]

@@ -13,10 +13,8 @@ from ..errors import ConfigError
 from ..losses import Loss
 from ..losses.inputs import StepInputs
 from ..losses.multi_teacher import CombineInputs, MultiTeacher, TeacherTerms
+from ..plan.teachers import SINGLE_TEACHER_NEEDS, TEACHER_SIDE
 from .producers import StageData, Step, check_alignment, produce
-
-TEACHER_SIDE = frozenset({"teacher_scores", "teacher_hidden", "teacher_attentions", "teacher_qkv"})
-SINGLE_TEACHER_NEEDS = frozenset({"hybrid_scores", "word_logits", "word_targets"})
 
 
 def check_multi_teacher(losses: list[Loss], combiner: MultiTeacher) -> None:

@@ -13,6 +13,7 @@ from . import names
 
 Config = dict[str, Any]
 TEACHER_SIDE = frozenset({"teacher_scores", "teacher_hidden", "teacher_attentions", "teacher_qkv"})
+SINGLE_TEACHER_NEEDS = frozenset({"hybrid_scores", "word_logits", "word_targets"})  # one teacher's layers or cache
 
 
 def configured(stage2: dict[str, Any]) -> list[str] | None:
@@ -128,7 +129,7 @@ def _check_method(config: Config, run: str, stage2: dict[str, Any], n_teachers: 
     if any(check_recipe(group, "stage2") for group in groups):
         return []  # reported with the run's recipes
     losses = set().union(*(expand_presets(group, "stage2") for group in groups))
-    single = sorted(n for n in losses if SPECS[n].needs & {"hybrid_scores", "word_logits", "word_targets"})
+    single = sorted(n for n in losses if SPECS[n].needs & SINGLE_TEACHER_NEEDS)
     if single:
         problems.append(
             f"config key '{key}.teachers': {', '.join(single)} read(s) one teacher's layers or cache, which several "

@@ -47,10 +47,10 @@ EXPERIMENTS = {
     "gkd-methods": {
         "finetune_classifier": 14,
         "distill_stage1": 8,
-        "distill_stage2": 231,
-        "evaluate": 252,
+        "distill_stage2": 238,
+        "evaluate": 259,
         "reproduce": 1,
-        "total": 772,
+        "total": 793,
     },
     "cpu-real": {
         "finetune_teacher": 9,

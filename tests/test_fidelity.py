@@ -61,11 +61,12 @@ CHECKED = {
 
 
 def test_every_loss_and_preset_is_checked_against_a_reference():
+    import test_zoo_diito
     import test_zoo_layermap
     import test_zoo_schedule
 
-    modules = (globals(), vars(test_zoo_layermap), vars(test_zoo_schedule))
-    checked = {**CHECKED, **test_zoo_layermap.CHECKED, **test_zoo_schedule.CHECKED}
+    modules = (globals(), vars(test_zoo_layermap), vars(test_zoo_schedule), vars(test_zoo_diito))
+    checked = {**CHECKED, **test_zoo_layermap.CHECKED, **test_zoo_schedule.CHECKED, **test_zoo_diito.CHECKED}
     assert set(checked) == set(REGISTRY) | set(PRESETS)
     assert all(any(callable(m.get(test)) for m in modules) for test in checked.values())
 

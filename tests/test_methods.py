@@ -13,9 +13,9 @@ from conftest import TINY_CACHE, TINY_TRAIN, pack_text, step_inputs
 from kdflow.cache.build import cache_corpus, cache_task
 from kdflow.distill import distill
 from kdflow.errors import ConfigError
-from kdflow.features import forward_features, map_layers, require_attentions
+from kdflow.features import forward_features, map_layers, require_attentions, transformer_layers
 from kdflow.finetune import finetune_classifier
-from kdflow.hybrid import layer_blocks, theseus_layers
+from kdflow.hybrid import layer_blocks, theseus_layers, tie_to_successors
 from kdflow.losses import PRESETS, REGISTRY, LossContext, build_losses
 from kdflow.losses.codir import CoDIR, momentum_update, nce_loss, nce_scores, sample_negatives
 from kdflow.modeling import load_lm
@@ -62,6 +62,7 @@ CASES = [
     ("rail_kd", {"dim": 16, "final": True}, "encoder", "stage2"),
     ("ckd", {}, "encoder", "stage2"),
     ("mgskd", {"relation_heads": 2}, "encoder", "stage2"),
+    ("diito", {"cosine": 0.5}, "encoder", "stage2"),
     ("pd", {}, "decoder", "stage1"),
     ("pd", {}, "encoder", "stage2"),
 ]
@@ -319,6 +320,27 @@ def test_theseus_with_every_layer_replaced_is_the_teacher(tiny_llama, tmp_path):
         plain = student(input_ids=ids).logits
     assert torch.allclose(plain, student(input_ids=ids).logits)
     assert len(student.state_dict()) == len(load_lm(tmp_path / "s")[0].state_dict())  # nothing left behind
+
+
+def test_theseus_draw_of_teacher_layers_only_still_steps_with_zero_successor_gradients(tiny_llama, tmp_path):
+    """A draw keeping no student layer: as in run_glue.py, backward runs and the successors get zero gradients
+    (without the tie, autograd refuses: nothing in the graph requires grad)."""
+    init_student(tiny_llama, {"layers": {"strategy": "last", "count": 1}}, None, tmp_path / "s", seed=0)
+    student, _, _ = load_lm(tmp_path / "s")
+    teacher, _, _ = load_lm(tiny_llama)
+    teacher.requires_grad_(False)
+    student.requires_grad_(False)
+    layers = transformer_layers(student)
+    layers.requires_grad_(True)
+    ids = torch.tensor([[5, 17, 300, 2]])
+    with theseus_layers(student, teacher, 0.0, torch.Generator().manual_seed(0)):
+        scores = list(student(input_ids=ids).logits[:, -1].float())
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        torch.stack(scores).logsumexp(-1).sum().backward()
+    tied = tie_to_successors(scores, student)
+    torch.stack(tied).logsumexp(-1).sum().backward()
+    assert all(p.grad is not None and not p.grad.any() for p in layers.parameters())
+    assert torch.equal(torch.stack(tied), torch.stack(scores))
 
 
 def test_attentions_need_eager_and_say_so(tiny_bert):

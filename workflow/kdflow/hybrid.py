@@ -58,3 +58,12 @@ def theseus_layers(student: torch.nn.Module, teacher: torch.nn.Module, p_student
         student.config.use_cache = use_cache
         for i, layer in enumerate(originals):
             s_layers[i] = layer
+
+
+def tie_to_successors(scores: list[torch.Tensor], student: torch.nn.Module) -> list[torch.Tensor]:
+    """Scores of a draw that swapped in the teacher for every student layer depend on no trained parameter. The
+    reference (run_glue.py optimises the successor layers only, yet every parameter requires grad) still
+    backpropagates and steps, the successors receiving zero gradients; tying the scores to them with weight zero
+    does the same here (and keeps DeepSpeed's backward valid)."""
+    anchor = sum(p.sum() for p in transformer_layers(student).parameters() if p.requires_grad)
+    return [s + 0.0 * anchor for s in scores]

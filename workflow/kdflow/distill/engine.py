@@ -25,7 +25,7 @@ from .job import DistillJob
 from .multi import check_multi_teacher, multi_teacher_step
 from .producers import StageData, Step, check_alignment, produce
 from .stage1 import corpus_data
-from .stage2 import Student, TaskData, replace_schedule
+from .stage2 import Student, TaskData, interchange_settings, replace_schedule
 from .student import classifier_student, load_student, save_student
 from .teacher import load_teacher
 
@@ -96,9 +96,8 @@ def _stage_data(job: DistillJob, losses: list[Loss]) -> tuple[torch.nn.Module, S
         model = classifier_student(job.student_dir, teachers[0])
     student = Student(model, tokenizer, family, classifier)
     transfer_set = bool(job.run.get("stage2", {}).get("transfer_set"))
-    data = TaskData(
-        job.data, student, teacher, all_needs, job.settings, job.vocab_map, job.seed, job.runtime, replace, transfer_set
-    )
+    args = (job.data, student, teacher, all_needs, job.settings, job.vocab_map, job.seed, job.runtime, replace)
+    data = TaskData(*args, transfer_set, interchange_settings(losses))
     return model, data, classifier
 
 

@@ -18,8 +18,8 @@ from .producers import StageData, Step, check_alignment, produce
 
 
 def check_multi_teacher(losses: list[Loss], combiner: MultiTeacher) -> None:
-    """Refuse what cannot be combined over teachers: Theseus's hybrid scores and word-prediction losses (one
-    teacher's layers or cache), and a per-example method without any per-example loss."""
+    """Refuse what cannot be combined over teachers: Theseus's hybrid scores, DIITO's interchange and
+    word-prediction losses (one teacher's layers or cache), and a per-example method without any per-example loss."""
     single = [loss.name for loss in losses if loss.needs & SINGLE_TEACHER_NEEDS]
     if single:
         raise ConfigError(f"losses {single} read one teacher's layers or cache; a multi-teacher stage cannot run them")

@@ -23,7 +23,7 @@ from ..vocab.vmap import VocabMap
 from .producers import Produced, Producer, Step, example_ids
 from .teacher import body, load_teacher, teacher_features
 
-TASK_NEEDS = frozenset({"student_scores", "teacher_scores", "labels", "hybrid_scores"})
+TASK_NEEDS = frozenset({"student_scores", "teacher_scores", "labels", "hybrid_scores", "interchange_scores"})
 TARGET_KEYS = ("values", "ids", "log_norm", "dense", "hidden")
 
 

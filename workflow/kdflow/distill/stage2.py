@@ -1,6 +1,7 @@
 """Stage 2 data: a task's training examples, with the teacher's outputs from the task cache (word-prediction
 students) or from the online teacher (classification students), and the producers of stage 2's step inputs.
-BERT-of-Theseus's hybrid scores are produced here too, on the replace schedule of the loss that needs them."""
+BERT-of-Theseus's hybrid scores are produced here too, on the replace schedule of the loss that needs them, and
+DIITO's counterfactual scores (``kdflow.interchange``) with the settings of the loss that needs them."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from ..errors import ConfigError
 from ..features import forward_features
 from ..finetune import gold_target
 from ..heads import head_bypassed, word_rows
-from ..hybrid import theseus_layers
+from ..hybrid import theseus_layers, tie_to_successors
+from ..interchange import counterfactual, interchange_generator
 from ..losses import Loss
 from ..losses.inputs import feature_fields, feature_flags
 from ..losses.representation import Theseus
@@ -52,6 +54,11 @@ def replace_schedule(losses: Sequence[Loss]) -> ReplaceSchedule | None:
     return hybrid[0].replace_probability
 
 
+def interchange_settings(losses: Sequence[Loss]) -> Any | None:
+    """The settings of the loss needing ``interchange_scores`` (DIITO), or None."""
+    return next((loss.settings for loss in losses if "interchange_scores" in loss.needs), None)
+
+
 def _pad(rows: list[torch.Tensor], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
@@ -76,10 +83,14 @@ class TaskData:
         runtime: Runtime,
         replace: ReplaceSchedule | None = None,
         transfer_set: bool = False,
+        interchange: Any | None = None,
     ) -> None:
         self.teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [] if teacher is None else [teacher]
         self.teacher = self.teachers[0] if self.teachers else None  # the first: loss sizes, Theseus's layers
         self.student, self.seed, self.runtime, self.replace = student, seed, runtime, replace
+        self.interchange = interchange  # the diito loss's settings
+        if "interchange_scores" in all_needs:
+            self._check_interchange()
         self.prepared = load_prepared(Path(data["task"]), "train", transfer_set=transfer_set)
         self.max_length = settings["max_length"]
         self.cache = self._open_cache(data, all_needs, vocab_map)
@@ -108,6 +119,18 @@ class TaskData:
             self.label_ids = tuple(self.label_names.index(ex["label"]) for ex in self.prepared.examples)
         self.producers = self._table()
 
+    def _check_interchange(self) -> None:
+        """DIITO intervenes on a classification student and its online classification teacher."""
+        if not self.student.classifier:
+            raise ConfigError(
+                "stage2.losses.diito: the interchange intervention needs a classification student taught by an "
+                "online classification teacher (the encoder track); this student predicts words"
+            )
+        if self.interchange is None or self.teacher is None:
+            raise ConfigError("stage2.losses.diito: the interchange intervention needs the loss and the teacher")
+        if self.student.model.config.num_labels < 2:
+            raise ConfigError("stage2.losses.diito: a regression head has no distribution for the soft cross-entropy")
+
     def _open_cache(
         self, data: dict[str, Any], all_needs: frozenset[str], vocab_map: Path | None
     ) -> TaskCacheDataset | None:
@@ -133,6 +156,7 @@ class TaskData:
             "teacher_scores": self.teacher_outputs if classifier else self.cached_teacher_scores,
             "labels": self.labels,
             "hybrid_scores": self.hybrid_scores,
+            "interchange_scores": self.interchange_scores,
             "example_ids": example_ids,
         }
 
@@ -148,10 +172,12 @@ class TaskData:
             out["positions"] = [it["positions"] for it in items]
             out["targets"] = stack_targets(items)
         if any(feature_flags(needs, "student").values()) or (
-            classifier and needs & {"student_scores", "hybrid_scores"}
+            classifier and needs & {"student_scores", "hybrid_scores", "interchange_scores"}
         ):
             out["encoded"] = encode_pairs(self.student.tokenizer, examples, self.max_length)
-        if any(feature_flags(needs, "teacher").values()) or (classifier and "teacher_scores" in needs):
+        if any(feature_flags(needs, "teacher").values()) or (
+            classifier and needs & {"teacher_scores", "interchange_scores"}
+        ):
             if self.teacher is None:
                 raise ConfigError("the teacher's outputs are needed, and no teacher is loaded")
             out["teacher_encoded"] = [encode_pairs(t, examples, self.max_length) for t in self.teacher_tokenizers]
@@ -219,11 +245,23 @@ class TaskData:
         if self.replace is None or self.teacher is None:
             raise ConfigError("hybrid scores need a BERT-of-Theseus loss and the teacher")
         generator = torch.Generator().manual_seed(self.seed * 7_919 + int(step.step))
-        with theseus_layers(step.student, self.teacher, self.replace(step.progress), generator):
+        with theseus_layers(step.student, self.teacher, self.replace(step.progress), generator) as choice:
             if self.student.classifier:
                 encoded = dict(step.batch["encoded"])
                 scores = list(step.student(**encoded).logits.float())
                 tokens = int(encoded["attention_mask"].sum())
             else:
                 scores, tokens = self._candidates(step.student, step.indices)
+        if all(choice) and torch.is_grad_enabled():
+            scores = tie_to_successors(scores, step.student)
         return Produced({"hybrid_scores": scores}, tokens=tokens)
+
+    def interchange_scores(self, step: Step) -> Produced:
+        """DIITO's counterfactual task scores of the student and the (first) teacher on a token-aligned batch; the
+        layer and position draws are seeded by (seed, step)."""
+        encoded, t_encoded = dict(step.batch["encoded"]), dict(step.batch["teacher_encoded"][0])
+        if not torch.equal(encoded["input_ids"].cpu(), t_encoded["input_ids"].cpu()):
+            raise ConfigError("stage2.losses.diito: the student must share the teacher's tokenisation (token-aligned)")
+        generator = interchange_generator(self.seed, int(step.step))
+        made = counterfactual(step.student, self.teacher, encoded, t_encoded, self.interchange, generator)
+        return Produced({"interchange_scores": made}, tokens=2 * int(encoded["attention_mask"].sum()))

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ..features import Features
+from ..interchange import Counterfactual
 
 ALWAYS_PRESENT = ("step", "progress", "cache_temperatures")
 FEATURE_KINDS = ("hidden", "attentions", "qkv")
@@ -35,7 +36,8 @@ NOT_PRODUCED: Any = _NotProduced()
 class StepInputs:
     """The tensors of one step. Feature needs (``student_hidden``, ``teacher_qkv``, ...) hold the side's
     ``Features`` of one forward pass (the same object for every kind asked of that side); scores are lists of
-    one tensor per example; ``word_targets`` is the dict of cached or online targets."""
+    one tensor per example; ``word_targets`` is the dict of cached or online targets; ``interchange_scores``
+    DIITO's ``Counterfactual`` outputs."""
 
     step: int = 0  # 0-based optimizer step
     progress: float = 0.0  # fraction of the stage's steps done, in [0, 1)
@@ -53,6 +55,7 @@ class StepInputs:
     student_qkv: Features = NOT_PRODUCED
     teacher_qkv: Features = NOT_PRODUCED
     hybrid_scores: list[torch.Tensor] = NOT_PRODUCED
+    interchange_scores: Counterfactual = NOT_PRODUCED
     example_ids: torch.Tensor = NOT_PRODUCED
 
     def __getattribute__(self, name: str) -> Any:

@@ -13,7 +13,7 @@ from . import names
 
 Config = dict[str, Any]
 TEACHER_SIDE = frozenset({"teacher_scores", "teacher_hidden", "teacher_attentions", "teacher_qkv"})
-SINGLE_TEACHER_NEEDS = frozenset({"hybrid_scores", "word_logits", "word_targets"})  # one teacher's layers or cache
+SINGLE_TEACHER_NEEDS = frozenset({"hybrid_scores", "interchange_scores", "word_logits", "word_targets"})  # one teacher
 
 
 def configured(stage2: dict[str, Any]) -> list[str] | None:

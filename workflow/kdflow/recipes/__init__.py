@@ -7,7 +7,7 @@ import inspect
 from typing import Any
 
 from ..errors import ConfigError
-from . import specs_layermap, specs_schedule  # noqa: F401  (registers the specs)
+from . import specs_interchange, specs_layermap, specs_schedule  # noqa: F401  (registers the specs)
 from .presets import PRESETS
 from .specs import NEEDS, SPECS, LossSpec
 from .values import SettingError, number

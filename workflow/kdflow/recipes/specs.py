@@ -20,6 +20,7 @@ from .values import POOLINGS, SettingError, choice, count, flag, layer_spec, num
 #   student_attentions  ... with per-layer attention probabilities (eager attention)
 #   student_qkv         ... with per-layer query/key/value projections
 #   hybrid_scores       task scores of the student with teacher layers swapped in (BERT-of-Theseus)
+#   interchange_scores  student and teacher task scores after an interchange intervention (DIITO)
 #   example_ids         dataset indices of the batch (memory banks)
 NEEDS = frozenset(
     {
@@ -36,6 +37,7 @@ NEEDS = frozenset(
         "student_qkv",
         "teacher_qkv",
         "hybrid_scores",
+        "interchange_scores",
         "example_ids",
     }
 )

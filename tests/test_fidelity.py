@@ -61,12 +61,14 @@ CHECKED = {
 
 
 def test_every_loss_and_preset_is_checked_against_a_reference():
+    import test_zoo_continuation
     import test_zoo_diito
     import test_zoo_layermap
     import test_zoo_schedule
 
-    modules = (globals(), vars(test_zoo_layermap), vars(test_zoo_schedule), vars(test_zoo_diito))
-    checked = {**CHECKED, **test_zoo_layermap.CHECKED, **test_zoo_schedule.CHECKED, **test_zoo_diito.CHECKED}
+    zoo = (test_zoo_layermap, test_zoo_schedule, test_zoo_diito, test_zoo_continuation)
+    modules = (globals(), *(vars(m) for m in zoo))
+    checked = {**CHECKED, **{name: test for m in zoo for name, test in m.CHECKED.items()}}
     assert set(checked) == set(REGISTRY) | set(PRESETS)
     assert all(any(callable(m.get(test)) for m in modules) for test in checked.values())
 

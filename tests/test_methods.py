@@ -53,6 +53,7 @@ CASES = [
     ("theseus", {}, "encoder", "stage2"),
     ("theseus", {}, "decoder", "stage2"),
     ("annealing_kd", {}, "encoder", "stage2"),
+    ("continuation_kd", {}, "encoder", "stage2"),
     ("sid", {}, "encoder", "stage2"),
     ("mobilebert", {}, "encoder", "stage1"),
     ("lrc_bert", {}, "encoder", "stage2"),

@@ -1,5 +1,5 @@
 """Scheduled losses of the GKD method zoo (aitsc/GLMKD @2f42ff7 ``distill/distill_model.py``): Annealing-KD,
-SID, MobileBERT's progressive knowledge transfer and LRC-BERT's COS-NCE.
+SID, MobileBERT's progressive knowledge transfer and LRC-BERT's COS-NCE; and Continuation-KD (from its paper).
 
 Schedules run over the loss's own window: GLMKD runs each phase as its own training job and reads
 ``iteration / train_iters`` of that job; here the phase is the loss's ``start``/``stop`` window of the stage
@@ -39,6 +39,12 @@ def annealing_factor(progress: float, max_temperature: float) -> float:
     return 1 - (max(1, math.ceil(temperature)) - 1) / max_temperature
 
 
+def continuation_psi(progress: float, sep: float, denominator: float) -> float:
+    """Continuation-KD's psi over the window (paper eqs. 7-8 with epochs as fractions of the window):
+    ``progress / denominator`` up to ``sep``, then 1. Compared at 9 decimals, as ``annealing_factor``."""
+    return progress / denominator if round(progress, 9) <= round(sep, 9) else 1.0
+
+
 def unlocked(progress: float, phases: int) -> int:
     """Progressive transfer: the phase (1..phases) at ``progress`` of ``phases`` equal phases."""
     return 1 + sum(progress >= j / phases for j in range(1, phases))
@@ -74,6 +80,34 @@ class AnnealingKD(Loss):
         rows = [
             ((s.float() - phi * t.float()) ** 2).mean() for s, t in zip(inputs.student_scores, inputs.teacher_scores)
         ]
+        return torch.stack(rows).mean()
+
+
+class ContinuationKD(Loss):
+    """Continuation-KD (Jafari et al. 2022, Findings of EMNLP; GLMKD's ``continuation_kd`` is not in the
+    stored copy of its code: the paper's formulas). Eq. 3: psi * CE + (1 - psi) * L_CNT, with the gold
+    cross-entropy CE and eq. 4's annealed hinge L_CNT = max(0, ||z_S - phi z_T||^2 - m * phi); phi is eq. 5,
+    Annealing-KD's factor (``annealing_factor``: T steps from ``max_temperature`` down to 1, one step per
+    1/T_max of the window), psi ``continuation_psi`` (eqs. 7-8). ||.||^2 is the mean squared error over the
+    example's logits (the paper: "a mean square loss"; its authors' Annealing-KD code: ``F.mse_loss``); the
+    hinge and CE are per example, then averaged (Algorithm 1 line 11 writes the hinge of the mini-batch).
+    The CE is inside the loss (its weight psi changes with progress): no separate ``ce`` is needed."""
+
+    spec = specs.ContinuationKD
+
+    def factors(self, progress: float) -> tuple[float, float]:
+        """(phi, psi) at the stage's ``progress``."""
+        p = window_progress(progress, self.start, self.stop)
+        return annealing_factor(p, self.max_temperature), continuation_psi(p, self.psi_sep, self.psi_denominator)
+
+    def forward(self, inputs: StepInputs) -> torch.Tensor:
+        phi, psi = self.factors(inputs.progress)
+        rows = []
+        for s, t, y in zip(inputs.student_scores, inputs.teacher_scores, inputs.labels):
+            s = s.float()
+            hinge = torch.relu(((s - phi * t.float()) ** 2).mean() - self.margin * phi)
+            ce = -(y.float() * torch.log_softmax(s, -1)).sum()
+            rows.append(psi * ce + (1.0 - psi) * hinge)
         return torch.stack(rows).mean()
 
 

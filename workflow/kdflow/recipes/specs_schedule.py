@@ -1,6 +1,6 @@
-"""Declarations of the scheduled losses of the GKD method zoo (``kdflow.losses.schedule``): Annealing-KD, SID,
-MobileBERT's progressive knowledge transfer and LRC-BERT's COS-NCE. Their schedules run over the loss's own
-``start``/``stop`` window (see ``kdflow.losses.schedule``)."""
+"""Declarations of the scheduled losses of the GKD method zoo (``kdflow.losses.schedule``): Annealing-KD,
+Continuation-KD, SID, MobileBERT's progressive knowledge transfer and LRC-BERT's COS-NCE. Their schedules run
+over the loss's own ``start``/``stop`` window (see ``kdflow.losses.schedule``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from .specs import HIDDEN, LossSpec, _Layers, _Pooled
-from .values import at_least
+from .values import SettingError, at_least, number, positive
 
 ATTENTIONS = frozenset({"student_attentions", "teacher_attentions"})
 
@@ -22,6 +22,35 @@ class AnnealingKD(LossSpec):
 
     def check(self) -> None:
         self.set(max_temperature=at_least("max_temperature", self.max_temperature, 1.0))
+
+
+@dataclass(frozen=True)
+class ContinuationKD(LossSpec):
+    name: ClassVar[str] = "continuation_kd"
+    needs: ClassVar[frozenset[str]] = frozenset({"student_scores", "teacher_scores", "labels"})
+    stages: ClassVar[tuple[str, ...]] = ("stage2",)
+    uses_labels: ClassVar[bool] = True
+    max_temperature: float = 10.0  # T_max (the paper's NLU runs; GLMKD --continuation_kd_max_t=10)
+    margin: float = 1.0  # m of the hinge (GLMKD --continuation_kd_margin=1)
+    psi_sep: float = 2 / 3  # psi = progress / psi_denominator up to here, then 1 (paper eq. 8: epoch 20 of 30)
+    psi_denominator: float = 4 / 3  # (eq. 8: 40 / 30 epochs; GLMKD --continuation_kd_psi_sep/denominator)
+
+    def check(self) -> None:
+        self.set(
+            max_temperature=at_least("max_temperature", self.max_temperature, 1.0),
+            margin=at_least("margin", self.margin, 0.0),
+            psi_sep=number("psi_sep", self.psi_sep),
+            psi_denominator=positive("psi_denominator", self.psi_denominator),
+        )
+        if not 0.0 <= self.psi_sep <= 1.0:
+            raise SettingError(
+                "psi_sep", f"expected a value in [0, 1] (a fraction of the window), got {self.psi_sep:g}"
+            )
+        if self.psi_denominator < self.psi_sep:
+            raise SettingError(
+                "psi_denominator",
+                f"{self.psi_denominator:g} < psi_sep {self.psi_sep:g}: psi = progress / psi_denominator would pass 1",
+            )
 
 
 @dataclass(frozen=True)

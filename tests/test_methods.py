@@ -57,6 +57,8 @@ CASES = [
     ("sid", {}, "encoder", "stage2"),
     ("mobilebert", {}, "encoder", "stage1"),
     ("lrc_bert", {}, "encoder", "stage2"),
+    ("lrc_bert", {"perturbation": 1.0}, "encoder", "stage2"),  # LRC-BERT's gradient perturbation: two passes a step
+    ("lrc_bert", {"perturbation": 1.0}, "decoder", "stage2"),
     ("alp_kd", {}, "encoder", "stage2"),
     ("alp_kd", {}, "decoder", "stage2"),
     ("universal_kd", {"final_only": True}, "encoder", "stage2"),  # a 1-layer student has no inner layer

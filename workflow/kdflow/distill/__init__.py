@@ -12,7 +12,8 @@ pass per batch, which is why the encoder track has no cache.
 
 The rooms: ``job`` (what a job is), ``phases`` (a stage's trainings), ``engine`` (one training and its step),
 ``producers`` (need -> producer tables; the losses read ``losses.inputs.StepInputs``), ``stage1`` (corpus
-data), ``stage2`` (task data, Theseus's hybrid scores), ``teacher`` and ``student`` (loading and saving)."""
+data), ``stage2`` (task data, Theseus's hybrid scores), ``perturb`` (LRC-BERT's gradient perturbation: a step on
+clean, then on perturbed embeddings), ``teacher`` and ``student`` (loading and saving)."""
 
 from __future__ import annotations
 

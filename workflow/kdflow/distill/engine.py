@@ -23,6 +23,7 @@ from ..train.workdir import WorkDir
 from ..vocab.factorised import merge_factorised
 from .job import DistillJob
 from .multi import check_multi_teacher, multi_teacher_step
+from .perturb import perturbed_step, step_perturbation
 from .producers import StageData, Step, check_alignment, produce
 from .stage1 import corpus_data
 from .stage2 import Student, TaskData, interchange_settings, replace_schedule
@@ -49,14 +50,22 @@ class DistillModule(torch.nn.Module):
 @dataclass(frozen=True)
 class StepRunner:
     """The loss of one micro-batch: the active losses' needs produced on the stage's data, each loss computed
-    on the inputs it declared."""
+    on the inputs it declared (twice, on clean then perturbed embeddings, where a loss asks for LRC-BERT's
+    gradient perturbation: ``kdflow.distill.perturb``)."""
 
     data: StageData
     steps: int
 
     def run(self, module: DistillModule, indices: list[int], step: int) -> tuple[torch.Tensor, dict[str, float], int]:
+        active = [loss for loss in module.losses if loss.active(step / self.steps)]
+        once = functools.partial(self._once, module, active, indices, step)
+        epsilon = step_perturbation(active)  # LRC-BERT's: the step runs on clean, then on perturbed embeddings
+        return perturbed_step(once, module.student, epsilon) if epsilon else once()
+
+    def _once(
+        self, module: DistillModule, active: list[Loss], indices: list[int], step: int
+    ) -> tuple[torch.Tensor, dict[str, float], int]:
         progress = step / self.steps
-        active = [loss for loss in module.losses if loss.active(progress)]
         if module.combiner is not None:
             return multi_teacher_step(self.data, module, active, indices, step, self.steps)
         needs = frozenset().union(*(loss.needs for loss in active))

@@ -65,6 +65,11 @@ class Loss(torch.nn.Module):
     def active(self, progress: float) -> bool:
         return self.start <= progress < self.stop
 
+    def embedding_perturbation(self) -> float:
+        """The per-token norm of the gradient perturbation of the student's embedding output that this loss asks
+        of the steps where it is active (LRC-BERT, ``kdflow.distill.perturb``); 0: none."""
+        return 0.0
+
     def forward(self, inputs: StepInputs) -> torch.Tensor:
         """The loss of one step from the inputs it declared in ``needs`` (reading any other one raises)."""
         raise NotImplementedError

@@ -1,5 +1,6 @@
 """Scheduled losses of the GKD method zoo (aitsc/GLMKD @2f42ff7 ``distill/distill_model.py``): Annealing-KD,
-SID, MobileBERT's progressive knowledge transfer and LRC-BERT's COS-NCE; and Continuation-KD (from its paper).
+SID, MobileBERT's progressive knowledge transfer and LRC-BERT's COS-NCE (and its gradient perturbation); and
+Continuation-KD (from its paper).
 
 Schedules run over the loss's own window: GLMKD runs each phase as its own training job and reads
 ``iteration / train_iters`` of that job; here the phase is the loss's ``start``/``stop`` window of the stage
@@ -177,13 +178,18 @@ class LRCBert(_Layered):
     token by token; g(i, j) = 1 - the mean cosine between example i's student and example j's teacher vectors
     over the (layer, token) positions real in both; per example 1 - (mean over j != i of g(i, j) - g(i, i)) /
     2 + g(i, i); the mean over the batch times the number of layers. With one example there are no negatives
-    and that term is left out. GLMKD's gradient perturbation of the embeddings (``--lrc_bert_gard_perturb``: a
-    second forward pass with the first pass's embedding gradient added) is not a loss and is not done."""
+    and that term is left out. ``perturbation: 1.0`` is GLMKD's gradient perturbation (``--lrc_bert_gard_perturb``):
+    the steps where the loss is active run twice, the second time with the first pass's normalised gradient of
+    the whole loss added to the student's embedding output, and train on the second pass's loss of every loss
+    (``kdflow.distill.perturb``)."""
 
     spec = specs.LRCBert
 
     def n_projections(self) -> int:
         return 1
+
+    def embedding_perturbation(self) -> float:
+        return self.perturbation
 
     def forward(self, inputs: StepInputs) -> torch.Tensor:
         pairs = self.pairs(inputs)

@@ -1,9 +1,10 @@
 """Declarations of the scheduled losses of the GKD method zoo (``kdflow.losses.schedule``): Annealing-KD,
-Continuation-KD, SID, MobileBERT's progressive knowledge transfer and LRC-BERT's COS-NCE. Their schedules run
-over the loss's own ``start``/``stop`` window (see ``kdflow.losses.schedule``)."""
+Continuation-KD, SID, MobileBERT's progressive knowledge transfer and LRC-BERT's COS-NCE (with its gradient
+perturbation). Their schedules run over the loss's own ``start``/``stop`` window (see ``kdflow.losses.schedule``)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -77,3 +78,13 @@ class LRCBert(_Layers):
     name: ClassVar[str] = "lrc_bert"
     needs: ClassVar[frozenset[str]] = HIDDEN
     token_aligned: ClassVar[bool] = True
+    # GLMKD --lrc_bert_gard_perturb (1.0): the L2 norm, per token, of the gradient perturbation of the student's
+    # embedding output in the steps where the loss is active (kdflow.distill.perturb); 0: none
+    perturbation: float = 0.0
+
+    def check(self) -> None:
+        super().check()
+        value = at_least("perturbation", self.perturbation, 0.0)
+        if not math.isfinite(value):
+            raise SettingError("perturbation", f"expected a finite number >= 0, got {value:g}")
+        self.set(perturbation=value)

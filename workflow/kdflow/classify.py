@@ -15,6 +15,7 @@ from .data.tasks import Example, TaskType
 from .errors import DataError
 from .modeling import read_metadata
 from .runtime import Runtime
+from .sharing import load_model
 
 HEAD_KINDS = ("classification", "regression")
 
@@ -69,9 +70,7 @@ def load_classifier(
     """A sequence-classification model (eval mode; on the runtime's device, in the teacher dtype when it is a
     frozen teacher, else fp32) and its tokenizer."""
     runtime = runtime or Runtime()
-    model = AutoModelForSequenceClassification.from_pretrained(
-        folder, local_files_only=True, **runtime.load_kwargs(teacher)
-    )
+    model = load_model(AutoModelForSequenceClassification, folder, **runtime.load_kwargs(teacher))
     model = runtime.place(model, teacher=teacher)
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)

@@ -9,6 +9,7 @@ from typing import Any
 from .data.prompt_sets import PROMPT_SETS
 from .data.tasks import TASKS
 from .plan import names
+from .plan.students import check_students
 from .plan.teachers import check_teachers
 from .recipes import check_recipe, expand_presets, recipe_needs
 
@@ -106,28 +107,6 @@ def check_corpora(config: Config) -> list[str]:
         problems.append(
             f"config key 'cache.value_dtype': {dtype} needs cache.mode 'hidden' (not '{mode}'): use bf16/fp16/fp32"
         )
-    return problems
-
-
-def check_students(config: Config) -> list[str]:
-    """Each student's vocabulary, teacher and layers."""
-    problems = []
-    for name, student in config.get("students", {}).items():
-        vocab, teacher = student.get("vocabulary", "full"), student.get("teacher")
-        if vocab != "full" and vocab not in config.get("vocabularies", {}):
-            problems.append(f"config key 'students.{name}.vocabulary': '{vocab}' is neither 'full' nor a vocabulary")
-        if teacher is not None and teacher not in config.get("models", {}):
-            problems.append(f"config key 'students.{name}.teacher': unknown model '{teacher}'")
-        if teacher not in (None, config.get("teacher")) and vocab != "full":
-            problems.append(
-                f"config key 'students.{name}.vocabulary': vocabularies are built for the teacher's "
-                f"tokenizer; a student of '{teacher}' needs 'full'"
-            )
-        strategy = student.get("layers", {}).get("strategy", "uniform")
-        if strategy == "explicit" and not student.get("layers", {}).get("list"):
-            problems.append(f"config key 'students.{name}.layers.list': needed with strategy 'explicit'")
-        elif strategy != "explicit" and "count" not in student.get("layers", {}):
-            problems.append(f"config key 'students.{name}.layers.count': needed with strategy '{strategy}'")
     return problems
 
 

@@ -24,6 +24,7 @@ from .prepare import load_prepared
 from .runtime import Runtime
 from .safeio import atomic_folder
 from .scoring import candidate_scores
+from .sharing import load_model, save_model
 from .train.loop import train
 from .train.settings import TrainSettings, seed_everything, steps_for
 from .train.workdir import WorkDir
@@ -122,9 +123,7 @@ def _head_model(model_dir: str | Path, task: Any, examples: list, runtime: Runti
             "label2id": {lab: i for i, lab in enumerate(labels)},
         }
         targets = torch.tensor([labels.index(str(ex["label"])) for ex in examples])
-    model = AutoModelForSequenceClassification.from_pretrained(
-        model_dir, local_files_only=True, **head, **runtime.load_kwargs()
-    )
+    model = load_model(AutoModelForSequenceClassification, model_dir, **head, **runtime.load_kwargs())
     return model, targets
 
 
@@ -189,7 +188,7 @@ def _save_teacher(
     """The fine-tuned model folder (fp32, whatever the training precision), its training log and kdflow.json."""
     model = model.float().eval()
     with atomic_folder(out_dir) as tmp:
-        model.save_pretrained(tmp)
+        save_model(model, tmp)
         tokenizer.save_pretrained(tmp)
         shutil.copy(work.log_csv, tmp / "train_log.csv")
         _write_teacher_meta(model, parent_dir, tmp, info)

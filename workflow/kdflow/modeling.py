@@ -22,6 +22,7 @@ from transformers import (
 
 from .errors import AssetError
 from .runtime import Runtime
+from .sharing import load_model
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def load_lm(
         cls = AutoModel
     elif family == "masked" and not has_lm_head:
         log.warning("%s has no masked-LM head (%s): its head is randomly initialised", folder, archs)
-    model = runtime.place(cls.from_pretrained(folder, local_files_only=True, **runtime.load_kwargs(teacher)), teacher)
+    model = runtime.place(load_model(cls, folder, **runtime.load_kwargs(teacher)), teacher)
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     if tokenizer.pad_token is None:

@@ -1,5 +1,6 @@
 """Rule `init_student`: a student built from config: a layer subset of the teacher (initialised from its
-layers), optionally a narrower random width, and a full or compressed vocabulary."""
+layers), optionally a narrower random width, optionally with all layers sharing the first one's parameters
+(ALBERT, `share_layers`), and a full or compressed vocabulary."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from .fingerprint import tokenizer_fingerprint, weights_fingerprint
 from .jsonio import write_json
 from .modeling import count_parameters, load_lm
 from .safeio import atomic_folder
+from .sharing import share_layers
 from .vocab.factorised import factorise_embeddings, merge_factorised
 from .vocab.model import compress_model, write_model_folder
 from .vocab.vmap import VocabMap
@@ -79,6 +81,8 @@ def init_student(
     else:
         keep = select_layers(total, spec["layers"])
         model = cut_layers(model, keep)
+    if spec.get("share_layers"):  # ALBERT: every layer runs the first kept layer's parameters
+        model = share_layers(model)
     vmap, embedding_dim, factorised = None, None, None
     if vocab_map:
         vmap = VocabMap.load(vocab_map, tokenizer_fingerprint(teacher_dir))
@@ -95,6 +99,7 @@ def init_student(
             "family": family,
             "teacher": str(teacher_dir),
             "layers_from_teacher": keep,
+            "share_layers": bool(spec.get("share_layers")),
             "width": spec.get("width"),
             "vocab_map": "vocab_map.json" if vmap is not None else None,
             "vocab_size": model.config.vocab_size,

@@ -16,6 +16,7 @@ from ..fingerprint import weights_fingerprint
 from ..jsonio import read_json, write_json
 from ..modeling import count_parameters, load_lm
 from ..safeio import atomic_folder
+from ..sharing import load_model, save_model
 from ..vocab.factorised import FactorisedEmbedding, refactorise
 
 SHIPPED_FILES = (
@@ -48,9 +49,7 @@ def classifier_student(student_dir: str | Path, teacher: torch.nn.Module) -> tor
     head: dict[str, Any] = {"num_labels": cfg.num_labels, "problem_type": cfg.problem_type}
     if cfg.num_labels > 1:
         head.update(id2label=cfg.id2label, label2id=cfg.label2id)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        student_dir, local_files_only=True, dtype=torch.float32, **head
-    )
+    model = load_model(AutoModelForSequenceClassification, student_dir, dtype=torch.float32, **head)
     for name in ("classifier", "score"):
         mine, theirs = getattr(model, name, None), getattr(teacher, name, None)
         if mine is not None and theirs is not None:
@@ -68,7 +67,7 @@ def save_student(
     parent = Path(parent)
     model = model.float().eval()  # fp32 whatever the training precision
     with atomic_folder(out_dir) as tmp:
-        model.save_pretrained(tmp)
+        save_model(model, tmp)
         for name in SHIPPED_FILES:
             if (parent / name).exists():
                 shutil.copy(parent / name, tmp / name)

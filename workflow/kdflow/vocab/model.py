@@ -11,6 +11,7 @@ from transformers import AutoTokenizer, BatchEncoding, PreTrainedModel
 
 from ..jsonio import write_json
 from ..safeio import atomic_folder
+from ..sharing import save_model
 from .vmap import RESERVED, VocabMap
 
 _TOKEN_ID_KEYS = ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "cls_token_id", "unk_token_id")
@@ -68,7 +69,7 @@ def compress_model(model: PreTrainedModel, vmap: VocabMap) -> PreTrainedModel:
 def write_model_folder(model: PreTrainedModel, tokenizer_dir: str | Path, vmap: VocabMap | None, folder: Path) -> None:
     """Weights, the teacher's tokenizer files and, for a compressed vocabulary, ``vocab_map.json``: a folder
     that AutoModelFor* loads (its tokenizer with :class:`CompressedTokenizer` when there is a map)."""
-    model.save_pretrained(folder)
+    save_model(model, folder)
     AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True).save_pretrained(folder)
     if vmap is not None:
         vmap.save(folder / "vocab_map.json")

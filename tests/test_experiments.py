@@ -145,6 +145,13 @@ def test_gkd_methods_runs_every_registered_method(repo):
     stage2 = [run["stage2"] for run in cfg["runs"].values()]
     assert {s["multi_teacher"]["method"] for s in stage2 if "multi_teacher" in s} == set(MULTI_TEACHER)
     assert any(s.get("teacher", "").startswith("runs/") for s in stage2)  # a teacher-assistant chain (TAKD)
+    assert cfg["runs"]["lrc_bert"]["stage2"]["losses"]["lrc_bert"]["perturbation"] > 0  # LRC-BERT's perturbation
+
+
+@pytest.mark.parametrize("name", ["gkd-methods", "gkd-methods-cpu", "gkd-methods-tiny"])
+def test_gkd_methods_have_an_albert_student(repo, name):
+    cfg = yaml.safe_load((repo / "config" / "experiments" / f"{name}.yaml").read_text())
+    assert cfg["students"][cfg["runs"]["albert"]["student"]]["share_layers"] is True
 
 
 def _losses(run: dict) -> dict:

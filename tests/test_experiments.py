@@ -47,10 +47,10 @@ EXPERIMENTS = {
     "gkd-methods": {
         "finetune_classifier": 14,
         "distill_stage1": 8,
-        "distill_stage2": 238,
-        "evaluate": 259,
+        "distill_stage2": 252,
+        "evaluate": 273,
         "reproduce": 1,
-        "total": 793,
+        "total": 836,
     },
     "cpu-real": {
         "finetune_teacher": 9,

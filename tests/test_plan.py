@@ -163,7 +163,7 @@ def test_experiment_plans_concrete():
     assert glmd.vocabularies["half"].corpus == "wikitext"
     teacher_eval = plan_of("experiments-teacher-glue-superglue")
     assert not teacher_eval.runs and all(t.splits == ("dev",) for t in teacher_eval.tasks.values())
-    assert len(plan_of("experiments-gkd-methods").eval_pairs) == 259
+    assert len(plan_of("experiments-gkd-methods").eval_pairs) == 273
 
 
 def test_vocabulary_and_stage1_corpus_default_to_the_first_corpus_of_the_teacher():

@@ -23,6 +23,23 @@ TINY_CACHE = {"k": 16, "value_dtype": "fp32", "temperatures": [1.0, 15.0], "mode
 TINY_CACHE.update(shard_examples=8, batch_size=4, max_blocks=8, max_length=48)
 
 
+RENDEZVOUS_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")
+
+
+@pytest.fixture(autouse=True)
+def _rendezvous_stays_in_its_test():
+    """An in-process DeepSpeed engine exports a single-process rendezvous (``deepspeed_environment``) whose port
+    this pytest process keeps bound; a later test's child process (a benchmark workload, an srun task) must not
+    inherit it (it failed with EADDRINUSE)."""
+    saved = {key: os.environ.get(key) for key in RENDEZVOUS_ENV}
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO

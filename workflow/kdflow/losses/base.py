@@ -25,6 +25,12 @@ __all__ = ["NEEDS", "REGISTRY", "Loss", "LossContext", "build_losses", "check_lo
 REGISTRY: dict[str, type[Loss]] = {}
 
 
+def target_cross_entropy(target: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """The cross-entropy of ``logits`` with a target distribution over the last dimension:
+    -sum(target * log_softmax(logits)) (gold labels as one-hot rows, or a teacher's softened scores)."""
+    return -(target * torch.log_softmax(logits, -1)).sum(-1)
+
+
 @dataclass(frozen=True)
 class LossContext:
     """What a loss may size itself by: the data, the two models' shapes, the stage and its length."""

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..recipes import specs_interchange as specs
-from .base import Loss, LossContext
+from .base import Loss, LossContext, target_cross_entropy
 from .inputs import StepInputs
 
 
@@ -19,7 +19,7 @@ def soft_cross_entropy(student: torch.Tensor, teacher: torch.Tensor, temperature
     """Mean over examples of -sum softmax(t / T) log softmax(s / T) over the classes of [batch, classes] logits
     (GLMKD's fine-tuning ``pre_loss``: ``CustomLoss.cross_entropy``, no T^2)."""
     target = torch.softmax(teacher.float() / temperature, -1)
-    return -(target * torch.log_softmax(student.float() / temperature, -1)).sum(-1).mean()
+    return target_cross_entropy(target, student.float() / temperature).mean()
 
 
 def cosine_distance(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ import torch
 from ..errors import ConfigError
 from ..recipes import specs_teachers as specs
 from ..recipes.specs_teachers import MultiTeacherSpec, Problem, resolve_multi_teacher
+from .base import target_cross_entropy
 
 __all__ = ["COMBINERS", "CombineInputs", "MultiTeacher", "TeacherTerms", "build_multi_teacher", "step_generator"]
 
@@ -54,7 +55,7 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 
 def gold_ce(scores: list[torch.Tensor], labels: list[torch.Tensor]) -> torch.Tensor:
     """[B]: each example's cross-entropy -sum(y * log_softmax(scores)) with its gold distribution."""
-    return torch.stack([-(y.float() * torch.log_softmax(s.float(), -1)).sum() for s, y in zip(scores, labels)])
+    return torch.stack([target_cross_entropy(y.float(), s.float()) for s, y in zip(scores, labels)])
 
 
 def normalised_entropy(scores: list[torch.Tensor]) -> torch.Tensor:

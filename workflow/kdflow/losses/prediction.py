@@ -9,7 +9,7 @@ import torch
 from ..cache.kl import dense_kl, sparse_kl
 from ..heads import HeadRows
 from ..recipes import specs
-from .base import Loss
+from .base import Loss, target_cross_entropy
 from .chunked import PerPosition, fused_head_loss
 from .inputs import StepInputs
 
@@ -77,7 +77,7 @@ class CandidateKD(Loss):
     def per_example(self, inputs: StepInputs) -> torch.Tensor:
         t = _soft(inputs.teacher_scores, self.temperature)
         rows = [
-            -(p * torch.log_softmax(s.float() / self.temperature, -1)).sum() / (len(p) if self.per_candidate else 1)
+            target_cross_entropy(p, s.float() / self.temperature) / (len(p) if self.per_candidate else 1)
             for p, s in zip(t, inputs.student_scores)
         ]
         return torch.stack(rows)
@@ -107,7 +107,7 @@ class GoldCE(Loss):
     has_per_example = True
 
     def per_example(self, inputs: StepInputs) -> torch.Tensor:
-        rows = [-(y * torch.log_softmax(s, -1)).sum() for y, s in zip(inputs.labels, inputs.student_scores)]
+        rows = [target_cross_entropy(y, s) for y, s in zip(inputs.labels, inputs.student_scores)]
         return torch.stack(rows)
 
     def forward(self, inputs: StepInputs) -> torch.Tensor:

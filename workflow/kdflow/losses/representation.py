@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from ..features import default_pooling, map_layers, pool, transformer_layers
 from ..recipes import specs
-from .base import Loss, LossContext
+from .base import Loss, LossContext, target_cross_entropy
 from .inputs import StepInputs
 
 SCORE_FLOOR = -100.0  # TinyBERT: attention scores at or below it (the masked ones) count as 0
@@ -199,5 +199,5 @@ class Theseus(Loss):
         return min(1.0, self.replace_start + (1.0 - self.replace_start) * progress / self.replace_full_at)
 
     def forward(self, inputs: StepInputs) -> torch.Tensor:
-        rows = [-(y * torch.log_softmax(s, -1)).sum() for y, s in zip(inputs.labels, inputs.hybrid_scores)]
+        rows = [target_cross_entropy(y, s) for y, s in zip(inputs.labels, inputs.hybrid_scores)]
         return torch.stack(rows).mean()

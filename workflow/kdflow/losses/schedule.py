@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from ..features import pool
 from ..recipes import specs_schedule as specs
-from .base import Loss
+from .base import Loss, target_cross_entropy
 from .inputs import StepInputs
 from .representation import _Layered, _masked_mean
 
@@ -107,7 +107,7 @@ class ContinuationKD(Loss):
         for s, t, y in zip(inputs.student_scores, inputs.teacher_scores, inputs.labels):
             s = s.float()
             hinge = torch.relu(((s - phi * t.float()) ** 2).mean() - self.margin * phi)
-            ce = -(y.float() * torch.log_softmax(s, -1)).sum()
+            ce = target_cross_entropy(y.float(), s)
             rows.append(psi * ce + (1.0 - psi) * hinge)
         return torch.stack(rows).mean()
 

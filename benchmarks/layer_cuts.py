@@ -37,12 +37,7 @@ def parse_cut(text: str, total: int) -> list[int]:
     if ":" not in text:
         return select_layers(total, {"strategy": "explicit", "list": [int(i) for i in text.split(",")]})
     strategy, _, count = text.partition(":")
-    if strategy == "bottom":
-        n = int(count)
-        if not 2 <= n <= total:
-            raise SystemExit(f"cut {text}: bottom needs 2..{total} layers")
-        return [*range(n - 1), total - 1]
-    if strategy not in ("uniform", "first", "last"):
+    if strategy not in ("uniform", "first", "last", "bottom"):
         raise SystemExit(f"cut {text}: unknown strategy (uniform, first, last, bottom, or a list)")
     return select_layers(total, {"strategy": strategy, "count": int(count)})
 

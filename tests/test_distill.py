@@ -57,6 +57,8 @@ def test_layer_selection():
     assert select_layers(30, {"strategy": "uniform", "count": 6}) == [0, 6, 12, 17, 23, 29]
     assert select_layers(12, {"strategy": "first", "count": 3}) == [0, 1, 2]
     assert select_layers(12, {"strategy": "last", "count": 2}) == [10, 11]
+    assert select_layers(30, {"strategy": "bottom", "count": 15}) == [*range(14), 29]
+    assert select_layers(12, {"strategy": "bottom", "count": 1}) == [11]
     assert select_layers(12, {"strategy": "explicit", "list": [1, 5]}) == [1, 5]
     with pytest.raises(ConfigError, match="count 40"):
         select_layers(12, {"count": 40})
@@ -294,3 +296,23 @@ def test_glmd_stage2_phases_train_one_after_the_other(setup, tiny_llama, tmp_pat
     distill("stage2", setup / "student", tmp_path / "clean", tmp_path / "wc", run, changed, data, None, seed=0)
     a, b = load_file(tmp_path / "out3" / "model.safetensors"), load_file(tmp_path / "clean" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_phase_overrides_the_stage_training(setup, tiny_llama, tmp_path):
+    """`phases[i].training`: a shorter first phase (max_steps 2) with its own lr, the second on the stage's."""
+    run = {
+        "student": "s",
+        "stage2": {
+            "phases": [
+                {"losses": {"word_kl": {"temperature": 15.0}}, "training": {"max_steps": 2, "lr": 5e-3}},
+                {"losses": {"candidate_kd": {"temperature": 1.0}}},
+            ]
+        },
+    }
+    data = {"cache": setup / "tcache", "task": setup / "task", "teacher": tiny_llama}
+    settings = {**TRAIN, "warmup_ratio": 0.0}
+    meta = distill("stage2", setup / "student", tmp_path / "out", tmp_path / "w", run, settings, data, None, seed=0)
+    assert meta["phase_steps"] == [2, 4] and meta["steps"] == 6
+    with open(tmp_path / "out" / "train_log.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert float(rows[0]["lr"]) == pytest.approx(5e-3) and float(rows[2]["lr"]) == pytest.approx(settings["lr"])

@@ -23,7 +23,8 @@ from .vocab.vmap import VocabMap
 
 
 def select_layers(total: int, spec: dict[str, Any]) -> list[int]:
-    """Teacher layer indices kept by the student: uniform, first, last, or an explicit list."""
+    """Teacher layer indices kept by the student: uniform, first, last, bottom (the first count-1 layers and the
+    last: a contiguous block keeps the features a uniform pick destroys; README, "What this shows"), or a list."""
     strategy = spec.get("strategy", "uniform")
     if strategy == "explicit":
         chosen = list(spec["list"])
@@ -37,6 +38,8 @@ def select_layers(total: int, spec: dict[str, Any]) -> list[int]:
         return list(range(count))
     if strategy == "last":
         return list(range(total - count, total))
+    if strategy == "bottom":
+        return [*range(count - 1), total - 1]
     if count == 1:
         return [total - 1]
     return sorted({round(i * (total - 1) / (count - 1)) for i in range(count)})

@@ -38,6 +38,10 @@ class DistillJob:
         """The same job from another student into other folders (one phase of a stage)."""
         return dataclasses.replace(self, student_dir=Path(student_dir), out_dir=Path(out_dir), work_dir=Path(work_dir))
 
+    def with_settings(self, override: dict[str, Any]) -> DistillJob:
+        """The same job with ``override`` over its training settings (one phase's own `training`)."""
+        return dataclasses.replace(self, settings={**self.settings, **override}) if override else self
+
     def identity(self, phase: int | None = None) -> dict[str, Any]:
         """Everything that determines this training (or one of its phases)."""
         data = self.data

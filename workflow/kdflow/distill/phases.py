@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import stage_phases
+from ..plan.names import phase_training
 from ..jsonio import read_json, write_json
 from ..losses import build_losses
 from ..safeio import atomic_path
@@ -19,11 +20,11 @@ from .job import DistillJob
 
 def run_job(job: DistillJob) -> dict[str, Any]:
     """Train ``job``'s stage. A stage with ``phases`` trains them one after the other, each for the stage's full
-    schedule (its own optimizer, warm-up and decay) from the previous phase's student, as GLMD's reference runs
-    its two stage-2 fine-tunings. A finished phase's student is kept in ``work_dir/phaseN.student`` with the
+    schedule (its own optimizer, warm-up and decay; a phase's ``training`` overrides settings) from the previous
+    phase's student, as GLMD's reference runs its two stage-2 fine-tunings. A finished phase's student is kept in ``work_dir/phaseN.student`` with the
     identity it was trained under, and reused on a rerun only under the same identity (so a changed setting
     retrains it); a finished stage leaves nothing."""
-    phases = stage_phases(job.run[job.stage])
+    phases, trainings = stage_phases(job.run[job.stage]), phase_training(job.run[job.stage])
     for spec in phases:
         build_losses(spec, job.stage)  # every phase's recipe is checked before the first one trains
     if len(phases) == 1:
@@ -32,7 +33,7 @@ def run_job(job: DistillJob) -> dict[str, Any]:
     for i, spec in enumerate(phases, 1):
         last = i == len(phases)
         target = job.out_dir if last else job.work_dir / f"phase{i}.student"
-        phase_job = job.with_folders(current, target, job.work_dir / f"phase{i}")
+        phase_job = job.with_folders(current, target, job.work_dir / f"phase{i}").with_settings(trainings[i - 1])
         identity, done = phase_job.identity(phase=i), target / IDENTITY
         if not last and done.exists() and read_json(done) == identity:
             metas.append(read_json(target / "kdflow.json"))

@@ -134,3 +134,8 @@ def stage2_teacher_name(config: dict[str, Any], run: str, task: str) -> str:
 def stage_phases(spec: dict[str, Any]) -> list[dict[str, Any]]:
     """A stage's loss specs in training order: its ``phases`` one after the other, or ``losses`` alone."""
     return [phase["losses"] for phase in spec["phases"]] if "phases" in spec else [spec["losses"]]
+
+
+def phase_training(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each phase's own training settings (`phases[i].training`) over the stage's, in training order."""
+    return [phase.get("training", {}) for phase in spec["phases"]] if "phases" in spec else [{}]

@@ -26,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 
+from kdflow.errors import ConfigError  # noqa: E402
 from kdflow.modeling import load_lm  # noqa: E402
 from kdflow.prepare import load_prepared  # noqa: E402
 from kdflow.scoring import candidate_scores, score_clozes  # noqa: E402
@@ -39,7 +40,10 @@ def parse_cut(text: str, total: int) -> list[int]:
     strategy, _, count = text.partition(":")
     if strategy not in ("uniform", "first", "last", "bottom"):
         raise SystemExit(f"cut {text}: unknown strategy (uniform, first, last, bottom, or a list)")
-    return select_layers(total, {"strategy": strategy, "count": int(count)})
+    try:
+        return select_layers(total, {"strategy": strategy, "count": int(count)})
+    except ConfigError as err:
+        raise SystemExit(f"cut {text}: {err}") from None
 
 
 def evaluate(model: torch.nn.Module, tokenizer: Any, clozes: list, golds: list[int]) -> tuple[float, float]:

@@ -83,34 +83,44 @@ RECIPE_MISTAKES = [
         r"runs\.glmd\.stage1\.losses\.word_kl\.temprature': unknown setting of loss 'word_kl'",
     ),
     (
-        "kd",
+        "no_distill",
         "stage2",
         {"kd": {"weight": "half"}},
-        r"runs\.kd\.stage2\.losses\.kd\.weight': loss 'kd': expected a number, got str 'half'",
+        r"runs\.no_distill\.stage2\.losses\.kd\.weight': loss 'kd': expected a number, got str 'half'",
     ),
     (
-        "kd",
+        "no_distill",
         "stage2",
         {"kd": {"temperature": -2}},
-        r"runs\.kd\.stage2\.losses\.kd\.temperature': loss 'kd': expected a number > 0, got -2",
+        r"runs\.no_distill\.stage2\.losses\.kd\.temperature': loss 'kd': expected a number > 0, got -2",
     ),
-    ("kd", "stage2", {"lm": {}}, r"runs\.kd\.stage2\.losses\.lm': loss 'lm' works in stage1 only, not in stage2"),
+    (
+        "no_distill",
+        "stage2",
+        {"lm": {}},
+        r"runs\.no_distill\.stage2\.losses\.lm': loss 'lm' works in stage1 only, not in stage2",
+    ),
     ("glmd", "stage1", {"theseus": {}}, r"runs\.glmd\.stage1\.losses\.theseus': loss 'theseus' works in stage2 only"),
     ("glmd", "stage1", {"kd": {}}, r"runs\.glmd\.stage1\.losses\.kd': loss 'kd' works in stage2 only"),
     (
-        "combined",
+        "codir",
         "stage2",
         {"tinybert": {"swich": 0.5}},
-        r"runs\.combined\.stage2\.losses\.tinybert\.swich': unknown setting of preset 'tinybert'",
+        r"runs\.codir\.stage2\.losses\.tinybert\.swich': unknown setting of preset 'tinybert'",
     ),
     (
-        "combined",
+        "codir",
         "stage2",
         {"tinybert": {"temperature": 0}},
-        r"runs\.combined\.stage2\.losses\.tinybert\.temperature': loss 'candidate_kd' \(from preset 'tinybert'\): "
+        r"runs\.codir\.stage2\.losses\.tinybert\.temperature': loss 'candidate_kd' \(from preset 'tinybert'\): "
         r"expected a number > 0",
     ),
-    ("kd", "stage2", {"kd": {"stop": 0.5}}, r"runs\.kd\.stage2\.losses': no loss is active from 0\.50"),
+    (
+        "no_distill",
+        "stage2",
+        {"kd": {"stop": 0.5}},
+        r"runs\.no_distill\.stage2\.losses': no loss is active from 0\.50",
+    ),
     ("codir", "stage2", {"word_kl": {}}, r"runs\.codir\.stage2\.losses': word_kl learn\(s\) word predictions"),
 ]
 
@@ -126,7 +136,7 @@ def test_recipe_mistakes_are_refused_naming_run_stage_loss_and_key(default_confi
 
 def test_phases_and_task_losses_are_checked_too(default_config):
     default_config["runs"]["glmd"]["stage2"]["phases"][1]["losses"] = {"candidate_kd": {"temperature": -1}}
-    default_config["runs"]["kd"]["stage2"]["task_losses"] = {"sentiment": {"ce": {"temprature": 2}}}
+    default_config["runs"]["codir"]["stage2"]["task_losses"] = {"sentiment": {"ce": {"temprature": 2}}}
     default_config["runs"]["no_distill"]["stage2"] = {"losses": {"ce": {}}, "phases": [{"losses": {"ce": {}}}]}
     with pytest.raises(ConfigError) as info:
         validate_config(default_config)
@@ -135,7 +145,7 @@ def test_phases_and_task_losses_are_checked_too(default_config):
         "runs.glmd.stage2.phases[1].losses.candidate_kd.temperature': loss 'candidate_kd': expected a number > 0"
         in text
     )
-    assert "runs.kd.stage2.task_losses.sentiment.ce.temprature': unknown setting of loss 'ce'" in text
+    assert "runs.codir.stage2.task_losses.sentiment.ce.temprature': unknown setting of loss 'ce'" in text
     assert "runs.no_distill.stage2': give either 'losses' or 'phases'" in text
 
 

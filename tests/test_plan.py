@@ -65,7 +65,7 @@ def test_default_plan_models_and_folders():
 def test_default_plan_runs_teachers_corpora_and_caches():
     plan = plan_of("default")
     glmd = plan.runs["glmd"]
-    assert (glmd.student, glmd.teacher, glmd.vocabulary) == ("s6", "smollm2", "half")
+    assert (glmd.student, glmd.teacher, glmd.vocabulary) == ("s15", "smollm2", "half")
     assert glmd.stage1.data == "results/corpus/package_texts"  # the first corpus tokenised by SmolLM2
     assert glmd.stage1.cache == "results/cache/corpus/package_texts/half/manifest.json"  # word_kl, cached teacher
     job = glmd.stage2["sentiment"]
@@ -73,18 +73,19 @@ def test_default_plan_runs_teachers_corpora_and_caches():
     assert job.start == "results/runs/glmd/stage1" and job.out == "results/runs/glmd/sentiment"
     assert job.cache == "results/cache/task/sentiment/half/manifest.json"
     assert list(job.inputs()) == ["student", "task", "teacher", "cache"]
-    assert plan.runs["kd"].stage1 is None and plan.runs["kd"].stage2["sentiment"].start == "results/students/s6"
-    codir = plan.runs["codir_pretrain"]  # encoder track: the student of all-MiniLM-L6-v2
-    assert codir.teacher == "minilm" and codir.stage1.data == "results/corpus/package_texts_minilm"
+    assert job.transfer_set and not plan.runs["no_distill"].stage2["sentiment"].transfer_set  # GLMD reads no labels
+    baseline = plan.runs["no_distill"]
+    assert baseline.stage1 is None and baseline.stage2["sentiment"].start == "results/students/s15"
+    codir = plan.runs["codir"]  # encoder track: the student of all-MiniLM-L6-v2
+    assert codir.teacher == "minilm" and codir.stage1 is None
     assert codir.stage2["sentiment"].teacher == "classifiers/minilm" and codir.stage2["sentiment"].cache is None
     assert plan.students["e3"].inputs() == {"teacher": "results/assets/models/minilm", "vmap": []}
-    assert plan.students["s6"].inputs()["vmap"] == ["results/vocab/half/map.json"]
+    assert plan.students["s15"].inputs()["vmap"] == ["results/vocab/half/map.json"]
 
 
 def test_default_plan_vocabularies_tasks_and_pairs():
     plan = plan_of("default")
     assert {v.corpus for v in plan.vocabularies.values()} == {"package_texts"}
-    assert plan.corpora["package_texts_minilm"].tokenizer_folder == "results/assets/models/minilm"
     assert plan.tasks["sentiment"].teacher == "teacher_finetuned" and plan.tasks["sentiment"].splits == ("train", "dev")
     assert plan.tasks["sentiment"].source == "results/assets/tasks/sentiment"
     assert plan.eval_pairs[:3] == (
@@ -104,10 +105,10 @@ def test_default_plan_summary():
     plan = plan_of("default")
     roles = {e["model"]: e["role"] for e in plan.summary["entries"]}
     assert roles["smollm2"] == "teacher (zero-shot)" and roles["teacher_finetuned"] == "teacher (fine-tuned)"
-    assert roles["classifiers/minilm"] == "teacher (fine-tuned classifier)" and roles["runs/kd"] == "run"
+    assert roles["classifiers/minilm"] == "teacher (fine-tuned classifier)" and roles["runs/codir"] == "run"
     assert plan.summary["reference"] == {"sentiment": "teacher_finetuned"}
     glmd = plan.summary["runs"]["glmd"]
-    assert glmd["layers"] == "uniform 6" and glmd["reference"] == {"sentiment": "teacher_finetuned"}
+    assert glmd["layers"] == "bottom 15" and glmd["reference"] == {"sentiment": "teacher_finetuned"}
     assert list(glmd["logs"]) == ["stage1", "sentiment"]
     assert plan.summary["runs"]["codir"]["reference"] == {"sentiment": "classifiers/minilm"}
     assert "results/runs/glmd/stage1" in plan.summary_inputs and list(plan.summary_inputs) == sorted(

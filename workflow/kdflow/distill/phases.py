@@ -8,10 +8,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ..config import stage_phases
-from ..plan.names import phase_training
 from ..jsonio import read_json, write_json
 from ..losses import build_losses
+from ..plan.names import phase_training, stage_phases
 from ..safeio import atomic_path
 from ..train.workdir import IDENTITY
 from .engine import train_phase
@@ -21,9 +20,9 @@ from .job import DistillJob
 def run_job(job: DistillJob) -> dict[str, Any]:
     """Train ``job``'s stage. A stage with ``phases`` trains them one after the other, each for the stage's full
     schedule (its own optimizer, warm-up and decay; a phase's ``training`` overrides settings) from the previous
-    phase's student, as GLMD's reference runs its two stage-2 fine-tunings. A finished phase's student is kept in ``work_dir/phaseN.student`` with the
-    identity it was trained under, and reused on a rerun only under the same identity (so a changed setting
-    retrains it); a finished stage leaves nothing."""
+    phase's student, as GLMD's reference runs its two stage-2 fine-tunings. A finished phase's student is kept
+    in ``work_dir/phaseN.student`` with the identity it was trained under, and reused on a rerun only under the
+    same identity (so a changed setting retrains it); a finished stage leaves nothing."""
     phases, trainings = stage_phases(job.run[job.stage]), phase_training(job.run[job.stage])
     for spec in phases:
         build_losses(spec, job.stage)  # every phase's recipe is checked before the first one trains

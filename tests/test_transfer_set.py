@@ -78,7 +78,7 @@ def transfer_config(repo):
 def test_the_task_cache_holds_the_transfer_set_only_where_a_run_needs_it(transfer_config):
     plan = build_plan(validate_config(transfer_config))
     assert plan.runs["glmd"].stage2["sentiment"].transfer_set
-    assert not plan.runs["kd"].stage2["sentiment"].transfer_set
+    assert not plan.runs["no_distill"].stage2["sentiment"].transfer_set
     assert plan.cache_covers_transfer_set("sentiment", "half")  # glmd's student has the half vocabulary
     assert not plan.cache_covers_transfer_set("sentiment", "full")
 
@@ -87,8 +87,8 @@ def test_the_task_cache_holds_the_transfer_set_only_where_a_run_needs_it(transfe
     ("edit", "message"),
     [
         (
-            lambda c: c["runs"]["kd"]["stage2"].update(transfer_set=True),
-            r"runs\.kd\.stage2\.losses\.ce': reads gold labels, and the run distils on a transfer set",
+            lambda c: c["runs"]["no_distill"]["stage2"].update(transfer_set=True),
+            r"runs\.no_distill\.stage2\.losses\.ce': reads gold labels, and the run distils on a transfer set",
         ),
         (
             lambda c: c["runs"]["codir"]["stage2"].update(

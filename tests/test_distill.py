@@ -316,3 +316,6 @@ def test_a_phase_overrides_the_stage_training(setup, tiny_llama, tmp_path):
     with open(tmp_path / "out" / "train_log.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert float(rows[0]["lr"]) == pytest.approx(5e-3) and float(rows[2]["lr"]) == pytest.approx(settings["lr"])
+    one = {"student": "s", "stage2": {"phases": [run["stage2"]["phases"][0]]}}  # a single phase's training counts too
+    meta = distill("stage2", setup / "student", tmp_path / "one", tmp_path / "w1", one, settings, data, None, seed=0)
+    assert meta["steps"] == 2

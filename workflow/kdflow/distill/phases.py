@@ -27,7 +27,7 @@ def run_job(job: DistillJob) -> dict[str, Any]:
     for spec in phases:
         build_losses(spec, job.stage)  # every phase's recipe is checked before the first one trains
     if len(phases) == 1:
-        return train_phase(job, phases[0])
+        return train_phase(job.with_settings(trainings[0]), phases[0])
     current, metas = job.student_dir, []
     for i, spec in enumerate(phases, 1):
         last = i == len(phases)

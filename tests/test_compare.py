@@ -122,3 +122,51 @@ def test_summary_shows_seeds_and_the_top_class_share(two_seeds):
     )
     share = 100 * max(preds["no_distill"].count("1"), preds["no_distill"].count("0")) / N
     assert f"| no_distill | t | 1 | {share:.1f} |" in md
+
+
+def test_the_average_over_tasks_resamples_each_task_on_its_own(tmp_path):
+    """A run compared on two tasks gets an `average (2 tasks)` row: the mean of the tasks' pooled differences,
+    and an interval from resample k of every task averaged (each task drawn with its own generator: seed = the
+    task's position), computed here independently with plain numpy on accuracy (one example per unit)."""
+    rng = np.random.default_rng(1)
+    manifest = {"teacher": "x", "entries": [], "reference": {}, "runs": {}, "vocabularies": {}}
+    manifest["bootstrap_samples"], manifest["comparisons"] = 400, []
+    right: dict[tuple[str, str], np.ndarray] = {}
+    for k, (task, n) in enumerate((("a", 150), ("b", 90))):
+        golds = [str(g) for g in rng.integers(0, 2, n)]
+        for model, p in (("glmd", 0.75), ("no_distill", 0.65)):
+            preds = [g if rng.random() < p else str(1 - int(g)) for g in golds]
+            root = tmp_path / task
+            entry = _write(root, f"runs/{model}", preds, golds)
+            for key in ("metrics", "predictions", "efficiency"):
+                moved = Path(entry[key]).with_name(f"{task}{Path(entry[key]).suffix}")
+                Path(entry[key]).rename(moved)
+                entry[key] = str(moved)
+            metrics = json.loads(Path(entry["metrics"]).read_text())
+            Path(entry["metrics"]).write_text(json.dumps({**metrics, "task": task}))
+            manifest["entries"].append({**entry, "task": task})
+            right[(task, model)] = np.array([p == g for p, g in zip(preds, golds)], float)
+        manifest["comparisons"].append(
+            {"run": "glmd", "baseline": "no_distill", "task": task, "pairs": [["runs/glmd", "runs/no_distill"]]}
+        )
+    for model in ("glmd", "no_distill"):
+        manifest["runs"][model] = {"base": model, "seed": 7, "student": "s", "vocabulary": "full", "logs": {}}
+        manifest["runs"][model]["stage2"] = {"losses": {"ce": {}}}
+    summarize(manifest, tmp_path / "out", tmp_path / "plots")
+    table = pd.read_csv(tmp_path / "out" / "comparisons.csv", dtype={"seed": str})
+    assert list(table["task"]) == ["a", "b", "average (2 tasks)"] and set(table["seed"]) == {"7"}
+
+    draws = []
+    for k, task in enumerate(("a", "b")):
+        diff = right[(task, "glmd")] - right[(task, "no_distill")]
+        picks = np.random.default_rng(k).integers(0, len(diff), (400, len(diff)))  # as metrics.paired_bootstrap draws
+        draws.append(np.array([diff[row].mean() for row in picks]))
+    mean = np.mean(draws, axis=0)
+    expected = [
+        100 * np.mean([(right[(t, "glmd")] - right[(t, "no_distill")]).mean() for t in ("a", "b")]),
+        100 * np.quantile(mean, 0.025),
+        100 * np.quantile(mean, 0.975),
+    ]
+    row = table.iloc[2]
+    assert [row["difference"], row["low"], row["high"]] == pytest.approx(expected, abs=1e-3)  # csv: 4 decimals
+    assert "average (2 tasks)" in (tmp_path / "out" / "summary.md").read_text()

@@ -208,6 +208,7 @@ def test_glmd_superglue_has_the_papers_schedule(repo):
         "experiments/glmd-10b.yaml",
         "experiments/cpu-real.yaml",
         "experiments/cpu-long.yaml",
+        "experiments/cpu-methods.yaml",
     ],
 )
 def test_glmd_runs_follow_the_reference_stage2_schedule(repo, name):
@@ -223,7 +224,7 @@ def test_glmd_runs_follow_the_reference_stage2_schedule(repo, name):
             {"candidate_kd": {"weight": 1.0, "temperature": 1.0}},
         ]
         # deliberate difference, stated in the README: the CPU configs train the word-KL phase 32 steps only
-        shortened = name in ("config.yaml", "experiments/cpu-long.yaml")
+        shortened = name in ("config.yaml", "experiments/cpu-long.yaml", "experiments/cpu-methods.yaml")
         phase_training = [p.get("training") for p in run["stage2"]["phases"]]
         assert phase_training == ([{"max_steps": 32}, None] if shortened else [None, None])
 

@@ -267,3 +267,29 @@ def test_a_run_overrides_the_stage_training_settings_it_names():
         validate_config(raw)
     assert "runs.codir.stage2.training.max_step" in str(info.value)
     assert "runs.codir.stage2.training.lr" in str(info.value)
+
+
+def test_a_run_distils_on_its_own_subset_of_the_tasks():
+    """`runs.NAME.tasks`: that run's stage-2 jobs, evaluations, logs and comparisons cover only its tasks; the
+    other runs keep every task of distill.tasks; a task outside distill.tasks is refused with its key."""
+    raw = yaml.safe_load(CONFIGS["tests-tiny"].read_text())
+    raw["tasks"]["reviews"] = copy.deepcopy(raw["tasks"]["sentiment"])
+    for section in ("teacher_finetune", "classifier_finetune", "cache", "distill"):
+        raw[section]["tasks"] = ["sentiment", "reviews"]
+    raw["runs"]["kd"]["tasks"] = ["reviews"]
+    plan = build_plan(validate_config(raw))
+    assert set(plan.runs["kd"].stage2) == {"reviews"}
+    assert set(plan.runs["no_distill"].stage2) == {"sentiment", "reviews"}
+    assert ("runs/kd", "reviews") in plan.eval_pairs and ("runs/kd", "sentiment") not in plan.eval_pairs
+    assert ("runs/no_distill", "sentiment") in plan.eval_pairs
+    assert set(plan.summary["runs"]["kd"]["logs"]) == {"reviews"}  # kd has no stage 1
+    assert set(plan.summary["runs"]["kd"]["reference"]) == {"reviews"}
+    tasks = {(c["run"], c["baseline"]): [] for c in plan.summary["comparisons"]}
+    for c in plan.summary["comparisons"]:
+        tasks[(c["run"], c["baseline"])].append(c["task"])
+    assert tasks[("kd", "no_distill")] == ["reviews"]
+    assert tasks[("glmd", "no_distill")] == ["sentiment", "reviews"]
+    assert tasks[("glmd", "kd")] == ["reviews"]
+    raw["runs"]["kd"]["tasks"] = ["reviews", "nope"]
+    with pytest.raises(ConfigError, match=r"'runs.kd.tasks\[1\]': 'nope' is not one of distill.tasks"):
+        validate_config(raw)

@@ -1,6 +1,7 @@
 """What the summary says about training noise and wins: each run's score per seed (mean, spread, every
 seed), the share of its dev predictions in its most frequent class, and the paired bootstrap of its score
-difference with each baseline on the same dev examples, per seed and pooled over seeds."""
+difference with each baseline on the same dev examples, per seed and pooled over seeds, and averaged over
+the tasks a run is compared on."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pandas as pd
 
 from .data.files import read_jsonl
 from .errors import DataError
-from .metrics import paired_bootstrap
+from .metrics import average_bootstrap, paired_bootstrap
 from .plan.names import run_of
 
 COMPARISON_COLUMNS = ["run", "baseline", "task", "metric", "seed", "difference", "low", "high", "verdict"]
@@ -37,10 +38,26 @@ def _verdict(result: dict[str, Any]) -> str:
     return "win" if result["wins"] else "loss" if result["loses"] else "inside the interval"
 
 
+def _row(base: dict[str, Any], seed: str, result: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **base,
+        "seed": seed,
+        "difference": 100 * result["difference"],
+        "low": 100 * result["low"],
+        "high": 100 * result["high"],
+        "verdict": _verdict(result),
+    }
+
+
 def _comparison_rows(
-    comparison: dict[str, Any], entries: dict[tuple[str, str], dict[str, Any]], seeds: dict[str, Any], samples: int
-) -> list[dict[str, Any]]:
-    """One row per seed, plus a pooled row when there are several seeds."""
+    comparison: dict[str, Any],
+    entries: dict[tuple[str, str], dict[str, Any]],
+    seeds: dict[str, Any],
+    samples: int,
+    rng_seed: int = 0,
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """One row per seed, plus a pooled row when there are several seeds; and the result over all seeds (the
+    pooled one, or the one seed's) for the average over tasks. ``rng_seed`` seeds the bootstrap's resampling."""
     task = comparison["task"]
     metric = entries[(comparison["pairs"][0][0], task)]["result"]["primary_metric"]
     loaded = [[read_predictions(entries[(m, task)]["predictions"]) for m in pair] for pair in comparison["pairs"]]
@@ -55,7 +72,7 @@ def _comparison_rows(
     ]
     if len(groups) > 1:
         groups.append(("pooled", [a for a, _ in loaded], [b for _, b in loaded]))
-    rows = []
+    rows, result = [], None
     for label, side_a, side_b in groups:
         result = paired_bootstrap(
             metric,
@@ -64,29 +81,32 @@ def _comparison_rows(
             [[r["prediction"] for r in p] for p in side_b],
             examples,
             samples=samples,
+            seed=rng_seed,
         )
-        if result is None:
-            continue
-        rows.append(
-            {
-                **base,
-                "seed": label,
-                "difference": 100 * result["difference"],
-                "low": 100 * result["low"],
-                "high": 100 * result["high"],
-                "verdict": _verdict(result),
-            }
-        )
-    return rows
+        if result is not None:
+            rows.append(_row(base, label, result))
+    return rows, result
 
 
 def comparison_table(manifest: dict[str, Any], entries: list[dict[str, Any]]) -> pd.DataFrame:
     """Every comparison of the manifest: score difference x100 (run minus baseline) with its paired 95 %
-    bootstrap interval; a win only when the interval lies above 0."""
+    bootstrap interval; a win only when the interval lies above 0. A run compared on several tasks also gets
+    the average over its tasks (`task` "average (N tasks)", over all seeds), each task resampled on its own."""
     by_key = {(e["model"], e["task"]): e for e in entries}
     samples = max(int(manifest.get("bootstrap_samples", 1000)), 1)
     seeds = {name: run.get("seed") for name, run in manifest.get("runs", {}).items() if run.get("seed") is not None}
-    rows = [row for c in manifest.get("comparisons", []) for row in _comparison_rows(c, by_key, seeds, samples)]
+    tasks = list(dict.fromkeys(c["task"] for c in manifest.get("comparisons", [])))
+    rows, overall = [], {}
+    for c in manifest.get("comparisons", []):
+        found, result = _comparison_rows(c, by_key, seeds, samples, rng_seed=tasks.index(c["task"]))
+        rows += found
+        overall.setdefault((c["run"], c["baseline"]), []).append(result)
+    for (run, baseline), results in overall.items():
+        average = average_bootstrap(results) if None not in results else None
+        if average is not None:
+            base = {"run": run, "baseline": baseline, "task": f"average ({len(results)} tasks)", "metric": "primary"}
+            label = next(r["seed"] for r in reversed(rows) if (r["run"], r["baseline"]) == (run, baseline))
+            rows.append(_row(base, label, average))
     return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
 
 

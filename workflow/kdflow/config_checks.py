@@ -182,7 +182,7 @@ def check_transfer_set(config: Config, run: str) -> list[str]:
     problems += [
         f"config key 'runs.{run}.stage2.transfer_set': task '{t}' has no unlabelled inputs (set "
         f"tasks.{t}.labelled below its max_examples.train)"
-        for t in config.get("distill", {}).get("tasks", [])
+        for t in spec.get("tasks") or config.get("distill", {}).get("tasks", [])
         if t in tasks and not _has_unlabelled(tasks[t])
     ]
     return problems
@@ -222,6 +222,12 @@ def check_runs(config: Config) -> list[str]:
             problems += check_stage(config, name, stage, classifier) if run.get(stage) is not None else []
         problems += check_stage1_corpus(config, name)
         problems += check_transfer_set(config, name)
+        distilled = config.get("distill", {}).get("tasks", [])
+        problems += [
+            f"config key 'runs.{name}.tasks[{i}]': '{t}' is not one of distill.tasks ({', '.join(distilled) or 'none'})"
+            for i, t in enumerate(run.get("tasks", []))
+            if t not in distilled
+        ]
         if run.get("stage2", {}).get("corpus") is not None:
             problems.append(f"config key 'runs.{name}.stage2.corpus': stage 2 trains on the task, not a corpus")
     return problems

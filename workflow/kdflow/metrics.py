@@ -230,17 +230,26 @@ def paired_bootstrap(
 
     rng = np.random.default_rng(seed)
     draws = [[i for u in rng.integers(0, len(units), len(units)) for i in units[u]] for _ in range(samples)]
-    values = np.asarray([difference(pick) for pick in draws], float)
-    values = values[~np.isnan(values)]
+    result = _interval(difference(list(range(n))), np.asarray([difference(pick) for pick in draws], float), level)
+    return None if result is None else {**result, "seeds": len(seeds_a)}
+
+
+def _interval(difference: float, draws: np.ndarray, level: float) -> dict[str, Any] | None:
+    """The percentile interval of a bootstrap distribution (its undefined resamples dropped), the verdict, and
+    the draws themselves (for averaging over tasks)."""
+    values = draws[~np.isnan(draws)]
     if not len(values):
         return None
     alpha = (1 - level) / 2
     low, high = float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))
-    return {
-        "difference": difference(list(range(n))),
-        "low": low,
-        "high": high,
-        "wins": low > 0,
-        "loses": high < 0,
-        "seeds": len(seeds_a),
-    }
+    return {"difference": difference, "low": low, "high": high, "wins": low > 0, "loses": high < 0, "draws": draws}
+
+
+def average_bootstrap(results: Sequence[dict[str, Any]], level: float = 0.95) -> dict[str, Any] | None:
+    """The mean over tasks of paired differences (each a `paired_bootstrap` result drawn with its own rng seed
+    and the same number of samples): resample k averages the tasks' resample k, so each task's examples are
+    resampled independently of the others'; resamples undefined on any task are dropped."""
+    if len(results) < 2 or len({len(r["draws"]) for r in results}) != 1:
+        return None
+    draws = np.mean(np.stack([r["draws"] for r in results]), axis=0)
+    return _interval(float(np.mean([r["difference"] for r in results])), draws, level)

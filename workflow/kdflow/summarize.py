@@ -221,7 +221,8 @@ SEEDS_NOTE = (
 COMPARE_NOTE = (
     "Run minus baseline, primary metric x100, on the same dev examples: paired 95 % bootstrap interval "
     "(the same resampled examples score both models; pooled: averaged over the seeds, each pair of "
-    "runs with the same seed). A win only when the whole interval lies above 0."
+    "runs with the same seed; average: the mean of the tasks' differences, each task's examples resampled on their "
+    "own). A win only when the whole interval lies above 0."
 )
 TOP_NOTE = (
     "The share of each run's dev predictions in its most frequent class: near 100 % the student predicts "

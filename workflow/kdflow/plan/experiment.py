@@ -204,7 +204,7 @@ def build_run(config: dict[str, Any], results: str, name: str) -> Run:
     base, seed = names.run_instances(config)[name]
     spec = config["runs"][base]
     student = config["students"][spec["student"]]
-    stage2 = {t: stage2_job(config, results, name, t) for t in config["distill"]["tasks"]}
+    stage2 = {t: stage2_job(config, results, name, t) for t in names.run_tasks(config, name)}
     return Run(
         name,
         base,
@@ -242,7 +242,7 @@ def trained_tasks(config: dict[str, Any]) -> set[str]:
         *config["teacher_finetune"]["tasks"],
         *config["classifier_finetune"]["tasks"],
         *config["cache"]["tasks"],
-        *(config["distill"]["tasks"] if config["runs"] else []),
+        *(t for r in config["runs"] for t in names.run_tasks(config, r)),
         *(t for v in config["vocabularies"].values() for t in v["count_tasks"]),
     }
 
@@ -283,7 +283,7 @@ def eval_pairs(config: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     pairs += [(FINETUNED, t) for t in config["teacher_finetune"]["tasks"]]
     classifier = config["classifier_finetune"]
     pairs += [(classifier_model(m), t) for m in classifier["models"] for t in classifier["tasks"]]
-    pairs += [(run_model(r), t) for r in names.run_instances(config) for t in config["distill"]["tasks"]]
+    pairs += [(run_model(r), t) for r in names.run_instances(config) for t in names.run_tasks(config, r)]
     return tuple(dict.fromkeys(pairs))
 
 

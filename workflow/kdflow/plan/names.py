@@ -62,6 +62,12 @@ def run_spec(config: dict[str, Any], run: str) -> dict[str, Any]:
     return config["runs"][run_instances(config)[run][0]]
 
 
+def run_tasks(config: dict[str, Any], run: str) -> list[str]:
+    """The tasks a run (or a seed instance of it) distils on: its own `tasks`, else every task of distill.tasks."""
+    spec = config["runs"][run] if run in config["runs"] else run_spec(config, run)
+    return list(spec.get("tasks") or config["distill"]["tasks"])
+
+
 def compare_with(config: dict[str, Any]) -> list[str]:
     """The baseline runs of the paired comparisons: `evaluate.compare_with`, else no_distill and kd where present."""
     chosen = config["evaluate"].get("compare_with")

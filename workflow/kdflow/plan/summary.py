@@ -32,7 +32,7 @@ def layer_description(layers: dict[str, Any]) -> str:
 def run_logs(config: dict[str, Any], results: str, name: str) -> dict[str, str]:
     """A run's training logs: stage 1 (if any), then each task's stage 2."""
     logs = {"stage1": f"{results}/runs/{name}/stage1/train_log.csv"} if "stage1" in names.run_spec(config, name) else {}
-    return {**logs, **{t: f"{results}/runs/{name}/{t}/train_log.csv" for t in config["distill"]["tasks"]}}
+    return {**logs, **{t: f"{results}/runs/{name}/{t}/train_log.csv" for t in names.run_tasks(config, name)}}
 
 
 def run_description(config: dict[str, Any], results: str, name: str) -> dict[str, Any]:
@@ -40,7 +40,7 @@ def run_description(config: dict[str, Any], results: str, name: str) -> dict[str
     run = names.run_spec(config, name)
     base, seed = names.run_instances(config)[name]
     student = config["students"][run["student"]]
-    tasks = config["distill"]["tasks"]
+    tasks = names.run_tasks(config, name)
     return {
         "base": base,
         "seed": seed,
@@ -71,7 +71,8 @@ def comparisons(config: dict[str, Any]) -> list[dict[str, Any]]:
                 [names.run_model(by_seed[(run, s)]), names.run_model(by_seed[(baseline, s)])]
                 for s in names.seeds(config)
             ]
-            out += [{"run": run, "baseline": baseline, "task": t, "pairs": pairs} for t in config["distill"]["tasks"]]
+            tasks = [t for t in names.run_tasks(config, run) if t in names.run_tasks(config, baseline)]
+            out += [{"run": run, "baseline": baseline, "task": t, "pairs": pairs} for t in tasks]
     return out
 
 

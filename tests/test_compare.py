@@ -132,7 +132,7 @@ def test_the_average_over_tasks_resamples_each_task_on_its_own(tmp_path):
     manifest = {"teacher": "x", "entries": [], "reference": {}, "runs": {}, "vocabularies": {}}
     manifest["bootstrap_samples"], manifest["comparisons"] = 400, []
     right: dict[tuple[str, str], np.ndarray] = {}
-    for k, (task, n) in enumerate((("a", 150), ("b", 90))):
+    for task, n in (("a", 150), ("b", 90)):
         golds = [str(g) for g in rng.integers(0, 2, n)]
         for model, p in (("glmd", 0.75), ("no_distill", 0.65)):
             preds = [g if rng.random() < p else str(1 - int(g)) for g in golds]

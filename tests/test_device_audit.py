@@ -1,6 +1,8 @@
 """Every rule that computes, two steps each, under the device audit (kdflow.device_audit): no operation may mix
 a tensor on the target device with a non-scalar tensor that was never moved there. On a CUDA machine such an
-operation is an error; here, without a GPU, the audit is what finds it."""
+operation is an error; here, without a GPU, the audit is what finds it. Every loss family is covered: word
+prediction, the encoder track's intermediate losses, DIITO's interchange, Continuation-KD, LRC-BERT's
+perturbed step and the multi-teacher combinations."""
 
 from __future__ import annotations
 
@@ -61,6 +63,9 @@ CASES = [  # (losses, stage, track, stage-1 teacher)
     ({"theseus": {}}, "stage2", "decoder", None),
     ({"tinybert": {}}, "stage2", "encoder", None),
     ({"minilm": {}, "pkd": {}}, "stage2", "encoder", None),
+    ({"diito": {"proportion": 0.3}, "kd": {}, "ce": {}, "hidden_cosine": {}}, "stage2", "encoder", None),
+    ({"continuation_kd": {"max_temperature": 10.0}}, "stage2", "encoder", None),
+    ({"lrc_bert": {"perturbation": 1.0}, "kd": {}, "ce": {}}, "stage2", "encoder", None),
 ]
 
 
@@ -115,6 +120,17 @@ def test_fused_word_loss(env, tiny_llama, sentiment_task, tmp_path, source):
     student = env / "llama_student"
     meta = audited(distill, stage, student, out, work, run, settings, data, None, seed=0, compute={"loss_chunk": 7})
     assert meta["steps"] == 2
+
+
+@pytest.mark.parametrize("method", ["mt_bert", "rl_kd", "uncertainty", "dgkd"])
+def test_multi_teacher(env, sentiment_task, tmp_path, method):
+    """Two classifier teachers, online on every batch, their per-example or per-step terms combined."""
+    data = {"cache": None, "task": sentiment_task, "teacher": env / "classifier"}
+    data["teachers"] = [env / "classifier", env / "classifier"]
+    run = {"student": "s", "stage2": {"losses": {"kd": {}, "ce": {}}, "multi_teacher": {"method": method}}}
+    student, out, work = env / "bert_student", tmp_path / "out", tmp_path / "w"
+    meta = audited(distill, "stage2", student, out, work, run, {**TRAIN, "teacher": "cached"}, data, None, seed=0)
+    assert meta["steps"] == 2 and meta["multi_teacher"]["method"] == method and len(meta["teachers"]) == 2
 
 
 def test_evaluate_and_submit(env, sentiment_task, tmp_path):

@@ -4,10 +4,10 @@ recipe is checked in full (names, settings, values, stages) before any model or 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from .values import POOLINGS, SettingError, choice, count, flag, layer_spec, number, optional_count, positive
+from .values import POOLINGS, SettingError, Settings, choice, count, flag, layer_spec, number, optional_count, positive
 
 # Tensor names a loss may need (the distillation step produces each):
 #   word_logits         student logits at the positions with word-prediction targets
@@ -46,7 +46,7 @@ SPECS: dict[str, type[LossSpec]] = {}
 
 
 @dataclass(frozen=True)
-class LossSpec:
+class LossSpec(Settings):
     """A loss's declaration and its checked settings: ``weight`` and the ``start``/``stop`` window
     (fractions of the stage's steps) for every loss, plus what ``check`` adds for each."""
 
@@ -78,20 +78,6 @@ class LossSpec:
                 f"start {self.start:g} / stop {self.stop:g}: expected 0 <= start < stop <= 1 (fractions of the steps)",
             )
         self.check()
-
-    def check(self) -> None:
-        """Check (and normalise with ``set``) the loss's own settings."""
-
-    def set(self, **values: Any) -> None:
-        for key, value in values.items():
-            object.__setattr__(self, key, value)
-
-    @classmethod
-    def setting_names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
-
-    def values(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.setting_names()}
 
 
 @dataclass(frozen=True)

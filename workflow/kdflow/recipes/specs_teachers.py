@@ -7,16 +7,14 @@ per-example values) and ``rest_i``, its other teacher-dependent weighted losses 
 from __future__ import annotations
 
 import numbers
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from .values import SettingError, number
+from .values import SettingError, Settings, number
 
 Problem = tuple[str, str]
 KEY = "multi_teacher"
 INPUTS = frozenset({"student_scores", "teacher_scores", "labels"})
-# the losses with per-example values (``Loss.has_per_example`` in kdflow.losses; a test keeps the two equal)
-PER_EXAMPLE = frozenset({"candidate_kd", "kd", "ce", "mse_logits"})
 
 MULTI_TEACHER: dict[str, type[MultiTeacherSpec]] = {}
 # The losses with per-example values (``Loss.has_per_example`` in kdflow.losses.prediction; a test holds the two
@@ -25,7 +23,7 @@ PER_EXAMPLE = frozenset({"candidate_kd", "kd", "ce", "mse_logits"})
 
 
 @dataclass(frozen=True)
-class MultiTeacherSpec:
+class MultiTeacherSpec(Settings):
     """A combination method and its checked settings (the dataclass fields)."""
 
     method: ClassVar[str] = ""
@@ -40,24 +38,9 @@ class MultiTeacherSpec:
         if cls.method:
             MULTI_TEACHER[cls.method] = cls
 
-    def __post_init__(self) -> None:
-        self.check()
-
-    def check(self) -> None:
-        """Check (and normalise with ``set``) the method's settings."""
-
-    def set(self, **values: Any) -> None:
-        for key, value in values.items():
-            object.__setattr__(self, key, value)
-
-    @classmethod
-    def setting_names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
-
     def values(self) -> dict[str, Any]:
         """The settings as plain (JSON-ready) values."""
-        values = {name: getattr(self, name) for name in self.setting_names()}
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in super().values().items()}
 
     def teacher_problems(self, n_teachers: int) -> list[Problem]:
         """Problems of these settings with ``n_teachers`` teachers (known only once the run's teachers are)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+from dataclasses import dataclass, fields
 from typing import Any
 
 from ..errors import ConfigError
@@ -16,6 +17,29 @@ class SettingError(ConfigError):
     def __init__(self, key: str, message: str) -> None:
         super().__init__(message)
         self.key = key
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Checked settings as a frozen dataclass (a loss's, a multi-teacher method's): the fields are the settings;
+    ``check`` validates them after construction and normalises them with ``set``."""
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Check (and normalise with ``set``) the settings."""
+
+    def set(self, **values: Any) -> None:
+        for key, value in values.items():
+            object.__setattr__(self, key, value)
+
+    @classmethod
+    def setting_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    def values(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.setting_names()}
 
 
 def number(key: str, value: Any) -> float:

@@ -293,3 +293,31 @@ def test_a_run_distils_on_its_own_subset_of_the_tasks():
     raw["runs"]["kd"]["tasks"] = ["reviews", "nope"]
     with pytest.raises(ConfigError, match=r"'runs.kd.tasks\[1\]': 'nope' is not one of distill.tasks"):
         validate_config(raw)
+
+
+def test_listing_one_more_task_leaves_the_other_jobs_commands_alone():
+    """The sections' lists (tasks, models, corpora, vocabularies) say which jobs exist, not how one computes:
+    adding a task to every list changes no command of the jobs that were already there (so snakemake's params
+    trigger re-runs none of them), while a changed training setting does change its jobs' commands."""
+    raw = yaml.safe_load(CONFIGS["tests-tiny"].read_text())
+    grown = copy.deepcopy(raw)
+    grown["tasks"]["reviews"] = copy.deepcopy(raw["tasks"]["sentiment"])
+    for section in ("teacher_finetune", "classifier_finetune", "cache", "distill", "evaluate"):
+        grown[section]["tasks"] = ["sentiment", "reviews"]
+    changed = copy.deepcopy(raw)
+    changed["teacher_finetune"]["lr"] = 2 * raw["teacher_finetune"]["lr"]
+    with tempfile.TemporaryDirectory() as tmp:
+        lists = {}
+        for name, cfg in (("base", raw), ("grown", grown), ("changed", changed)):
+            path = Path(tmp) / f"{name}.yaml"
+            path.write_text(yaml.safe_dump(cfg))
+            jobs = job_list(path).split("\n\n")
+            lists[name] = {
+                re.search(r"  output: (.*)", j).group(1): re.search(r"  shell: (.*)", j).group(1)
+                for j in jobs
+                if re.match(r"rule (finetune_teacher|finetune_classifier|cache_logits_\w+|distill_stage\d)\n", j)
+            }
+    assert lists["base"] and set(lists["base"]) < set(lists["grown"])
+    assert {out: lists["grown"][out] for out in lists["base"]} == lists["base"]
+    ft = [out for out in lists["base"] if "/teachers/" in out]
+    assert ft and all(lists["changed"][out] != lists["base"][out] for out in ft)

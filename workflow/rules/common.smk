@@ -9,7 +9,7 @@ from kdflow.config import run_recipe, validate_config
 from kdflow.errors import ConfigError, KdflowError
 from kdflow.fingerprint import stat_fingerprint
 from kdflow.locks import hold_lock
-from kdflow.plan import build_plan, scoring_settings, task_settings
+from kdflow.plan import build_plan, cache_settings, scoring_settings, task_settings
 
 try:
     config.update(
@@ -91,7 +91,7 @@ def cache_inputs(wildcards):
 def task_cache_settings(wildcards):
     """The cache settings, and whether this task cache holds the unlabelled inputs too (a transfer set)."""
     transfer = PLAN.cache_covers_transfer_set(wildcards.task, wildcards.vocab)
-    return as_json({**config["cache"], **({"transfer_set": True} if transfer else {})})
+    return as_json(cache_settings(config, transfer))
 
 
 def all_targets():

@@ -74,7 +74,7 @@ rule cache_logits_corpus:
         **rule_resources("cache_logits_corpus"),
     params:
         out=lambda w: f"{R}/cache/corpus/{w.corpus}/{w.vocab}",
-        settings=as_json(config["cache"]),
+        settings=as_json(cache_settings(config)),
         launcher=launcher("cache_logits_corpus"),
         compute=compute_args("cache_logits_corpus"),
         seed=config["seed"],

@@ -12,7 +12,7 @@ from typing import Any
 
 from . import experiment, names, summary
 from .experiment import Corpus, Model, Run, StageJob, Student, Task, Vocabulary, vocab_map
-from .settings import RuleSettings, scoring_settings, task_settings
+from .settings import RuleSettings, cache_settings, scoring_settings, task_settings
 
 __all__ = [
     "Corpus",
@@ -26,6 +26,7 @@ __all__ = [
     "Vocabulary",
     "build_plan",
     "names",
+    "cache_settings",
     "scoring_settings",
     "task_settings",
 ]

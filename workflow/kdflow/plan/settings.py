@@ -9,6 +9,9 @@ from typing import Any
 
 from ..errors import ConfigError
 
+# the lists a section names its models, tasks, corpora and vocabularies by: which jobs exist, not how one job
+# computes; left out of a job's settings so that listing one more task does not re-run the others' jobs
+LISTING_KEYS = frozenset({"models", "tasks", "corpora", "vocabularies"})
 SCORING_KEYS = ("batch_size", "max_length", "add_special_tokens", "bootstrap_samples", "latency_examples")
 # the rules that can run as several processes: data-parallel training, and the caches (each process writes
 # every n-th shard)
@@ -31,10 +34,17 @@ def stage_settings(config: dict[str, Any], run: dict[str, Any], stage: str, task
 
 
 def task_settings(settings: dict[str, Any], task: str | None) -> dict[str, Any]:
-    """Training settings for one task: `task_epochs[task]` replaces `epochs`."""
-    out = {k: v for k, v in settings.items() if k != "task_epochs"}
+    """Training settings for one task: `task_epochs[task]` replaces `epochs`; the section's lists left out."""
+    out = {k: v for k, v in settings.items() if k != "task_epochs" and k not in LISTING_KEYS}
     out["epochs"] = settings.get("task_epochs", {}).get(task, settings["epochs"])
     return out
+
+
+def cache_settings(config: dict[str, Any], transfer_set: bool = False) -> dict[str, Any]:
+    """What one cache job computes by (`cache` without its lists), and whether a task cache holds the task's
+    unlabelled inputs too (a transfer set)."""
+    out = {k: v for k, v in config["cache"].items() if k not in LISTING_KEYS}
+    return {**out, **({"transfer_set": True} if transfer_set else {})}
 
 
 def scoring_settings(config: dict[str, Any]) -> dict[str, Any]:

@@ -93,6 +93,17 @@ def encode_pairs(tokenizer: Any, examples: Sequence[Example], max_length: int) -
     )
 
 
+def pair_lengths(tokenizer: Any, examples: Sequence[Example], max_length: int) -> list[int]:
+    """Each example's tokens as `encode_pairs` gives them (truncated, unpadded)."""
+    pairs = [head_inputs(ex) for ex in examples]
+    if all(b is None for _, b in pairs):
+        encoded = tokenizer([a for a, _ in pairs], truncation=True, max_length=max_length)
+    else:
+        seconds = [b or "" for _, b in pairs]
+        encoded = tokenizer([a for a, _ in pairs], seconds, truncation="longest_first", max_length=max_length)
+    return [len(ids) for ids in encoded["input_ids"]]
+
+
 @torch.no_grad()
 def classify(
     model: PreTrainedModel,

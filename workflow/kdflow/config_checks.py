@@ -233,6 +233,17 @@ def check_runs(config: Config) -> list[str]:
     return problems
 
 
+def check_stage1_grouping(config: Config) -> list[str]:
+    """`group_by_length` is for tasks: stage 1's corpus blocks all have one length."""
+    keys = {"distill.stage1": config.get("distill", {}).get("stage1", {})}
+    for name, stage1 in ((n, r.get("stage1") or {}) for n, r in config.get("runs", {}).items()):
+        keys[f"runs.{name}.stage1.training"] = stage1.get("training", {})
+        phases = enumerate(stage1.get("phases", []))
+        keys.update({f"runs.{name}.stage1.phases[{i}].training": p.get("training", {}) for i, p in phases})
+    why = "stage 1's corpus blocks all have one length (set it for stage 2 or the fine-tunings)"
+    return [f"config key '{k}.group_by_length': {why}" for k, v in keys.items() if v.get("group_by_length")]
+
+
 def check_published(config: Config) -> list[str]:
     """Each published row compares with a model of this experiment, on its tasks."""
     comparable, problems = set(names.model_names(config)), []
@@ -273,6 +284,7 @@ CHECKS: tuple[Callable[[Config], list[str]], ...] = (
     check_corpora,
     check_students,
     check_runs,
+    check_stage1_grouping,
     check_teachers,
     check_published,
     check_tasks,

@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from . import faults
-from .classify import HEAD_KINDS, encode_pairs
+from .classify import HEAD_KINDS, encode_pairs, pair_lengths
 from .data.tasks import Example, TaskType
 from .errors import DataError
 from .fingerprint import job_identity, weights_fingerprint
@@ -23,7 +23,7 @@ from .modeling import count_parameters, load_lm
 from .prepare import load_prepared
 from .runtime import Runtime
 from .safeio import atomic_folder
-from .scoring import candidate_scores
+from .scoring import candidate_scores, cloze_lengths
 from .sharing import load_model, save_model
 from .train.loop import train
 from .train.settings import TrainSettings, seed_everything, steps_for
@@ -91,9 +91,10 @@ def finetune_teacher(
         seed=seed,
     )
     with WorkDir(work_dir, identity, runtime.ranks.main) as work:
-        trained = train(
-            model, loss_fn, len(examples), TrainSettings.from_config(settings, steps, seed), work, deepspeed, runtime
-        )
+        grouped = settings.get("group_by_length")
+        lengths = cloze_lengths(clozes, tokenizer, family, settings["max_length"]) if grouped else None
+        train_settings = TrainSettings.from_config(settings, steps, seed)
+        trained = train(model, loss_fn, len(examples), train_settings, work, deepspeed, runtime, lengths)
         if not runtime.ranks.main:  # data-parallel helpers: the main process writes the model
             return {}
         info = {
@@ -170,9 +171,10 @@ def finetune_classifier(
     inputs = {"model": model_dir, "task": task_dir}
     identity = job_identity(inputs, job="finetune_classifier", settings=settings, deepspeed=deepspeed, seed=seed)
     with WorkDir(work_dir, identity, runtime.ranks.main) as work:
-        trained = train(
-            model, loss_fn, len(examples), TrainSettings.from_config(settings, steps, seed), work, deepspeed, runtime
-        )
+        grouped = settings.get("group_by_length")
+        lengths = pair_lengths(tokenizer, examples, settings["max_length"]) if grouped else None
+        train_settings = TrainSettings.from_config(settings, steps, seed)
+        trained = train(model, loss_fn, len(examples), train_settings, work, deepspeed, runtime, lengths)
         if not runtime.ranks.main:
             return {}
         info = {"task": data.meta["name"], "task_type": task.name, "head": "classification", "steps": steps}

@@ -102,6 +102,15 @@ def build_items(
     return [item for i, c in enumerate(clozes) for item in build(i, c, tokenizer, max_length, add_special_tokens)]
 
 
+def cloze_lengths(clozes: list[Cloze], tokenizer: PreTrainedTokenizerBase, family: str, max_length: int) -> list[int]:
+    """The tokens each cloze costs a scoring forward pass (all its items: one per candidate or candidate length
+    unless its candidates are single tokens)."""
+    lengths = [0] * len(clozes)
+    for item in build_items(clozes, tokenizer, family, max_length):
+        lengths[item.example] += len(item.input_ids)
+    return lengths
+
+
 def context_length(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, setting: int | None) -> int:
     """``evaluate.max_length``, or (null) the model's own context length, as lm-eval sizes its window: the
     config's n_positions / max_position_embeddings / n_ctx, else the tokenizer's model_max_length, else 2048."""

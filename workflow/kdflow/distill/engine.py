@@ -167,6 +167,7 @@ def train_phase(job: DistillJob, spec: dict[str, Any], phase: int | None = None)
             work,
             job.deepspeed,
             job.runtime,
+            data.lengths() if settings.get("group_by_length") and hasattr(data, "lengths") else None,
         )
         trained = getattr(trained, "student", trained)
         if not main:  # data-parallel helpers: the main process writes the student

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ..cache.reader import TaskCacheDataset
-from ..classify import encode_pairs
+from ..classify import encode_pairs, pair_lengths
 from ..errors import ConfigError
 from ..features import forward_features
 from ..finetune import gold_target
@@ -26,7 +26,7 @@ from ..losses.inputs import feature_fields, feature_flags
 from ..losses.representation import Theseus
 from ..prepare import load_prepared
 from ..runtime import Runtime
-from ..scoring import candidate_scores, pad_id
+from ..scoring import candidate_scores, cloze_lengths, pad_id
 from .producers import Produced, Producer, Step, example_ids
 from .stage1 import stack_targets
 from .teacher import body, teacher_features
@@ -118,6 +118,14 @@ class TaskData:
         if task.kind == "classification" and not unlabelled:
             self.label_ids = tuple(self.label_names.index(ex["label"]) for ex in self.prepared.examples)
         self.producers = self._table()
+
+    def lengths(self) -> list[int]:
+        """Each training example's student tokens (for `group_by_length`): its input pair for a classification
+        student, its cloze's scoring items for a word-prediction one."""
+        s, prepared = self.student, self.prepared
+        if s.classifier:
+            return pair_lengths(s.tokenizer, prepared.examples, self.max_length)
+        return cloze_lengths(prepared.clozes, s.tokenizer, s.family, self.max_length)
 
     def _check_interchange(self) -> None:
         """DIITO intervenes on a classification student and its online classification teacher."""

@@ -42,14 +42,21 @@ log = logging.getLogger(__name__)
 
 
 def _accumulate(
-    engine: Engine, loss_fn: LossFn, n_examples: int, step: int, settings: TrainSettings, runtime: Runtime, note: str
+    engine: Engine,
+    loss_fn: LossFn,
+    n_examples: int,
+    step: int,
+    settings: TrainSettings,
+    runtime: Runtime,
+    note: str,
+    lengths: tuple[int, ...] | None,
 ) -> tuple[dict[str, float], int]:
     """The ``grad_accum`` micro-batches of optimizer step ``step`` (1-based), backward included: the mean loss
     parts and the tokens seen by this process (``note`` says where the last finite checkpoint is)."""
     world = runtime.ranks
     tokens, parts_sum = 0, {}
     for micro in range(settings.grad_accum):
-        indices = batch_indices(n_examples, step - 1, micro, settings)[world.rank :: world.size]
+        indices = batch_indices(n_examples, step - 1, micro, settings, lengths)[world.rank :: world.size]
         with engine.autocast():
             loss, parts, n_tokens = loss_fn(engine.module(), indices, step - 1)
         if not torch.isfinite(loss):
@@ -77,9 +84,17 @@ def train(
     work: WorkDir,
     deepspeed: dict[str, Any] | None = None,
     runtime: Runtime | None = None,
+    lengths: Sequence[int] | None = None,
 ) -> torch.nn.Module:
     """Run ``settings.steps`` optimizer steps of ``loss_fn`` over ``n_examples``; returns the trained module.
-    ``work`` (entered) holds the checkpoint and the log; a checkpoint of another identity was cleared."""
+    ``work`` (entered) holds the checkpoint and the log; a checkpoint of another identity was cleared.
+    ``lengths``: each example's tokens, for ``settings.group_by_length``."""
+    if settings.group_by_length and (lengths is None or len(lengths) != n_examples):
+        raise TrainingError(
+            "group_by_length needs every example's length; this job's examples have none "
+            "(stage 1's corpus blocks all have one length)"
+        )
+    grouped = tuple(int(x) for x in lengths) if settings.group_by_length and lengths is not None else None
     seed_everything(settings.seed)
     model.train()
     runtime = runtime or Runtime.create()
@@ -99,7 +114,7 @@ def train(
     try:
         for step in range(start + 1, settings.steps + 1):  # 1-based, as in the log
             t0, note = time.perf_counter(), checkpoint_note(work, saved)
-            parts_sum, tokens = _accumulate(engine, loss_fn, n_examples, step, settings, runtime, note)
+            parts_sum, tokens = _accumulate(engine, loss_fn, n_examples, step, settings, runtime, note, grouped)
             engine.step()
             if faults.armed("nan_weights", step):
                 with torch.no_grad():

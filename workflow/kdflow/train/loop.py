@@ -76,6 +76,18 @@ def _checkpoint(engine: Engine, work: WorkDir, step: int, note: str) -> None:
     engine.save(work.checkpoint, step)
 
 
+def _grouping(settings: TrainSettings, lengths: Sequence[int] | None, n: int) -> tuple[int, ...] | None:
+    """The examples' lengths the batch schedule groups by (``settings.group_by_length``), else None."""
+    if not settings.group_by_length:
+        return None
+    if lengths is None or len(lengths) != n:
+        raise TrainingError(
+            "group_by_length needs every example's length; this job's examples have none "
+            "(stage 1's corpus blocks all have one length)"
+        )
+    return tuple(int(x) for x in lengths)
+
+
 def train(
     model: torch.nn.Module,
     loss_fn: LossFn,
@@ -89,12 +101,7 @@ def train(
     """Run ``settings.steps`` optimizer steps of ``loss_fn`` over ``n_examples``; returns the trained module.
     ``work`` (entered) holds the checkpoint and the log; a checkpoint of another identity was cleared.
     ``lengths``: each example's tokens, for ``settings.group_by_length``."""
-    if settings.group_by_length and (lengths is None or len(lengths) != n_examples):
-        raise TrainingError(
-            "group_by_length needs every example's length; this job's examples have none "
-            "(stage 1's corpus blocks all have one length)"
-        )
-    grouped = tuple(int(x) for x in lengths) if settings.group_by_length and lengths is not None else None
+    grouped = _grouping(settings, lengths, n_examples)
     seed_everything(settings.seed)
     model.train()
     runtime = runtime or Runtime.create()

@@ -97,3 +97,22 @@ def test_stage1_refuses_grouping_by_length(repo):
     cfg["distill"]["stage2"]["group_by_length"] = True
     cfg["teacher_finetune"]["group_by_length"] = True
     validate_config(cfg)
+
+
+def test_a_training_given_no_lengths_refuses_to_group(tmp_path):
+    """The loop's backstop behind the config check: grouping without the examples' lengths stops at once."""
+    import torch
+
+    from kdflow.train.health import TrainingError
+    from kdflow.train.loop import train
+    from kdflow.train.workdir import WorkDir
+
+    def loss_fn(module, indices, step):
+        return module(torch.ones(len(indices), 4)).sum(), {"loss": 0.0}, len(indices)
+
+    settings = TrainSettings(steps=2, batch_size=2, seed=0, group_by_length=True)
+    with WorkDir(tmp_path / "w", {}) as work, pytest.raises(TrainingError, match="group_by_length needs"):
+        train(torch.nn.Linear(4, 1), loss_fn, 4, settings, work)
+    with WorkDir(tmp_path / "w2", {}) as work:
+        trained = train(torch.nn.Linear(4, 1), loss_fn, 4, settings, work, lengths=[3, 1, 2, 5])
+    assert isinstance(trained, torch.nn.Linear)

@@ -202,3 +202,15 @@ def stage1_args(
         "0",
     ]
     return args + (["--deepspeed", json.dumps(deepspeed)] if deepspeed is not None else [])
+
+
+def load_benchmark(name: str):
+    """A script of benchmarks/ imported as a module (``name`` without .py)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

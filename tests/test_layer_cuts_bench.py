@@ -4,25 +4,18 @@ starts from the teacher's weights whatever the steps, and a bad cut stops before
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
-from conftest import _tiny
+from conftest import _tiny, load_benchmark
 
 from kdflow.students import select_layers
 
 pytestmark = pytest.mark.slow
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "layer_cuts.py"
-
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("layer_cuts", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("layer_cuts")
 
 
 def test_cut_names_are_kdflow_layer_selections():

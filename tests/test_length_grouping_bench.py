@@ -3,13 +3,13 @@ epoch once), grouping never pads more here, and both schedules are timed on a re
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_benchmark
 
 from kdflow.train.settings import TrainSettings, batch_indices
 
@@ -19,10 +19,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "length_grouping.p
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("length_grouping", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("length_grouping")
 
 
 def test_schedules_are_the_training_loops():

@@ -22,6 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 
 from kdflow.finetune import gold_target  # noqa: E402
+from kdflow.losses.base import target_cross_entropy  # noqa: E402
 from kdflow.modeling import load_lm  # noqa: E402
 from kdflow.prepare import load_prepared  # noqa: E402
 from kdflow.scoring import build_items, candidate_scores  # noqa: E402
@@ -51,7 +52,7 @@ def time_steps(model: torch.nn.Module, tokenizer: Any, data: Any, batches: list[
     start = time.perf_counter()
     for b in batches:
         scores, _ = candidate_scores(model, tokenizer, "causal", [data.clozes[i] for i in b], 128)
-        loss = sum(-(t * torch.log_softmax(s, -1)).sum() for s, t in zip(scores, [targets[i] for i in b])) / len(b)
+        loss = sum(target_cross_entropy(targets[i], s) for s, i in zip(scores, b)) / len(b)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()

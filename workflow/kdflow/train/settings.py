@@ -74,10 +74,13 @@ def batch_indices(
     per_step = settings.batch_size * settings.grad_accum
     start = step * per_step + micro * settings.batch_size
     grouped = lengths if settings.group_by_length else None
+    orders: dict[int, np.ndarray] = {}  # one lookup per epoch the batch touches (hashing `lengths` is O(n))
     out = []
     for position in range(start, start + settings.batch_size):
         epoch, offset = divmod(position, n)
-        out.append(int(_permutation(settings.seed, epoch, n, grouped, settings.batch_size)[offset]))
+        if epoch not in orders:
+            orders[epoch] = _permutation(settings.seed, epoch, n, grouped, settings.batch_size)
+        out.append(int(orders[epoch][offset]))
     return out
 
 

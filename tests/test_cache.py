@@ -66,6 +66,23 @@ def test_corpus_cache_reader_matches_the_teacher(tmp_path, tiny_llama, corpus):
     assert torch.allclose(item["log_norm"][:, 1], torch.logsumexp(lp / 15.0, -1), atol=1e-4)
 
 
+
+def test_the_head_chunk_size_changes_no_stored_target(tmp_path, tiny_llama, corpus, monkeypatch):
+    """The LM head runs a chunk of rows at a time (CHUNK_ELEMENTS, sized for speed): one row per chunk and
+    every row of a batch at once store the same targets."""
+    import kdflow.cache.head as head
+
+    caches = {}
+    for name, elements in (("row", 1), ("batch", 1 << 26)):
+        monkeypatch.setattr(head, "CHUNK_ELEMENTS", elements)
+        cache_corpus(tiny_llama, corpus, None, tmp_path / name, SETTINGS, seed=0)
+        caches[name] = CorpusCacheDataset(tmp_path / name, corpus, tokenizer_dir=tiny_llama)
+    for i in (0, 7, 11):
+        row, batch = caches["row"][i], caches["batch"][i]
+        assert torch.equal(row["ids"], batch["ids"])
+        assert torch.allclose(row["values"], batch["values"], atol=1e-2)
+        assert torch.allclose(row["log_norm"], batch["log_norm"], atol=1e-5)
+
 def test_corrupted_shard_is_reported_by_name(tmp_path, tiny_llama, corpus):
     cache_corpus(tiny_llama, corpus, None, tmp_path / "cache", SETTINGS, seed=0)
     shard = tmp_path / "cache" / "shard_00001.npz"

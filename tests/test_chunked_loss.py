@@ -19,6 +19,7 @@ from kdflow.heads import DecodedRows, HeadRows, head_bypassed, head_parameters, 
 from kdflow.losses import build_losses
 from kdflow.losses.chunked import fused_head_loss
 from kdflow.losses.inputs import StepInputs
+from kdflow.distill.teacher import body, load_teacher
 from kdflow.runtime import Runtime, compute_settings
 from kdflow.students import init_student
 from kdflow.vocab.vmap import RESERVED, VocabMap
@@ -173,11 +174,24 @@ def test_loss_chunk_trains_like_the_unfused_head(corpus, tiny_llama, tmp_path, m
 
 
 @pytest.mark.slow
-def test_compile_switch_gives_the_same_first_losses(corpus, tiny_llama, tmp_path):
+@pytest.mark.parametrize("mode", ["cached", "online"])  # online: the teacher's body compiled too
+def test_compile_switch_gives_the_same_first_losses(corpus, tiny_llama, tmp_path, mode):
     recipe = {"word_kl": {"temperature": 15.0}}
-    plain = _first_losses(corpus, tiny_llama, tmp_path / "plain", {}, "cached", recipe)
-    compiled = _first_losses(corpus, tiny_llama, tmp_path / "compiled", {"compile": True}, "cached", recipe)
-    assert compiled == pytest.approx(plain, rel=1e-4)
+    plain = _first_losses(corpus, tiny_llama, tmp_path / "plain", {}, mode, recipe)
+    compiled = _first_losses(corpus, tiny_llama, tmp_path / "compiled", {"compile": True}, mode, recipe)
+    # online, the compiled teacher's float rounding moves these small T = 15 KLs (~5e-4) by ~0.5 %
+    assert compiled == pytest.approx(plain, rel=1e-4 if mode == "cached" else 2e-2)
+
+
+def test_compile_switch_compiles_the_online_teacher_and_its_body(tiny_llama):
+    teacher = load_teacher(tiny_llama, None, Runtime.create({"device": "cpu", "compile": True}))
+    assert teacher._compiled_call_impl is not None and body(teacher)._compiled_call_impl is not None
+    plain = load_teacher(tiny_llama, None, Runtime.create({"device": "cpu"}))
+    assert plain._compiled_call_impl is None and body(plain)._compiled_call_impl is None
+    ids = torch.arange(24).reshape(2, 12) % 40
+    with torch.no_grad():
+        got, want = body(teacher)(input_ids=ids), body(plain)(input_ids=ids)
+    assert torch.allclose(got.last_hidden_state, want.last_hidden_state, atol=1e-5)
 
 
 def test_compile_switch_compiles_the_language_model_only():

@@ -10,7 +10,8 @@ Config (``compute:``, per rule overridable under ``compute.rules.RULE``):
   or ``fp32``/``bf16``/``fp16``; frozen teachers are loaded in it on the same device;
 * ``tf32``: TF32 matmuls on Ampere and newer; ``attn_implementation``: ``sdpa``, ``eager``,
   ``flash_attention_2`` or null (the model's default); ``gradient_checkpointing`` for trained models;
-* ``compile``: ``torch.compile`` of trained models (``nn.Module.compile``: the module keeps its type);
+* ``compile``: ``torch.compile`` of trained models and of an online teacher outside DeepSpeed, its body too
+  (``nn.Module.compile``: the module keeps its type);
 * ``loss_chunk``: positions per chunk of the fused LM head + word loss (``kdflow.losses.chunked``: the
   [positions, vocabulary] logits of the student and of a cached or online teacher are never formed whole),
   or null to form them whole.

@@ -89,8 +89,8 @@ def stage1(a: dict[str, Any]) -> dict[str, Any]:
 
 def _gkd_settings(a: dict[str, Any]) -> dict[str, Any]:
     """TRL's GKDConfig as kdflow's stage-1 row runs: off-policy forward KL at the same temperature, lr, batch,
-    length and clipping, on the CPU in fp32 or bf16 autocast (``precision``), constant lr, no checkpoints or
-    logging."""
+    length and clipping, on the CPU in fp32 or bf16 autocast (``precision``), the student compiled as kdflow's
+    ``compute.compile`` row (``compile``: the Trainer's ``torch_compile``), constant lr, no checkpoints or logging."""
     return {
         "per_device_train_batch_size": a["batch_size"],
         "max_steps": a["steps"],
@@ -101,6 +101,7 @@ def _gkd_settings(a: dict[str, Any]) -> dict[str, Any]:
         "temperature": a["temperature"],
         "gradient_checkpointing": False,
         "bf16": a.get("precision") == "bf16",
+        "torch_compile": bool(a.get("compile")),
         "use_cpu": True,
         "report_to": [],
         "save_strategy": "no",

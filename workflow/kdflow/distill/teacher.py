@@ -19,10 +19,23 @@ def body(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def load_teacher(teacher_dir: str | Path, ds_config: dict[str, Any] | None, runtime: Runtime) -> torch.nn.Module:
-    """The frozen teacher on the runtime's device in ``compute.teacher_dtype`` (or in a ZeRO inference engine)."""
+    """The frozen teacher on the runtime's device in ``compute.teacher_dtype`` (or in a ZeRO inference engine),
+    compiled with ``compute.compile`` outside DeepSpeed."""
     model, _, _ = load_lm(teacher_dir, keep_architecture=True, runtime=runtime, teacher=True)
     model.requires_grad_(False)
-    return zero_inference(model, ds_config, runtime) if ds_config else model
+    if ds_config:
+        return zero_inference(model, ds_config, runtime)
+    if runtime.settings["compile"]:
+        compile_frozen(model)
+    return model
+
+
+def compile_frozen(model: torch.nn.Module) -> None:
+    """``nn.Module.compile`` of a frozen model and of its body, which the losses that need no head call alone
+    (as an Accelerate-prepared teacher is compiled when TRL's ``torch_compile`` is set)."""
+    model.compile()
+    if body(model) is not model:
+        body(model).compile()
 
 
 def zero_inference(model: torch.nn.Module, ds_config: dict[str, Any], runtime: Runtime) -> torch.nn.Module:

@@ -14,12 +14,12 @@ from transformers import BertConfig, BertForMaskedLM, LlamaConfig, LlamaForCausa
 from kdflow.cache.build import cache_corpus
 from kdflow.cache.format import sparse_targets
 from kdflow.distill import distill
+from kdflow.distill.teacher import body, load_teacher
 from kdflow.errors import ConfigError
 from kdflow.heads import DecodedRows, HeadRows, head_bypassed, head_parameters, word_rows
 from kdflow.losses import build_losses
 from kdflow.losses.chunked import fused_head_loss
 from kdflow.losses.inputs import StepInputs
-from kdflow.distill.teacher import body, load_teacher
 from kdflow.runtime import Runtime, compute_settings
 from kdflow.students import init_student
 from kdflow.vocab.vmap import RESERVED, VocabMap

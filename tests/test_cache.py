@@ -66,7 +66,6 @@ def test_corpus_cache_reader_matches_the_teacher(tmp_path, tiny_llama, corpus):
     assert torch.allclose(item["log_norm"][:, 1], torch.logsumexp(lp / 15.0, -1), atol=1e-4)
 
 
-
 def test_the_head_chunk_size_changes_no_stored_target(tmp_path, tiny_llama, corpus, monkeypatch):
     """The LM head runs a chunk of rows at a time (CHUNK_ELEMENTS, sized for speed): one row per chunk and
     every row of a batch at once store the same targets."""
@@ -82,6 +81,7 @@ def test_the_head_chunk_size_changes_no_stored_target(tmp_path, tiny_llama, corp
         assert torch.equal(row["ids"], batch["ids"])
         assert torch.allclose(row["values"], batch["values"], atol=1e-2)
         assert torch.allclose(row["log_norm"], batch["log_norm"], atol=1e-5)
+
 
 def test_corrupted_shard_is_reported_by_name(tmp_path, tiny_llama, corpus):
     cache_corpus(tiny_llama, corpus, None, tmp_path / "cache", SETTINGS, seed=0)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+import kdflow.bench.common as common
+from kdflow.bench.common import no_native_bf16, repeated
 from kdflow.bench.harness import BenchError, BenchSettings, run_bench, trl_available
 
 pytestmark = pytest.mark.slow
@@ -30,7 +32,7 @@ def bench(tmp_path_factory, tiny_llama):
         teacher=tiny_llama,
         results=root / "results",
         out=root / "out",
-        repeats=2,
+        repeats=1,  # one fresh process per figure: the median over repeats is tested on its own below
         steps=2,
         batch_size=2,
         block_size=32,
@@ -49,7 +51,7 @@ def test_every_section_writes_json_and_markdown(bench):
     settings, reports = bench
     for section in ("stage1", "memory", "cache", "caching", "scaling", "rules"):
         on_disk = json.loads((settings.out / f"{section}.json").read_text())
-        assert on_disk["machine"]["cpus"] >= 1 and on_disk["settings"]["repeats"] == 2
+        assert on_disk["machine"]["cpus"] >= 1 and on_disk["settings"]["repeats"] == 1
     md = (settings.out / "bench.md").read_text()
     for title in (
         "Stage-1 distillation speed",
@@ -67,9 +69,13 @@ def test_stage1_medians_and_ratios_come_from_the_runs(bench):
     r = reports["stage1"]
     rows = [name for name in r if name.startswith(("kdflow_", "student_only"))]
     assert len(rows) == 9
+    skipped = {name for name in r if "skipped" in r[name]} - {n for n in r if n.startswith("trl_")}
+    # the bf16 row needs native bf16 (an emulated bf16 matrix product is ~80x slower than fp32 on AVX2)
+    assert skipped == ({"kdflow_online_fused_bf16"} if no_native_bf16() else set())
+    rows = [name for name in rows if name not in skipped]
     for name in rows:
         runs = r[name]["runs"]
-        assert len(runs) == 2 and all(run["steps"] == 2 and run["tokens_per_second"] > 0 for run in runs)
+        assert len(runs) == 1 and all(run["steps"] == 2 and run["tokens_per_second"] > 0 for run in runs)
         assert r[name]["tokens_per_second"] == statistics.median(run["tokens_per_second"] for run in runs)
         assert r[name]["peak_rss_mb"] > 100
     rate = {name: r[name]["tokens_per_second"] for name in rows}
@@ -81,14 +87,16 @@ def test_stage1_medians_and_ratios_come_from_the_runs(bench):
     assert r["goals"][p1] == [">=", 0.9]
     online = max(rate["kdflow_online"], rate["kdflow_online_fused"])
     if trl_available():  # each P2 pair at equal precision and compile setting
-        trl = {name: r[name]["tokens_per_second"] for name in r if name.startswith("trl_")}
-        assert len(trl) == 3 and min(trl.values()) > 0
+        trl = {name: r[name]["tokens_per_second"] for name in r if name.startswith("trl_") and "skipped" not in r[name]}
+        assert len(trl) == (2 if no_native_bf16() else 3) and min(trl.values()) > 0
         pairs = {
             "P2 online (best uncompiled fp32 row) / TRL fp32": online / trl["trl_gkd_offpolicy"],
             "P2 online fp32 compiled / TRL fp32 compiled": rate["kdflow_online_fused_compiled"]
             / trl["trl_gkd_offpolicy_compiled"],
-            "P2 online bf16 / TRL bf16": rate["kdflow_online_fused_bf16"] / trl["trl_gkd_offpolicy_bf16"],
         }
+        if not no_native_bf16():
+            pairs["P2 online bf16 / TRL bf16"] = rate["kdflow_online_fused_bf16"] / trl["trl_gkd_offpolicy_bf16"]
+        assert {k for k in r["ratios"] if k.startswith("P2")} == set(pairs)
         for key, value in pairs.items():
             assert r["ratios"][key] == pytest.approx(value) and r["goals"][key] == [">=", 1.2]
     else:
@@ -144,6 +152,17 @@ def test_caching_scaling_and_rules(bench):
     assert rules[("distill_stage2", "kd/sentiment")]["seconds"] == 12.5
     assert rules[("distill_stage2", "kd/sentiment")]["max_rss_mb"] == pytest.approx(900.1)
     assert rules[("evaluate", "m")]["max_rss_mb"] is None and reports["rules"]["total_seconds"] == 15.5
+
+
+def test_a_timed_figure_is_the_median_of_its_fresh_runs(monkeypatch):
+    results = iter(
+        [{"seconds": 3.0, "positions": 8}, {"seconds": 1.0, "positions": 8}, {"seconds": 2.5, "positions": 8}]
+    )
+    calls = []
+    monkeypatch.setattr(common, "run_child", lambda workload, args, threads: calls.append(workload) or next(results))
+    got = repeated("forward", {}, BenchSettings(repeats=3, threads=1))
+    assert calls == ["forward"] * 3 and got["seconds"] == 2.5 and got["positions"] == 8
+    assert [run["seconds"] for run in got["runs"]] == [3.0, 1.0, 2.5]
 
 
 def test_unknown_section_is_refused(tmp_path):

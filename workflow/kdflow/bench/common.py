@@ -44,6 +44,14 @@ class BenchSettings:
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
 
 
+# TRL's GKD trainer at each precision and compile setting of a kdflow online row: (name, precision, compiled)
+TRL_ROWS = (
+    ("trl_gkd_offpolicy", "fp32", False),
+    ("trl_gkd_offpolicy_compiled", "fp32", True),
+    ("trl_gkd_offpolicy_bf16", "bf16", False),
+)
+
+
 def run_child(workload: str, args: dict[str, Any], threads: int) -> dict[str, Any]:
     """One workload in a fresh Python process (kdflow.bench.child); its JSON result."""
     env = {**os.environ, "TRL_EXPERIMENTAL_SILENCE": "1", "OMP_NUM_THREADS": str(threads)}
@@ -162,12 +170,26 @@ def stage1_args(
     }
 
 
+def no_native_bf16() -> str | None:
+    """Why the bf16 rows cannot be measured here (None: a CUDA device with bf16, or a CPU whose oneDNN has
+    native bf16 kernels, avx512_bf16 or AMX): without them a bf16 matrix product is emulated, ~80x slower
+    than fp32 on the 2-core AVX2 machine, which would measure the emulation, not either trainer."""
+    import torch
+
+    if torch.cuda.is_available():
+        return None if torch.cuda.is_bf16_supported() else "this GPU has no bf16"
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return None
+    return f"this CPU ({torch.backends.cpu.get_cpu_capability()}) has no native bf16 kernels (avx512_bf16 / AMX)"
+
+
 def machine() -> dict[str, Any]:
     import torch
 
     return {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpus": os.cpu_count(),
         "torch": torch.__version__,
         "python": platform.python_version(),

@@ -3,9 +3,10 @@
 Sections (each writes `OUT/<section>.json`; `OUT/bench.md` gathers them):
 1. `stage1`  - stage-1 tokens/s: the student alone (its own next-token CE: the limit of any cache, P1), kdflow
                with cached targets (top-k and hidden caches) and with an online teacher, each with and without
-               the fused head + loss (`compute.loss_chunk`), compiled, and in bf16; TRL's GKD trainer
-               (off-policy, forward KL) in fp32 and bf16 when `trl` is installed (P2); same teacher, student (a
-               full-vocabulary 6-layer cut, so TRL can run it), batches and objective.
+               the fused head + loss (`compute.loss_chunk`), compiled, and in bf16 (where bf16 is native);
+               TRL's GKD trainer (off-policy, forward KL) in fp32, compiled and bf16 when `trl` is installed
+               (P2, pairs at equal settings); same teacher, student (a full-vocabulary 6-layer cut, so TRL can
+               run it), batches and objective.
 2. `memory`  - peak memory of the stage-1 word loss (student head + KL over the vocabulary) fused vs unfused
                at 8 x 512 positions, with the relative differences of the loss and gradients (P3).
 3. `cache`   - bytes/token and KL error against dense logits, for kdflow's top-k + log-normaliser cache, a
@@ -31,11 +32,13 @@ from typing import Any
 
 from .common import (
     SECTIONS,
+    TRL_ROWS,
     BenchError,
     BenchSettings,
     cache_for_training,
     cache_settings,
     machine,
+    no_native_bf16,
     prepare_assets,
     repeated,
     run_child,
@@ -47,14 +50,6 @@ __all__ = ["SECTIONS", "BenchError", "BenchSettings", "run_bench", "trl_availabl
 
 
 STUDENT_ONLY = {"lm": {"weight": 1.0}}  # the student's own next-token CE: no teacher output at all
-
-
-# TRL's GKD trainer at each precision and compile setting of a kdflow online row: (name, precision, compiled)
-TRL_ROWS = (
-    ("trl_gkd_offpolicy", "fp32", False),
-    ("trl_gkd_offpolicy_compiled", "fp32", True),
-    ("trl_gkd_offpolicy_bf16", "bf16", False),
-)
 
 
 def bench_stage1(settings: BenchSettings, paths: dict[str, Path], work: Path) -> dict[str, Any]:
@@ -75,10 +70,16 @@ def bench_stage1(settings: BenchSettings, paths: dict[str, Path], work: Path) ->
         "kdflow_online_fused_compiled": stage1_args(settings, paths, compute={**fused, "compile": True}),
     }
     bf16 = {**fused, "precision": "bf16", "teacher_dtype": "bf16"}
-    rows["kdflow_online_fused_bf16"] = stage1_args(settings, paths, compute=bf16)
+    no_bf16 = no_native_bf16()
+    if no_bf16 is None:
+        rows["kdflow_online_fused_bf16"] = stage1_args(settings, paths, compute=bf16)
     report: dict[str, Any] = {name: repeated("stage1", args, settings) for name, args in rows.items()}
+    if no_bf16 is not None:
+        report["kdflow_online_fused_bf16"] = {"skipped": no_bf16}
     for name, precision, compiled in TRL_ROWS:
-        if trl_available():
+        if precision == "bf16" and no_bf16 is not None:
+            report[name] = {"skipped": no_bf16}
+        elif trl_available():
             args = {**stage1_args(settings, paths), "precision": precision, "compile": compiled}
             report[name] = repeated("trl", args, settings)
         else:
@@ -101,8 +102,10 @@ def bench_stage1(settings: BenchSettings, paths: dict[str, Path], work: Path) ->
                 rate["kdflow_online_fused_compiled"],
                 rate["trl_gkd_offpolicy_compiled"],
             ),
-            ("P2 online bf16 / TRL bf16", rate["kdflow_online_fused_bf16"], rate["trl_gkd_offpolicy_bf16"]),
+            ("P2 online bf16 / TRL bf16", rate.get("kdflow_online_fused_bf16"), rate.get("trl_gkd_offpolicy_bf16")),
         ):
+            if ours is None or theirs is None:
+                continue
             report["ratios"][key] = ours / theirs
             report["goals"][key] = [">=", 1.2]
     return report

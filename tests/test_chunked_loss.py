@@ -16,7 +16,7 @@ from kdflow.cache.format import sparse_targets
 from kdflow.distill import distill
 from kdflow.distill.teacher import body, load_teacher
 from kdflow.errors import ConfigError
-from kdflow.heads import DecodedRows, HeadRows, head_bypassed, head_parameters, word_rows
+from kdflow.heads import DecodedRows, HeadRows, head_bypassed, head_parameters, position_rows, word_rows
 from kdflow.losses import build_losses
 from kdflow.losses.chunked import fused_head_loss
 from kdflow.losses.inputs import StepInputs
@@ -212,3 +212,21 @@ def test_loss_chunk_refuses_a_partitioned_head():
     model.get_output_embeddings().weight = torch.nn.Parameter(torch.empty(0))  # what ZeRO-3 leaves between uses
     with pytest.raises(ConfigError, match="ZeRO-3"):
         word_rows(model, torch.zeros(1, 3, 16), [torch.arange(3)], 8)
+
+
+def test_position_rows_equal_the_rows_picked_one_batch_row_at_a_time():
+    outputs = torch.randn(3, 7, 5, requires_grad=True)
+    picks = {
+        "every position (a view)": [torch.arange(7)] * 3,
+        "the same leading positions": [torch.arange(4)] * 3,
+        "masked positions": [torch.tensor([0, 3]), torch.tensor([6]), torch.tensor([1, 2, 5])],
+        "one row shorter": [torch.arange(7), torch.arange(6), torch.arange(7)],
+    }
+    for name, positions in picks.items():
+        want = torch.cat([outputs[r, p] for r, p in enumerate(positions)])
+        got = position_rows(outputs, positions)
+        assert torch.equal(got, want), name
+        (grad_got,) = torch.autograd.grad(got.square().sum(), outputs)
+        (grad_want,) = torch.autograd.grad(want.square().sum(), outputs)
+        assert torch.equal(grad_got, grad_want), name
+    assert position_rows(outputs, picks["every position (a view)"])._base is outputs

@@ -88,13 +88,25 @@ def head_parameters(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor 
     return head.weight, getattr(head, "bias", None)
 
 
+def position_rows(outputs: torch.Tensor, positions: list[torch.Tensor]) -> torch.Tensor:
+    """``outputs[r, p]`` of every batch row ``r``, concatenated: [sum of the positions, ...]. When every row
+    takes the same leading positions 0..n-1 (a causal stage 1), one slice of ``outputs`` instead of a copy per
+    row and another for the concatenation (two [positions, vocabulary] copies, and their backward)."""
+    first = positions[0]
+    n = len(first)
+    leading = torch.arange(n, device=first.device)
+    if all(len(p) == n for p in positions) and all(torch.equal(p, leading) for p in positions):
+        return outputs[:, :n].reshape(-1, *outputs.shape[2:])
+    return torch.cat([outputs[r, p] for r, p in enumerate(positions)])
+
+
 def word_rows(
     model: torch.nn.Module, outputs: torch.Tensor, positions: list[torch.Tensor], chunk: int | None
 ) -> torch.Tensor | HeadRows:
     """The student's word predictions at ``positions`` (one index tensor per batch row) from its forward
     ``outputs``: logits, or with ``chunk`` (the head was bypassed) its head inputs with the head, as ``HeadRows``
     for the fused head + loss."""
-    rows = torch.cat([outputs[r, p] for r, p in enumerate(positions)])
+    rows = position_rows(outputs, positions)
     if not chunk:
         return rows
     weight, bias = head_parameters(model)

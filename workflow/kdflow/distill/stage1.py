@@ -14,7 +14,7 @@ from ..cache.masking import mask_block
 from ..cache.reader import CorpusCacheDataset
 from ..errors import ConfigError
 from ..features import forward_features, is_causal
-from ..heads import DecodedRows, head_bypassed, head_parameters, word_rows
+from ..heads import DecodedRows, head_bypassed, head_parameters, position_rows, word_rows
 from ..losses.inputs import feature_fields, feature_flags
 from ..preprocess import open_blocks
 from ..runtime import Runtime
@@ -140,7 +140,7 @@ class CorpusData:
             raise ConfigError(
                 f"word losses need the teacher's word predictions; {type(self.teacher).__name__} has no LM head"
             )
-        rows = torch.cat([logits[r, p] for r, p in enumerate(positions)])
+        rows = position_rows(logits, positions)
         if fused:
             weight, bias = head_parameters(self.teacher)
             return {"head": DecodedRows(rows, lambda h: self._project(torch.nn.functional.linear(h, weight, bias)))}

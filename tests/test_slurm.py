@@ -73,19 +73,20 @@ def _rule_counts(repo: Path, workdir: Path, tool_env: dict[str, str], config: Pa
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", plan, re.M)}
 
 
-def _two_run_config(repo: Path, tmp_path: Path) -> Path:
-    """The tiny config with two of its runs, which between them reach every rule of its DAG: glmd (fine-tuned
-    teacher, vocabulary compression, corpus and task caches, both stages) and codir (the classifier
-    fine-tuning, an online encoder teacher). Half the jobs: each sbatch job pays a Snakemake start-up."""
+def _three_run_config(repo: Path, tmp_path: Path) -> Path:
+    """The tiny config with three of its runs, which between them reach every rule of its DAG: glmd (fine-tuned
+    teacher, vocabulary compression, corpus and task caches, both stages), glmd_full_vocab (the transfer set
+    that fills the full-vocabulary task cache as the whole config does) and codir (the classifier fine-tuning,
+    an online encoder teacher). Fewer jobs: each sbatch job pays a Snakemake start-up."""
     cfg = yaml.safe_load((repo / "tests" / "config" / "tiny.yaml").read_text())
-    cfg["runs"] = {name: cfg["runs"][name] for name in ("glmd", "codir")}
-    path = tmp_path / "two_runs.yaml"
+    cfg["runs"] = {name: cfg["runs"][name] for name in ("glmd", "glmd_full_vocab", "codir")}
+    path = tmp_path / "three_runs.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
 
 
 def test_tiny_pipeline_on_slurm_matches_local(repo, tool_env, tiny_run, slurm_cluster, tmp_path):
-    config, workdir = _two_run_config(repo, tmp_path), tmp_path / "slurm_run"
+    config, workdir = _three_run_config(repo, tmp_path), tmp_path / "slurm_run"
     counts = _rule_counts(repo, tmp_path / "plan", tool_env, config)
     assert set(counts) == set(_rule_counts(repo, tmp_path / "plan_all", tool_env))  # every rule is reached
     executor = _executor(repo, jobs=4)
@@ -116,7 +117,7 @@ def test_tiny_pipeline_on_slurm_matches_local(repo, tool_env, tiny_run, slurm_cl
     mem = {job["MinMemoryNode"] for job in by_rule["distill_stage2"]}
     assert mem == {"2500M"}, mem
 
-    # the two runs' outputs (and the teachers', caches', vocabularies') equal the local run of all the runs
+    # the three runs' outputs (and the teachers', caches', vocabularies') equal the local run of all the runs
     local, remote = _comparable(tiny_run / "results"), _comparable(workdir / "results")
     assert len(remote) > 12 and remote.keys() <= local.keys()
     assert any(key.startswith("metrics/runs/codir") for key in remote), sorted(remote)

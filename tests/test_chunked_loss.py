@@ -13,6 +13,7 @@ from transformers import BertConfig, BertForMaskedLM, LlamaConfig, LlamaForCausa
 
 from kdflow.cache.build import cache_corpus
 from kdflow.cache.format import sparse_targets
+from kdflow.cache.kl import dense_kl_and_grad
 from kdflow.distill import distill
 from kdflow.distill.teacher import body, load_teacher
 from kdflow.errors import ConfigError
@@ -90,6 +91,24 @@ def test_fused_word_kl_equals_the_unfused_loss_and_gradients(temperature, compre
     for a, u, r in zip(g_fused, g_unfused, g_reference, strict=True):
         assert torch.allclose(a, u, rtol=1e-4, atol=1e-6)
         assert torch.allclose(a, r, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 15.0])
+def test_closed_form_kl_gradient_equals_autograd_of_the_definition(temperature):
+    """The fused dense word KL's gradient, (q_T - p_T) / T, against autograd through the KL written out per
+    position (``_reference_kl`` without the mean and T^2); the inputs are left as they were."""
+    torch.manual_seed(2)
+    teacher, student = 3 * torch.randn(N, V_TEACHER), (3 * torch.randn(N, V_TEACHER)).requires_grad_()
+    kept_t, kept_s = teacher.clone(), student.detach().clone()
+    kl, grad = dense_kl_and_grad(teacher, student.detach(), temperature)
+    expected = _reference_kl(teacher.unsqueeze(1), student.unsqueeze(1), temperature) / temperature**2
+    log_p = torch.log_softmax(teacher / temperature, -1)
+    per_position = (log_p.exp() * (log_p - torch.log_softmax(student / temperature, -1))).sum(-1)
+    (expected_grad,) = torch.autograd.grad(per_position.sum(), student)
+    assert torch.allclose(kl, per_position.detach(), rtol=1e-5, atol=1e-6)
+    assert kl.mean().item() == pytest.approx(expected.item(), rel=1e-5)
+    assert torch.allclose(grad, expected_grad, rtol=1e-4, atol=1e-7)
+    assert torch.equal(teacher, kept_t) and torch.equal(student.detach(), kept_s)
 
 
 def test_fused_language_modelling_equals_cross_entropy():

@@ -3,6 +3,9 @@ moves of every batch container, autocast, and the device audit that checks place
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
 
 import pytest
@@ -124,3 +127,38 @@ def test_bf16_autocast_on_cpu_and_deepspeed_precision():
     assert deepspeed_precision({}, "bf16") == {"bf16": {"enabled": True}, "fp16": {"enabled": False}}
     assert deepspeed_precision({"bf16": {"enabled": False}}, "bf16")["bf16"] == {"enabled": False}  # config wins
     assert Runtime().grad_scaler() is None
+
+
+def test_huge_pages_switch_is_on_unless_the_user_set_it(monkeypatch):
+    from kdflow import cli
+    from kdflow.hostmem import HUGE_PAGES, with_huge_pages
+
+    assert with_huge_pages({})[HUGE_PAGES] == "1"
+    assert with_huge_pages({HUGE_PAGES: "0"})[HUGE_PAGES] == "0"
+    monkeypatch.delenv(HUGE_PAGES, raising=False)
+    assert cli.main(["validate-config", "/nonexistent/config.yaml"]) == 2  # a command that stops at once
+    assert os.environ[HUGE_PAGES] == "1"  # the command line set it before its command ran
+
+
+def test_huge_pages_back_a_large_tensor_where_the_kernel_offers_them(tmp_path):
+    """In a process started with the switch, a 64 MiB tensor lies on 2 MiB pages (the kernel's THP counters
+    of the process grow by its size); without it, on 4 KiB pages."""
+    from kdflow.hostmem import HUGE_PAGES, kernel_mode
+
+    if kernel_mode() not in ("madvise", "always"):
+        pytest.skip(f"the kernel offers no transparent huge pages here (mode {kernel_mode()})")
+    probe = (
+        "import torch\n"
+        "def huge():\n"
+        "    text = open('/proc/self/smaps_rollup').read()\n"
+        "    return int(text.split('AnonHugePages:')[1].split()[0])\n"
+        "before = huge(); x = torch.ones(16 * 2**20); print(huge() - before)\n"
+    )
+    grown = {}
+    for value in ("0", "1"):
+        env = {**os.environ, HUGE_PAGES: value}
+        out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+        grown[value] = int(out.stdout.split()[-1])
+    assert grown["1"] >= 60 * 1024  # kB: nearly all of the 64 MiB
+    if kernel_mode() == "madvise":
+        assert grown["0"] == 0

@@ -11,6 +11,7 @@ from typing import Any
 
 from .arguments import COMMANDS, compute_arguments
 from .errors import KdflowError
+from .hostmem import enable_huge_pages
 
 log = logging.getLogger("kdflow")
 
@@ -246,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = build_parser().parse_args(argv)
+    enable_huge_pages()  # before any command imports torch
     try:
         args.func(args)
     except KdflowError as exc:

@@ -125,13 +125,14 @@ def context_length(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, s
 
 
 def _logits_at(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor):
-    """A function (row, positions) -> logits there. Decoder LMs apply their LM head only at those positions."""
+    """A function (rows, positions) -> logits at those (row, position) pairs, [pairs, vocabulary]. Decoder LMs
+    apply their LM head once, to those positions only."""
     body, head = getattr(model, "model", None), getattr(model, "lm_head", None)
     if body is not None and head is not None:
         hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state
-        return lambda r, positions: head(hidden[r, positions])
+        return lambda rows, positions: head(hidden[rows, positions])
     logits = model(input_ids=ids, attention_mask=mask).logits
-    return lambda r, positions: logits[r, positions]
+    return lambda rows, positions: logits[rows, positions]
 
 
 def pad_batch(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,19 +149,26 @@ def pad_batch(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tens
 def forward_items(
     model: PreTrainedModel, items: list[_Item], pad: int, runtime: Runtime | None = None
 ) -> list[tuple[int, int, torch.Tensor]]:
-    """(example, candidate, summed log-probability) for every target of a batch of items; keeps the graph."""
+    """(example, candidate, summed log-probability) for every target of a batch of items; keeps the graph.
+    Every scored position of the batch goes through the head and the log-softmax at once."""
     ids, mask = (runtime or Runtime()).to(pad_batch([it.input_ids for it in items], pad))
-    logits_at = _logits_at(model, ids, mask)
-    out = []
-    for r, it in enumerate(items):
-        positions = sorted({p for _, pairs in it.targets for p, _ in pairs})
-        logp = torch.log_softmax(logits_at(r, positions).float(), dim=-1)
-        row = {p: k for k, p in enumerate(positions)}
+    positions = [sorted({p for _, pairs in it.targets for p, _ in pairs}) for it in items]
+    rows = [r for r, ps in enumerate(positions) for _ in ps]
+    flat = torch.tensor([p for ps in positions for p in ps], device=ids.device)
+    logp = torch.log_softmax(_logits_at(model, ids, mask)(torch.tensor(rows, device=ids.device), flat).float(), -1)
+    at, tokens, segment, keys = [], [], [], []  # one entry per target token; one segment per (item, candidate)
+    offset = 0
+    for it, ps in zip(items, positions, strict=True):
+        row = {p: offset + k for k, p in enumerate(ps)}
         for j, pairs in it.targets:
-            index_p = torch.tensor([row[p] for p, _ in pairs], device=logp.device)
-            index_t = torch.tensor([t for _, t in pairs], device=logp.device)
-            out.append((it.example, j, logp[index_p, index_t].sum()))
-    return out
+            at += [row[p] for p, _ in pairs]
+            tokens += [t for _, t in pairs]
+            segment += [len(keys)] * len(pairs)
+            keys.append((it.example, j))
+        offset += len(ps)
+    picked = logp[torch.tensor(at, device=logp.device), torch.tensor(tokens, device=logp.device)]
+    sums = torch.zeros(len(keys), device=logp.device).index_add(0, torch.tensor(segment, device=logp.device), picked)
+    return [(example, j, sums[k]) for k, (example, j) in enumerate(keys)]
 
 
 def candidate_scores(

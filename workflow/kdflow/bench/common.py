@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import KdflowError
+from ..hostmem import HUGE_PAGES, kernel_mode, with_huge_pages
 
 SECTIONS = ("stage1", "memory", "cache", "caching", "scaling", "rules")
 
@@ -54,7 +55,8 @@ TRL_ROWS = (
 
 def run_child(workload: str, args: dict[str, Any], threads: int) -> dict[str, Any]:
     """One workload in a fresh Python process (kdflow.bench.child); its JSON result."""
-    env = {**os.environ, "TRL_EXPERIMENTAL_SILENCE": "1", "OMP_NUM_THREADS": str(threads)}
+    # every workload, kdflow's and the peers', in the same environment: PyTorch's huge pages on unless set
+    env = with_huge_pages({**os.environ, "TRL_EXPERIMENTAL_SILENCE": "1", "OMP_NUM_THREADS": str(threads)})
     cmd = [sys.executable, "-m", "kdflow.bench.child", workload, json.dumps({**args, "threads": threads})]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
@@ -191,6 +193,7 @@ def machine() -> dict[str, Any]:
         "processor": platform.processor() or platform.machine(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpus": os.cpu_count(),
+        "huge_pages": f"{HUGE_PAGES}={with_huge_pages(os.environ)[HUGE_PAGES]}, kernel THP mode {kernel_mode()}",
         "torch": torch.__version__,
         "python": platform.python_version(),
     }

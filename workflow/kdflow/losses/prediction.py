@@ -6,12 +6,21 @@ from typing import Any
 
 import torch
 
-from ..cache.kl import dense_kl, sparse_kl
+from ..cache.kl import dense_kl, dense_kl_and_grad, sparse_kl
 from ..heads import HeadRows
 from ..recipes import specs
 from .base import Loss, target_cross_entropy
-from .chunked import PerPosition, fused_head_loss
+from .chunked import PerPosition, PerPositionGrad, fused_head_loss
 from .inputs import StepInputs
+
+DENSE_TARGETS = ("head", "logits", "dense")  # the teacher's whole distribution at each position
+
+
+def _dense_teacher(targets: dict[str, Any]) -> torch.Tensor | None:
+    """The teacher's logits (or log-probabilities) of these rows where the targets are dense, else None."""
+    if "head" in targets:
+        return targets["head"].logits()
+    return targets.get("logits", targets.get("dense"))
 
 
 def word_kl_per_position(
@@ -19,12 +28,9 @@ def word_kl_per_position(
 ) -> torch.Tensor:
     """KL(p_T || q_T) at each position from cached top-k (+ normaliser), dense rows, teacher logits, or a
     cached teacher's head inputs (``head``: ``DecodedRows``, decoded here)."""
-    if "head" in targets:
-        return dense_kl(targets["head"].logits(), logits, temperature)
-    if "logits" in targets:
-        return dense_kl(targets["logits"], logits, temperature)
-    if "dense" in targets:
-        return dense_kl(targets["dense"], logits, temperature)
+    teacher = _dense_teacher(targets)
+    if teacher is not None:
+        return dense_kl(teacher, logits, temperature)
     if temperature not in temperatures:
         raise ValueError(f"the cache has log-normalisers for T in {temperatures}, not for T = {temperature}")
     column = temperatures.index(temperature)
@@ -36,12 +42,15 @@ def target_rows(targets: dict[str, Any], rows: slice) -> dict[str, Any]:
     return {k: v[rows] for k, v in targets.items()}
 
 
-def summed_over_positions(word_logits: torch.Tensor | HeadRows, per_position: PerPosition) -> torch.Tensor:
+def summed_over_positions(
+    word_logits: torch.Tensor | HeadRows, per_position: PerPosition, closed_form: PerPositionGrad | None = None
+) -> torch.Tensor:
     """The sum of ``per_position(logits, rows)`` over every word position: on the logits as given, or, for a
-    student's ``HeadRows``, formed by its head (fused with the loss a chunk at a time when ``chunk`` is set)."""
+    student's ``HeadRows``, formed by its head (fused with the loss a chunk at a time when ``chunk`` is set,
+    with the logits' gradient from ``closed_form`` where given)."""
     if isinstance(word_logits, HeadRows):
         if word_logits.chunk:
-            return fused_head_loss(word_logits, per_position, word_logits.chunk)
+            return fused_head_loss(word_logits, per_position, word_logits.chunk, closed_form)
         word_logits = word_logits.logits()
     return per_position(word_logits, slice(None)).sum()
 
@@ -57,8 +66,14 @@ class WordKL(Loss):
         def kl(logits: torch.Tensor, rows: slice) -> torch.Tensor:
             return word_kl_per_position(logits, target_rows(targets, rows), self.temperature, temperatures)
 
+        def kl_and_grad(logits: torch.Tensor, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
+            teacher = _dense_teacher(target_rows(targets, rows))
+            return dense_kl_and_grad(teacher, logits, self.temperature)
+
+        dense = any(k in targets for k in DENSE_TARGETS)
         n = len(inputs.word_logits)
-        return summed_over_positions(inputs.word_logits, kl) / max(n, 1) * self.temperature**2
+        total = summed_over_positions(inputs.word_logits, kl, kl_and_grad if dense else None)
+        return total / max(n, 1) * self.temperature**2
 
 
 def _soft(scores: list[torch.Tensor], temperature: float) -> list[torch.Tensor]:

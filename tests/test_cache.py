@@ -47,6 +47,19 @@ def test_sparse_kl_equals_dense_kl_when_k_is_the_vocabulary(temperature):
     assert torch.allclose(probs.gather(-1, top["ids"]), expected, atol=1e-6)
 
 
+def test_sparse_targets_in_the_callers_buffer_equal_the_copying_ones():
+    """``overwrite`` (the cache builder's fresh logits) gives the same targets and leaves z - max in the buffer."""
+    torch.manual_seed(3)
+    logits = torch.randn(6, 70) * 4
+    kept = logits.clone()
+    copied = sparse_targets(logits, 9, [1.0, 15.0])
+    assert torch.equal(logits, kept)
+    in_place = sparse_targets(logits, 9, [1.0, 15.0], overwrite=True)
+    for key in copied:
+        assert torch.equal(copied[key], in_place[key])
+    assert torch.equal(logits, kept - kept.max(-1, keepdim=True).values)
+
+
 def test_bytes_per_position():
     assert bytes_per_position(64, "bf16", 49152, 2) == 64 * 4 + 8
 

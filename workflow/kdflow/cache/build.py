@@ -67,7 +67,7 @@ def _targets_arrays(
             logprobs = torch.log_softmax(logits.float(), -1)
             parts.append({"dense": logprobs, "log_norm": log_normalisers(logprobs, settings["temperatures"])})
         else:
-            t = sparse_targets(logits, settings["k"], settings["temperatures"])
+            t = sparse_targets(logits, settings["k"], settings["temperatures"], overwrite=True)
             parts.append({"topk_values": t["values"], "topk_ids": t["ids"], "log_norm": t["log_norm"]})
     merged = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}  # one copy to the host per array
     out = {"log_norm": merged.pop("log_norm").cpu().numpy().astype(np.float32)}

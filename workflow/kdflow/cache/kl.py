@@ -10,6 +10,12 @@ def teacher_logprobs_topk(values: torch.Tensor, log_norm_t: torch.Tensor, temper
     return values / temperature - log_norm_t[..., None]
 
 
+def log_softmax_at(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log softmax(logits / T) in fp32 (no division at T = 1: a pass over the vocabulary saved)."""
+    logits = logits.float()
+    return torch.log_softmax(logits / temperature if temperature != 1 else logits, dim=-1)
+
+
 def sparse_kl(
     student_logits: torch.Tensor, values: torch.Tensor, ids: torch.Tensor, log_norm_t: torch.Tensor, temperature: float
 ) -> torch.Tensor:
@@ -17,7 +23,7 @@ def sparse_kl(
 
     By the log-sum inequality this is a lower bound of the full KL; it equals it when k = vocabulary size.
     """
-    log_q = torch.log_softmax(student_logits.float() / temperature, dim=-1)
+    log_q = log_softmax_at(student_logits, temperature)
     log_p_top = teacher_logprobs_topk(values, log_norm_t, temperature)
     p_top = log_p_top.exp()
     log_q_top = log_q.gather(-1, ids)
@@ -26,12 +32,6 @@ def sparse_kl(
     q_tail = (1 - log_q_top.exp().sum(-1)).clamp(min=1e-12)
     kl_tail = torch.where(p_tail > 0, p_tail * (p_tail.clamp(min=1e-12).log() - q_tail.log()), torch.zeros_like(p_tail))
     return kl_top + kl_tail
-
-
-def log_softmax_at(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """log softmax(logits / T) in fp32 (no division at T = 1: a pass over the vocabulary saved)."""
-    logits = logits.float()
-    return torch.log_softmax(logits / temperature if temperature != 1 else logits, dim=-1)
 
 
 def dense_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float) -> torch.Tensor:

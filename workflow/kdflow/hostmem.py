@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 
 HUGE_PAGES = "THP_MEM_ALLOC_ENABLE"
 
@@ -29,7 +30,7 @@ def enable_huge_pages() -> None:
 def kernel_mode() -> str | None:
     """The kernel's transparent-huge-page mode (``always``, ``madvise`` or ``never``), None where it has none."""
     try:
-        text = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
     except OSError:
         return None
     return text[text.find("[") + 1 : text.find("]")] if "[" in text else None

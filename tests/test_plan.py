@@ -136,12 +136,13 @@ def test_diagnostics_plans_submit_ax_but_never_evaluate_it():
 
 @pytest.mark.parametrize("name", [n for n in CONFIGS if n.startswith("experiments-")])
 def test_experiment_plans_are_consistent(name):
-    """Every run's stage-2 job on every distilled task, with the teacher its student's track gives it."""
+    """Every run's stage-2 job on each of its tasks (its own `tasks`, else every distilled task), with the teacher
+    its student's track gives it."""
     config = load_config(CONFIGS[name])
     plan = build_plan(config)
     assert plan.results == config["results"]
     for run in plan.runs.values():
-        assert set(run.stage2) == set(config["distill"]["tasks"])
+        assert set(run.stage2) == set(config["runs"][run.base].get("tasks") or config["distill"]["tasks"])
         for task, job in run.stage2.items():
             classifier = run.teacher in config["classifier_finetune"]["models"]
             expected = f"classifiers/{run.teacher}" if classifier else plan.tasks[task].teacher

@@ -162,6 +162,20 @@ def test_map_for_another_tokenizer_is_refused(tmp_path, tiny_llama, tiny_bert):
         VocabMap.load(tmp_path / "map.json", tokenizer_fingerprint(tiny_bert))
 
 
+def test_tokenizer_fingerprint_ignores_load_time_keys(tmp_path, tiny_llama):
+    """A teacher fine-tuned offline re-saves its tokenizer with `local_files_only: true` (cpu-long's COPA cache
+    was refused for it, 2026-12-04); that key is not the tokenizer. A changed special token is."""
+    import shutil
+
+    copy = shutil.copytree(tiny_llama, tmp_path / "copy")
+    config_path = copy / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "local_files_only": not config.get("local_files_only", False)}))
+    assert tokenizer_fingerprint(copy) == tokenizer_fingerprint(tiny_llama)
+    config_path.write_text(json.dumps({**config, "pad_token": "<not-the-pad>"}))
+    assert tokenizer_fingerprint(copy) != tokenizer_fingerprint(tiny_llama)
+
+
 @pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_bert"])
 def test_factorised_embedding_full_rank_is_exact_and_merges(fixture, request, tmp_path):
     from kdflow.vocab.factorised import FactorisedEmbedding, factorise_embeddings, merge_factorised

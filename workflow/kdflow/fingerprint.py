@@ -87,11 +87,29 @@ TOKENIZER_FILES = (
 )
 
 
+# Keys that `from_pretrained` writes back into tokenizer_config.json from how the folder was loaded, not from
+# what the tokenizer is: a teacher fine-tuned offline saves `local_files_only: true` beside the asset's `false`.
+TOKENIZER_LOAD_KEYS = frozenset({"local_files_only", "name_or_path", "cache_dir", "revision", "token", "_commit_hash"})
+
+
+def _tokenizer_file_digest(path: Path) -> str:
+    if path.name != "tokenizer_config.json":
+        return file_sha256(path)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    kept = {key: value for key, value in data.items() if key not in TOKENIZER_LOAD_KEYS}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
+
+
 def tokenizer_fingerprint(folder: str | Path) -> str:
-    """Digest of the tokenizer files of a model folder (independent of the weights)."""
+    """Digest of the tokenizer files of a model folder (independent of the weights and of the load-time keys
+    in ``TOKENIZER_LOAD_KEYS``)."""
     folder = Path(folder)
-    files = [folder / name for name in TOKENIZER_FILES if (folder / name).exists()]
-    return files_sha256(files, folder)
+    digest = hashlib.sha256()
+    for name in TOKENIZER_FILES:
+        if (folder / name).exists():
+            digest.update(name.encode())
+            digest.update(_tokenizer_file_digest(folder / name).encode())
+    return digest.hexdigest()
 
 
 def weights_fingerprint(folder: str | Path) -> str:

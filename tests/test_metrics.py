@@ -116,6 +116,18 @@ def test_paired_bootstrap_of_identical_predictions_is_zero_and_no_win():
     assert M.paired_bootstrap("accuracy", golds, [preds], [preds[:-1]], [{}] * 6) is None  # not the same examples
 
 
+def test_an_interval_bound_that_is_zero_up_to_rounding_is_no_win():
+    """cpu-long 2026-12-04 marked full - half vocabulary a win with the pooled interval (0.0000, 3.75): the
+    lower bound was float noise of a mean over seeds that cancels, not a positive difference."""
+    noise = float(np.mean([0.1, 0.2, -0.3]))
+    assert noise > 0  # the rounding this guards against
+    draws = np.array([noise] * 30 + [0.05] * 970)
+    got = M._interval(0.04, draws, 0.95)
+    assert (got["low"], got["wins"]) == (0.0, False)
+    assert M._interval(0.04, -draws, 0.95)["high"] == 0.0 and not M._interval(0.04, -draws, 0.95)["loses"]
+    assert M._interval(0.05, draws + 1e-6, 0.95)["wins"]  # a real positive bound still wins
+
+
 def test_paired_bootstrap_over_seeds_averages_the_per_seed_differences_on_shared_draws():
     """Two seeds per side: each resample's difference is the mean over seeds of the per-seed accuracy
     differences on one shared draw of the examples (independently recomputed here)."""

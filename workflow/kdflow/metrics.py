@@ -241,8 +241,14 @@ def _interval(difference: float, draws: np.ndarray, level: float) -> dict[str, A
     if not len(values):
         return None
     alpha = (1 - level) / 2
-    low, high = float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))
+    low, high = (_snap(float(np.quantile(values, q))) for q in (alpha, 1 - alpha))
     return {"difference": difference, "low": low, "high": high, "wins": low > 0, "loses": high < 0, "draws": draws}
+
+
+def _snap(value: float, tolerance: float = 1e-9) -> float:
+    """0 for a bound that is 0 up to rounding: the mean of per-seed differences that cancel is not always an
+    exact 0 in floating point (``np.mean([0.1, 0.2, -0.3])`` is 1.9e-17), and such a bound is no win."""
+    return 0.0 if abs(value) < tolerance else value
 
 
 def average_bootstrap(results: Sequence[dict[str, Any]], level: float = 0.95) -> dict[str, Any] | None:

@@ -93,6 +93,30 @@ def test_fused_word_kl_equals_the_unfused_loss_and_gradients(temperature, compre
         assert torch.allclose(a, r, rtol=1e-3, atol=1e-5)
 
 
+def test_fused_word_kl_under_bf16_autocast_matches_the_unfused_head():
+    """`compute.precision: bf16` with `compute.loss_chunk` (the plain engine autocasts the step) failed with "self
+    and mat2 must have the same dtype" once a CPU with native bf16 ran the bench's bf16 rows (2026-12-04): the
+    weight gradient's first product came out in bf16 and the next chunks were added in fp32. Now fused and unfused
+    agree under autocast to bf16's rounding (8 mantissa bits: relative 2e-2)."""
+    torch.manual_seed(3)
+    h = torch.randn(N, D, requires_grad=True)
+    w = (0.5 * torch.randn(V_TEACHER, D)).requires_grad_()
+    teacher_logits = torch.randn(N, V_TEACHER)
+    loss = build_losses({"word_kl": {"temperature": 1.0}}, "stage1")[0]
+
+    def run(chunk):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            rows = HeadRows(h, w, None, chunk=chunk)
+            return loss(StepInputs(word_logits=rows, word_targets={"logits": teacher_logits}))
+
+    unfused, g_unfused = _grads(lambda: run(None), [h, w])
+    fused, g_fused = _grads(lambda: run(CHUNK), [h, w])
+    assert fused.dtype == torch.float32 and all(g.dtype == torch.float32 for g in g_fused)
+    assert fused.item() == pytest.approx(unfused.item(), rel=2e-2)
+    for a, u in zip(g_fused, g_unfused, strict=True):
+        assert (a - u).norm() <= 2e-2 * u.norm()
+
+
 @pytest.mark.parametrize("temperature", [1.0, 15.0])
 def test_closed_form_kl_gradient_equals_autograd_of_the_definition(temperature):
     """The fused dense word KL's gradient, (q_T - p_T) / T, against autograd through the KL written out per

@@ -34,6 +34,18 @@ def _autograd(per_position: PerPosition) -> PerPositionGrad:
     return value_and_grad
 
 
+def _add_weight_grad(grad_w: torch.Tensor | None, grad_logits: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """``grad_w + grad_logits.T @ h`` in fp32; the first chunk's product is the buffer (no zero-filled [V, d] plus
+    it). Under autocast the product is formed in autocast's dtype, as the unfused head's backward forms it, and
+    added to the fp32 sum."""
+    if torch.is_autocast_enabled(h.device.type):
+        part = grad_logits.T @ h
+        return part.float() if grad_w is None else grad_w.add_(part)
+    if grad_w is None:
+        return grad_logits.T @ h.float()
+    return grad_w.addmm_(grad_logits.T, h.float())
+
+
 class _FusedHeadLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, value_and_grad: PerPositionGrad, chunk: int):  # noqa: ANN001, ANN205
@@ -47,10 +59,7 @@ class _FusedHeadLoss(torch.autograd.Function):
             loss, grad_logits = value_and_grad(torch.nn.functional.linear(h, weight, bias).float(), rows)
             total += loss.sum()
             grad_h[rows] = grad_logits.to(weight.dtype) @ weight
-            if grad_w is None:  # the first chunk's product, not a zero-filled [V, d] buffer plus it
-                grad_w = grad_logits.T @ h.float()
-            else:
-                grad_w.addmm_(grad_logits.T, h.float())
+            grad_w = _add_weight_grad(grad_w, grad_logits, h)
             if grad_b is not None:
                 grad_b += grad_logits.sum(0)
         ctx.save_for_backward(grad_h, grad_w, grad_b)

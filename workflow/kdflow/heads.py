@@ -41,8 +41,12 @@ class DecodedRows:
     hidden: torch.Tensor
     decode: Callable[[torch.Tensor], torch.Tensor]
 
+    def decoded(self, rows: slice | None = None) -> torch.Tensor:
+        """The logits of ``rows`` (all when None) in the head's dtype."""
+        return self.decode(self.hidden if rows is None else self.hidden[rows])
+
     def logits(self, rows: slice | None = None) -> torch.Tensor:
-        return self.decode(self.hidden if rows is None else self.hidden[rows]).float()
+        return self.decoded(rows).float()
 
     def __getitem__(self, rows: slice) -> DecodedRows:
         return DecodedRows(self.hidden[rows], self.decode)

@@ -40,18 +40,29 @@ def dense_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, tempera
     return (log_p.exp() * (log_p - log_q)).sum(-1)
 
 
-def dense_kl_and_grad(
-    teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``dense_kl`` per position [n] and its gradient with respect to the student logits [n, V] in closed form,
-    ``(q_T - p_T) / T`` (d/ds of sum_v p_v log q_v with q = softmax(s / T)), in place on the two log-softmax
-    buffers: about half the passes over the vocabulary that autograd's graph of ``dense_kl`` makes."""
-    log_p = log_softmax_at(teacher_logits, temperature)
-    log_q = log_softmax_at(student_logits, temperature)
-    p = log_p.exp()
+def log_softmax_(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``logits`` (fp32) replaced by log softmax(logits / T), in place: no buffer beyond the one given."""
+    if temperature != 1:
+        logits.div_(temperature)
+    return torch.log_softmax(logits, -1, out=logits)
+
+
+def dense_kl_and_grad_(
+    teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float, p: torch.Tensor, d: torch.Tensor
+) -> torch.Tensor:
+    """``dense_kl`` per position [n], with its gradient with respect to the student logits in closed form,
+    ``(q_T - p_T) / T`` (d/ds of sum_v p_v log q_v with q = softmax(s / T)), written over ``student_logits``
+    (fp32 [n, V]); ``p`` and ``d`` are two fp32 buffers of that shape it overwrites. No other [n, V] buffer is
+    made: a fused loss reuses the three from chunk to chunk (on a CPU a fresh buffer of that size costs more than a
+    pass over it), and about half the passes over the vocabulary that autograd's graph of ``dense_kl`` makes."""
+    log_q = log_softmax_(student_logits, temperature)
+    log_p = log_softmax_(d.copy_(teacher_logits), temperature)
+    torch.exp(log_p, out=p)
     kl = log_p.sub_(log_q).mul_(p).sum(-1)
     grad = log_q.exp_().sub_(p)
-    return kl, grad.div_(temperature) if temperature != 1 else grad
+    if temperature != 1:
+        grad.div_(temperature)
+    return kl
 
 
 def reconstruct(

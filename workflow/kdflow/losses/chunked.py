@@ -4,9 +4,10 @@ the loss are fused so that the [positions, vocabulary] logits (and their gradien
 Like Liger-Kernel's fused linear cross-entropy/JSD, the gradient is formed during the forward pass, chunk by
 chunk: for each chunk the logits ``h W^T + b`` are computed, the per-position loss and its gradient with respect
 to those logits come from autograd (so any per-position loss fuses) or, for the dense word KL, in closed form
-(``cache.kl.dense_kl_and_grad``: fewer passes over the vocabulary), and the gradients of ``h``, ``W`` and ``b``
+(``cache.kl.dense_kl_and_grad_``: fewer passes over the vocabulary), and the gradients of ``h``, ``W`` and ``b``
 are accumulated by two matrix products; the backward pass only scales them. Peak memory is one chunk's logits
-instead of all of them, at the cost of nothing but the loop (no recomputation)."""
+instead of all of them, at the cost of nothing but the loop (no recomputation). The chunk's buffers are reused
+from chunk to chunk, and under autocast the logits' gradient is converted once for both products."""
 
 from __future__ import annotations
 
@@ -16,15 +17,37 @@ import torch
 
 from ..heads import HeadRows
 
+
+class ChunkBuffers:
+    """Buffers by name, reused from chunk to chunk of one fused loss: on a CPU a fresh [chunk, vocabulary]
+    buffer costs more than a pass over it (its pages are faulted in and zeroed every time)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def take(self, name: str, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """A contiguous tensor of ``shape`` over the buffer ``name`` (made, or made larger, when needed);
+        its values are whatever the last user left."""
+        size = 1
+        for n in shape:
+            size *= n
+        buf = self._buffers.get(name)
+        if buf is None or buf.dtype != dtype or buf.numel() < size:
+            buf = self._buffers[name] = torch.empty(size, dtype=dtype, device=self.device)
+        return buf[:size].view(shape)
+
+
 PerPosition = Callable[[torch.Tensor, slice], torch.Tensor]  # (logits of a chunk [n, V] fp32, its rows) -> [n]
-# the same losses [n] with their sum's gradient with respect to the logits [n, V], in closed form
-PerPositionGrad = Callable[[torch.Tensor, slice], tuple[torch.Tensor, torch.Tensor]]
+# the same losses [n] and their sum's gradient with respect to the logits [n, V] in closed form; it may be
+# written over the logits, which the caller owns, and may use the chunk's buffers
+PerPositionGrad = Callable[[torch.Tensor, slice, ChunkBuffers], tuple[torch.Tensor, torch.Tensor]]
 
 
 def _autograd(per_position: PerPosition) -> PerPositionGrad:
     """``per_position`` with its gradient from autograd (any per-position loss)."""
 
-    def value_and_grad(logits: torch.Tensor, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
+    def value_and_grad(logits: torch.Tensor, rows: slice, buffers: ChunkBuffers) -> tuple[torch.Tensor, torch.Tensor]:
         logits = logits.detach().requires_grad_()
         with torch.enable_grad():
             loss = per_position(logits, rows)
@@ -34,34 +57,57 @@ def _autograd(per_position: PerPosition) -> PerPositionGrad:
     return value_and_grad
 
 
-def _add_weight_grad(grad_w: torch.Tensor | None, grad_logits: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """``grad_w + grad_logits.T @ h`` in fp32; the first chunk's product is the buffer (no zero-filled [V, d] plus
-    it). Under autocast the product is formed in autocast's dtype, as the unfused head's backward forms it, and
-    added to the fp32 sum."""
-    if torch.is_autocast_enabled(h.device.type):
-        part = grad_logits.T @ h
-        return part.float() if grad_w is None else grad_w.add_(part)
-    if grad_w is None:
-        return grad_logits.T @ h.float()
-    return grad_w.addmm_(grad_logits.T, h.float())
+def compute_dtype(device: torch.device, weight: torch.Tensor) -> torch.dtype:
+    """The dtype the head's products run in: autocast's where it is on, else the weight's."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return weight.dtype
+
+
+def _logits(h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, buffers: ChunkBuffers) -> torch.Tensor:
+    """``h w^T + b`` in fp32 in the chunk's logits buffer; the product in ``h``'s dtype (autocast's, as an
+    unfused head under autocast forms it) and converted once."""
+    shape = (h.shape[0], w.shape[0])
+    out = buffers.take("logits", shape)
+    if h.dtype == torch.float32:
+        torch.mm(h, w.t(), out=out)
+    else:
+        out.copy_(torch.mm(h, w.t(), out=buffers.take("low", shape, h.dtype)))
+    return out.add_(bias) if bias is not None else out
+
+
+def _add_weight_grad(
+    grad_w: torch.Tensor | None, g: torch.Tensor, h: torch.Tensor, buffers: ChunkBuffers
+) -> torch.Tensor:
+    """``grad_w + g.T @ h`` in fp32; the first chunk's product is the buffer (no zero-filled [V, d] plus it). In
+    a lower precision (autocast) the product is formed in it, as the unfused head's backward forms it, and added
+    to the fp32 sum."""
+    if g.dtype == torch.float32:
+        return g.t() @ h if grad_w is None else grad_w.addmm_(g.t(), h)
+    part = torch.mm(g.t(), h, out=buffers.take("weight_grad", (g.shape[1], h.shape[1]), g.dtype))
+    return part.float() if grad_w is None else grad_w.add_(part)
 
 
 class _FusedHeadLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, value_and_grad: PerPositionGrad, chunk: int):  # noqa: ANN001, ANN205
+        dtype = compute_dtype(hidden.device, weight)
+        h_all, w = hidden.to(dtype), weight.to(dtype)
+        buffers = ChunkBuffers(hidden.device)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_h = torch.empty_like(hidden)
         grad_w = torch.zeros_like(weight, dtype=torch.float32) if hidden.shape[0] == 0 else None
         grad_b = torch.zeros_like(bias, dtype=torch.float32) if bias is not None else None
         for start in range(0, hidden.shape[0], chunk):
             rows = slice(start, min(start + chunk, hidden.shape[0]))
-            h = hidden[rows]
-            loss, grad_logits = value_and_grad(torch.nn.functional.linear(h, weight, bias).float(), rows)
+            h = h_all[rows]
+            loss, grad = value_and_grad(_logits(h, w, bias, buffers), rows, buffers)
             total += loss.sum()
-            grad_h[rows] = grad_logits.to(weight.dtype) @ weight
-            grad_w = _add_weight_grad(grad_w, grad_logits, h)
             if grad_b is not None:
-                grad_b += grad_logits.sum(0)
+                grad_b += grad.sum(0)
+            g = grad if dtype == torch.float32 else buffers.take("low", grad.shape, dtype).copy_(grad)
+            grad_h[rows] = g @ w
+            grad_w = _add_weight_grad(grad_w, g, h, buffers)
         ctx.save_for_backward(grad_h, grad_w, grad_b)
         ctx.dtypes = (weight.dtype, bias.dtype if bias is not None else None)
         return total

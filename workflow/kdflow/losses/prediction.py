@@ -6,20 +6,21 @@ from typing import Any
 
 import torch
 
-from ..cache.kl import dense_kl, dense_kl_and_grad, sparse_kl
+from ..cache.kl import dense_kl, dense_kl_and_grad_, sparse_kl
 from ..heads import HeadRows
 from ..recipes import specs
 from .base import Loss, target_cross_entropy
-from .chunked import PerPosition, PerPositionGrad, fused_head_loss
+from .chunked import ChunkBuffers, PerPosition, PerPositionGrad, fused_head_loss
 from .inputs import StepInputs
 
 DENSE_TARGETS = ("head", "logits", "dense")  # the teacher's whole distribution at each position
 
 
-def _dense_teacher(targets: dict[str, Any]) -> torch.Tensor | None:
-    """The teacher's logits (or log-probabilities) of these rows where the targets are dense, else None."""
+def _dense_teacher(targets: dict[str, Any], any_dtype: bool = False) -> torch.Tensor | None:
+    """The teacher's logits (or log-probabilities) of these rows where the targets are dense, else None; decoded
+    ones in fp32 unless ``any_dtype`` (in the teacher head's dtype)."""
     if "head" in targets:
-        return targets["head"].logits()
+        return targets["head"].decoded() if any_dtype else targets["head"].logits()
     return targets.get("logits", targets.get("dense"))
 
 
@@ -66,9 +67,10 @@ class WordKL(Loss):
         def kl(logits: torch.Tensor, rows: slice) -> torch.Tensor:
             return word_kl_per_position(logits, target_rows(targets, rows), self.temperature, temperatures)
 
-        def kl_and_grad(logits: torch.Tensor, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
-            teacher = _dense_teacher(target_rows(targets, rows))
-            return dense_kl_and_grad(teacher, logits, self.temperature)
+        def kl_and_grad(logits: torch.Tensor, rows: slice, buffers: ChunkBuffers) -> tuple[torch.Tensor, torch.Tensor]:
+            teacher = _dense_teacher(target_rows(targets, rows), any_dtype=True)
+            p, d = buffers.take("p", logits.shape), buffers.take("d", logits.shape)
+            return dense_kl_and_grad_(teacher, logits, self.temperature, p, d), logits  # the gradient, in place
 
         dense = any(k in targets for k in DENSE_TARGETS)
         n = len(inputs.word_logits)

@@ -12,6 +12,7 @@ import torch
 from conftest import REPEATED_TEXT as TEXT
 from conftest import TINY_CACHE, pack_text
 
+from kdflow.buffers import ChunkBuffers
 from kdflow.cache.build import cache_corpus, cache_task
 from kdflow.cache.format import bytes_per_position, sparse_targets
 from kdflow.cache.kl import dense_kl, reconstruct, sparse_kl
@@ -58,6 +59,24 @@ def test_sparse_targets_in_the_callers_buffer_equal_the_copying_ones():
     for key in copied:
         assert torch.equal(copied[key], in_place[key])
     assert torch.equal(logits, kept - kept.max(-1, keepdim=True).values)
+
+
+def test_sparse_targets_with_a_reused_scratch_buffer_equal_fresh_ones():
+    """The cache builder reuses its exp buffer from batch to batch (``ChunkBuffers``): a smaller batch takes a view
+    of the same storage, a larger one or another dtype a new buffer; the targets equal those of fresh buffers."""
+    torch.manual_seed(4)
+    buffers = ChunkBuffers(torch.device("cpu"))
+    pointers = []
+    for rows in (6, 4, 8):
+        logits = torch.randn(rows, 70) * 4
+        fresh = sparse_targets(logits.clone(), 9, [1.0, 15.0])
+        scratch = buffers.take("exp", (rows, 70))
+        pointers.append(scratch.data_ptr())
+        reused = sparse_targets(logits, 9, [1.0, 15.0], overwrite=True, scratch=scratch)
+        for key in fresh:
+            assert torch.equal(fresh[key], reused[key])
+    assert pointers[0] == pointers[1] != pointers[2]
+    assert buffers.take("exp", (2, 3), torch.bfloat16).dtype == torch.bfloat16
 
 
 def test_bytes_per_position():

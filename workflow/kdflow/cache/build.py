@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..buffers import ChunkBuffers, linear_into
 from ..fingerprint import files_sha256, tokenizer_fingerprint, weights_fingerprint
 from ..modeling import load_lm
 from ..prepare import load_prepared
@@ -54,20 +55,27 @@ def _project(logits: torch.Tensor, vmap: VocabMap | None) -> torch.Tensor:
 
 
 def _targets_arrays(
-    hidden: torch.Tensor, head: torch.nn.Module, vmap: VocabMap | None, settings: dict[str, Any], vocab_size: int
+    hidden: torch.Tensor,
+    head: torch.nn.Module,
+    vmap: VocabMap | None,
+    settings: dict[str, Any],
+    vocab_size: int,
+    buffers: ChunkBuffers,
 ) -> dict[str, np.ndarray]:
     """Arrays of one batch's stored rows, from the LM head's inputs ``hidden`` [rows, d]: in mode ``hidden``
-    those; else the head's logits, projected, a chunk of rows at a time, reduced to top-k or dense targets."""
+    those; else the head's logits, projected, a chunk of rows at a time, reduced to top-k or dense targets (the
+    logits and the top-k's exp in ``buffers``, reused from batch to batch)."""
     if settings["mode"] == "hidden":
         return encode_hidden(hidden, settings["value_dtype"])
     step, parts = chunk_rows(head), []
     for start in range(0, len(hidden), step):
-        logits = _project(head(hidden[start : start + step]), vmap)
+        logits = _project(linear_into(hidden[start : start + step], head.weight, head.bias, buffers), vmap)
         if settings["mode"] == "dense":
-            logprobs = torch.log_softmax(logits.float(), -1)
+            logprobs = torch.log_softmax(logits, -1)
             parts.append({"dense": logprobs, "log_norm": log_normalisers(logprobs, settings["temperatures"])})
         else:
-            t = sparse_targets(logits, settings["k"], settings["temperatures"], overwrite=True)
+            scratch = buffers.take("exp", tuple(logits.shape))
+            t = sparse_targets(logits, settings["k"], settings["temperatures"], overwrite=True, scratch=scratch)
             parts.append({"topk_values": t["values"], "topk_ids": t["ids"], "log_norm": t["log_norm"]})
     merged = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}  # one copy to the host per array
     out = {"log_norm": merged.pop("log_norm").cpu().numpy().astype(np.float32)}
@@ -138,6 +146,7 @@ def cache_corpus(
         head_sha = save_head(model, out_dir, settings, runtime.ranks.main)
         specials = special_token_ids(tokenizer)
         per_shard, batch = settings["shard_blocks"], settings["batch_size"]
+        buffers = ChunkBuffers(runtime.device)
         bar = tqdm(
             total=n_blocks * block_size,
             desc="cache corpus",
@@ -159,7 +168,7 @@ def cache_corpus(
                 hidden, head = teacher_hidden(model, *runtime.to((ids, torch.ones_like(ids))))
                 forward_seconds += time.perf_counter() - t0
                 rows, flat = _at_positions(hidden, runtime.to(positions), b, block_size)
-                arrays = _targets_arrays(rows, head, vmap, settings, student_vocab)
+                arrays = _targets_arrays(rows, head, vmap, settings, student_vocab, buffers)
                 if flat is not None:
                     arrays["positions"] = flat
                 parts.append(arrays)
@@ -251,6 +260,7 @@ def cache_task(
         head_sha = save_head(model, out_dir, settings, runtime.ranks.main)
         per_shard, batch = settings["shard_examples"], settings["batch_size"]
         pad = pad_id(tokenizer)
+        buffers = ChunkBuffers(runtime.device)
         bar = tqdm(total=len(examples), desc="cache task", unit="ex", disable=not runtime.ranks.main)
         started, forward_seconds = time.perf_counter(), 0.0
         for index, start in enumerate(range(0, len(examples), per_shard)):
@@ -268,7 +278,7 @@ def cache_task(
                 hidden, head = teacher_hidden(model, ids, mask)
                 forward_seconds += time.perf_counter() - t0
                 picked = torch.cat([hidden[r, p] for r, p in enumerate(where)])
-                parts.append(_targets_arrays(picked, head, vmap, settings, student_vocab))
+                parts.append(_targets_arrays(picked, head, vmap, settings, student_vocab, buffers))
                 for r, slot in enumerate(shared[b : b + batch]):
                     if slot is not None:  # single-token candidates: scored from this very forward pass
                         scores[b + r] = torch.log_softmax(head(hidden[r, slot[0]]).float(), -1).cpu()[slot[1]].tolist()

@@ -57,19 +57,24 @@ def log_normalisers(logprobs: torch.Tensor, temperatures: list[float]) -> torch.
 
 
 def sparse_targets(
-    logits: torch.Tensor, k: int, temperatures: list[float], overwrite: bool = False
+    logits: torch.Tensor,
+    k: int,
+    temperatures: list[float],
+    overwrite: bool = False,
+    scratch: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Top-k log-probabilities (T = 1), their ids and the log-normalisers of ``logits`` (..., N).
 
     Works on the raw logits ``z`` (no full log-softmax is materialised) and shares the work: the top-k's first
     value is the row's maximum ``m``, ``S_T = sum(exp((z - m) / T))``, so ``lp = z - m - log S_1`` and
     ``c_T = log S_T - log S_1 / T`` (``c_1`` is exactly 0); ``z - m`` and one exp buffer are the only full-size
-    temporaries (``overwrite``: ``z - m`` is formed in ``logits`` itself, an fp32 buffer the caller gives up).
+    temporaries (``overwrite``: ``z - m`` is formed in ``logits`` itself, an fp32 buffer the caller gives up;
+    ``scratch``: the exp buffer, fp32 of the logits' shape, given by the caller to reuse).
     """
     logits = logits.float()
     values, ids = logits.topk(min(k, logits.shape[-1]), dim=-1)
     shifted = logits.sub_(values[..., :1]) if overwrite else logits - values[..., :1]
-    scratch = torch.exp(shifted)
+    scratch = torch.exp(shifted) if scratch is None else torch.exp(shifted, out=scratch)
     log_s1 = scratch.sum(-1).log()
     norms = []
     for t in temperatures:

@@ -15,28 +15,8 @@ from collections.abc import Callable
 
 import torch
 
+from ..buffers import ChunkBuffers, linear_into
 from ..heads import HeadRows
-
-
-class ChunkBuffers:
-    """Buffers by name, reused from chunk to chunk of one fused loss: on a CPU a fresh [chunk, vocabulary]
-    buffer costs more than a pass over it (its pages are faulted in and zeroed every time)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self._buffers: dict[str, torch.Tensor] = {}
-
-    def take(self, name: str, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """A contiguous tensor of ``shape`` over the buffer ``name`` (made, or made larger, when needed);
-        its values are whatever the last user left."""
-        size = 1
-        for n in shape:
-            size *= n
-        buf = self._buffers.get(name)
-        if buf is None or buf.dtype != dtype or buf.numel() < size:
-            buf = self._buffers[name] = torch.empty(size, dtype=dtype, device=self.device)
-        return buf[:size].view(shape)
-
 
 PerPosition = Callable[[torch.Tensor, slice], torch.Tensor]  # (logits of a chunk [n, V] fp32, its rows) -> [n]
 # the same losses [n] and their sum's gradient with respect to the logits [n, V] in closed form; it may be
@@ -64,18 +44,6 @@ def compute_dtype(device: torch.device, weight: torch.Tensor) -> torch.dtype:
     return weight.dtype
 
 
-def _logits(h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, buffers: ChunkBuffers) -> torch.Tensor:
-    """``h w^T + b`` in fp32 in the chunk's logits buffer; the product in ``h``'s dtype (autocast's, as an
-    unfused head under autocast forms it) and converted once."""
-    shape = (h.shape[0], w.shape[0])
-    out = buffers.take("logits", shape)
-    if h.dtype == torch.float32:
-        torch.mm(h, w.t(), out=out)
-    else:
-        out.copy_(torch.mm(h, w.t(), out=buffers.take("low", shape, h.dtype)))
-    return out.add_(bias) if bias is not None else out
-
-
 def _add_weight_grad(
     grad_w: torch.Tensor | None, g: torch.Tensor, h: torch.Tensor, buffers: ChunkBuffers
 ) -> torch.Tensor:
@@ -101,7 +69,7 @@ class _FusedHeadLoss(torch.autograd.Function):
         for start in range(0, hidden.shape[0], chunk):
             rows = slice(start, min(start + chunk, hidden.shape[0]))
             h = h_all[rows]
-            loss, grad = value_and_grad(_logits(h, w, bias, buffers), rows, buffers)
+            loss, grad = value_and_grad(linear_into(h, w, bias, buffers), rows, buffers)
             total += loss.sum()
             if grad_b is not None:
                 grad_b += grad.sum(0)

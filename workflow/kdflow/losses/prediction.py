@@ -6,11 +6,12 @@ from typing import Any
 
 import torch
 
+from ..buffers import ChunkBuffers
 from ..cache.kl import dense_kl, dense_kl_and_grad_, sparse_kl
 from ..heads import HeadRows
 from ..recipes import specs
 from .base import Loss, target_cross_entropy
-from .chunked import ChunkBuffers, PerPosition, PerPositionGrad, fused_head_loss
+from .chunked import PerPosition, PerPositionGrad, fused_head_loss
 from .inputs import StepInputs
 
 DENSE_TARGETS = ("head", "logits", "dense")  # the teacher's whole distribution at each position

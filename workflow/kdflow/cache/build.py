@@ -62,9 +62,8 @@ def _targets_arrays(
     vocab_size: int,
     buffers: ChunkBuffers,
 ) -> dict[str, np.ndarray]:
-    """Arrays of one batch's stored rows, from the LM head's inputs ``hidden`` [rows, d]: in mode ``hidden``
-    those; else the head's logits, projected, a chunk of rows at a time, reduced to top-k or dense targets (the
-    logits and the top-k's exp in ``buffers``, reused from batch to batch)."""
+    """Arrays of one batch's stored rows, from the LM head's inputs ``hidden`` [rows, d]: in mode ``hidden`` those;
+    else the head's logits (in ``buffers``), projected, a chunk of rows at a time, reduced to top-k or dense."""
     if settings["mode"] == "hidden":
         return encode_hidden(hidden, settings["value_dtype"])
     step, parts = chunk_rows(head), []
@@ -144,9 +143,8 @@ def cache_corpus(
     header = _header("corpus", teacher_dir, teacher_dir, vocab_map, corpus_fingerprint(corpus_dir), settings, extra)
     with _writer(out_dir, header, runtime) as writer:
         head_sha = save_head(model, out_dir, settings, runtime.ranks.main)
-        specials = special_token_ids(tokenizer)
+        specials, buffers = special_token_ids(tokenizer), ChunkBuffers(runtime.device)
         per_shard, batch = settings["shard_blocks"], settings["batch_size"]
-        buffers = ChunkBuffers(runtime.device)
         bar = tqdm(
             total=n_blocks * block_size,
             desc="cache corpus",
@@ -259,8 +257,7 @@ def cache_task(
     with _writer(out_dir, header, runtime) as writer:
         head_sha = save_head(model, out_dir, settings, runtime.ranks.main)
         per_shard, batch = settings["shard_examples"], settings["batch_size"]
-        pad = pad_id(tokenizer)
-        buffers = ChunkBuffers(runtime.device)
+        pad, buffers = pad_id(tokenizer), ChunkBuffers(runtime.device)
         bar = tqdm(total=len(examples), desc="cache task", unit="ex", disable=not runtime.ranks.main)
         started, forward_seconds = time.perf_counter(), 0.0
         for index, start in enumerate(range(0, len(examples), per_shard)):

@@ -5,6 +5,8 @@ development machine, 2026-12-04; README, "Benchmarks")."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -17,9 +19,7 @@ class ChunkBuffers:
 
     def take(self, name: str, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """A contiguous tensor of ``shape`` over the buffer ``name``; its values are whatever the last user left."""
-        size = 1
-        for n in shape:
-            size *= n
+        size = math.prod(shape)
         buf = self._buffers.get(name)
         if buf is None or buf.dtype != dtype or buf.numel() < size:
             buf = self._buffers[name] = torch.empty(size, dtype=dtype, device=self.device)

@@ -52,9 +52,9 @@ def dense_kl_and_grad_(
 ) -> torch.Tensor:
     """``dense_kl`` per position [n], with its gradient with respect to the student logits in closed form,
     ``(q_T - p_T) / T`` (d/ds of sum_v p_v log q_v with q = softmax(s / T)), written over ``student_logits``
-    (fp32 [n, V]); ``p`` and ``d`` are two fp32 buffers of that shape it overwrites. No other [n, V] buffer is
-    made: a fused loss reuses the three from chunk to chunk (on a CPU a fresh buffer of that size costs more than a
-    pass over it), and about half the passes over the vocabulary that autograd's graph of ``dense_kl`` makes."""
+    (fp32 [n, V]); ``p`` and ``d`` are two fp32 buffers of that shape it overwrites. It makes no other [n, V]
+    buffer (a fused loss reuses the three from chunk to chunk: on a CPU a fresh one costs more than a pass over it)
+    and about half the passes over the vocabulary that autograd's graph of ``dense_kl`` makes."""
     log_q = log_softmax_(student_logits, temperature)
     log_p = log_softmax_(d.copy_(teacher_logits), temperature)
     torch.exp(log_p, out=p)

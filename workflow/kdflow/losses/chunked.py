@@ -73,6 +73,7 @@ class _FusedHeadLoss(torch.autograd.Function):
             total += loss.sum()
             if grad_b is not None:
                 grad_b += grad.sum(0)
+            # in ``linear_into``'s low-precision buffer: its product is in the fp32 logits by now
             g = grad if dtype == torch.float32 else buffers.take("low", grad.shape, dtype).copy_(grad)
             grad_h[rows] = g @ w
             grad_w = _add_weight_grad(grad_w, g, h, buffers)

@@ -49,7 +49,8 @@ def test_sparse_kl_equals_dense_kl_when_k_is_the_vocabulary(temperature):
 
 
 def test_sparse_targets_in_the_callers_buffer_equal_the_copying_ones():
-    """``overwrite`` (the cache builder's fresh logits) gives the same targets and leaves z - max in the buffer."""
+    """``overwrite`` (the cache builder's fresh logits) gives the same targets and uses the buffer as workspace:
+    it ends as exp((z - max) / 15), the last temperature's terms, divided in place."""
     torch.manual_seed(3)
     logits = torch.randn(6, 70) * 4
     kept = logits.clone()
@@ -58,7 +59,7 @@ def test_sparse_targets_in_the_callers_buffer_equal_the_copying_ones():
     in_place = sparse_targets(logits, 9, [1.0, 15.0], overwrite=True)
     for key in copied:
         assert torch.equal(copied[key], in_place[key])
-    assert torch.equal(logits, kept - kept.max(-1, keepdim=True).values)
+    assert torch.equal(logits, ((kept - kept.max(-1, keepdim=True).values) / 15.0).exp())
 
 
 def test_sparse_targets_with_a_reused_scratch_buffer_equal_fresh_ones():

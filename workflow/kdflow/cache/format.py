@@ -23,6 +23,7 @@ import torch
 
 from ..errors import DataError
 from ..safeio import write_bytes
+from .topk import row_topk
 
 
 def id_dtype(vocab_size: int) -> np.dtype:
@@ -68,20 +69,23 @@ def sparse_targets(
     Works on the raw logits ``z`` (no full log-softmax is materialised) and shares the work: the top-k's first
     value is the row's maximum ``m``, ``S_T = sum(exp((z - m) / T))``, so ``lp = z - m - log S_1`` and
     ``c_T = log S_T - log S_1 / T`` (``c_1`` is exactly 0); ``z - m`` and one exp buffer are the only full-size
-    temporaries (``overwrite``: ``z - m`` is formed in ``logits`` itself, an fp32 buffer the caller gives up;
-    ``scratch``: the exp buffer, fp32 of the logits' shape, given by the caller to reuse).
+    temporaries, and the last temperature other than 1 divides ``z - m`` in place (``overwrite``: ``z - m`` is
+    formed in ``logits`` itself, an fp32 buffer the caller gives up and finds overwritten; ``scratch``: the exp
+    buffer, fp32 of the logits' shape, given by the caller to reuse). The top-k is ``topk.row_topk``.
     """
     logits = logits.float()
-    values, ids = logits.topk(min(k, logits.shape[-1]), dim=-1)
+    values, ids = row_topk(logits, min(k, logits.shape[-1]))
     shifted = logits.sub_(values[..., :1]) if overwrite else logits - values[..., :1]
     scratch = torch.exp(shifted) if scratch is None else torch.exp(shifted, out=scratch)
     log_s1 = scratch.sum(-1).log()
+    scaled = [i for i, t in enumerate(temperatures) if t != 1]
     norms = []
-    for t in temperatures:
+    for i, t in enumerate(temperatures):
         if t == 1:
             norms.append(torch.zeros_like(log_s1))
         else:
-            norms.append(torch.div(shifted, t, out=scratch).exp_().sum(-1).log() - log_s1 / t)
+            divided = shifted.div_(t) if i == scaled[-1] else torch.div(shifted, t, out=scratch)
+            norms.append(divided.exp_().sum(-1).log() - log_s1 / t)
     return {"values": values - values[..., :1] - log_s1[..., None], "ids": ids, "log_norm": torch.stack(norms, -1)}
 
 

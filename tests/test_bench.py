@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import kdflow.bench.common as common
-from kdflow.bench.common import no_native_bf16, repeated
+from kdflow.bench.common import interleaved, no_native_bf16, repeated
 from kdflow.bench.harness import BenchError, BenchSettings, run_bench, trl_available
 
 pytestmark = pytest.mark.slow
@@ -168,3 +168,19 @@ def test_a_timed_figure_is_the_median_of_its_fresh_runs(monkeypatch):
 def test_unknown_section_is_refused(tmp_path):
     with pytest.raises(BenchError, match="unknown benchmark section"):
         run_bench(BenchSettings(sections=("speed",), out=Path(tmp_path)))
+
+
+def test_rows_of_a_section_run_round_robin(monkeypatch):
+    """Every row's r-th fresh process runs before any row's (r + 1)-th: a drift of the machine's speed reaches
+    both sides of a ratio; each row keeps the median of its own runs."""
+    seconds = iter([1.0, 10.0, 3.0, 30.0, 2.0, 20.0])
+    calls = []
+
+    def child(workload, args, threads):
+        calls.append(args["row"])
+        return {"seconds": next(seconds)}
+
+    monkeypatch.setattr(common, "run_child", child)
+    got = interleaved({"a": ("forward", {"row": "a"}), "b": ("cache", {"row": "b"})}, BenchSettings(repeats=3))
+    assert calls == ["a", "b"] * 3
+    assert got["a"]["seconds"] == 2.0 and got["b"]["seconds"] == 20.0

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import resource
+import shutil
 import statistics
 import sys
 import tempfile
@@ -165,6 +166,7 @@ def trl(a: dict[str, Any]) -> dict[str, Any]:
 def cache(a: dict[str, Any]) -> dict[str, Any]:
     from ..cache.build import cache_corpus
 
+    shutil.rmtree(a["out"], ignore_errors=True)  # a fresh build each run (the bench's own folder; never resumed)
     m = cache_corpus(
         a["teacher"], a["corpus"], a.get("vocab_map"), a["out"], a["settings"], seed=0, runtime=_runtime(a)
     )

@@ -66,7 +66,21 @@ def run_child(workload: str, args: dict[str, Any], threads: int) -> dict[str, An
 
 def repeated(workload: str, args: dict[str, Any], settings: BenchSettings) -> dict[str, Any]:
     """Median of each numeric field over `repeats` fresh runs, with every run's values kept."""
-    runs = [run_child(workload, args, settings.threads) for _ in range(settings.repeats)]
+    return interleaved({workload: (workload, args)}, settings)[workload]
+
+
+def interleaved(jobs: dict[str, tuple[str, dict[str, Any]]], settings: BenchSettings) -> dict[str, dict[str, Any]]:
+    """``repeated`` for several rows ``name -> (workload, args)`` at once, run round-robin: every row's r-th fresh
+    process before any row's (r + 1)-th, so that a drift of the machine's speed during a section (10-15 % within
+    minutes on the README's host) reaches every row of a ratio alike instead of the rows measured last."""
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in jobs}
+    for _ in range(settings.repeats):
+        for name, (workload, args) in jobs.items():
+            runs[name].append(run_child(workload, args, settings.threads))
+    return {name: _medians(row) for name, row in runs.items()}
+
+
+def _medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
     keys = [k for k, v in runs[0].items() if isinstance(v, (int, float))]
     return {**{k: statistics.median(r[k] for r in runs) for k in keys}, "runs": runs}
 

@@ -27,6 +27,7 @@ import csv
 import json
 import statistics
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from .common import (
     BenchSettings,
     cache_for_training,
     cache_settings,
+    interleaved,
     machine,
     no_native_bf16,
     prepare_assets,
@@ -73,17 +75,16 @@ def bench_stage1(settings: BenchSettings, paths: dict[str, Path], work: Path) ->
     no_bf16 = no_native_bf16()
     if no_bf16 is None:
         rows["kdflow_online_fused_bf16"] = stage1_args(settings, paths, compute=bf16)
-    report: dict[str, Any] = {name: repeated("stage1", args, settings) for name, args in rows.items()}
-    if no_bf16 is not None:
-        report["kdflow_online_fused_bf16"] = {"skipped": no_bf16}
+    jobs = {name: ("stage1", args) for name, args in rows.items()}
+    skipped = {"kdflow_online_fused_bf16": no_bf16} if no_bf16 is not None else {}
     for name, precision, compiled in TRL_ROWS:
         if precision == "bf16" and no_bf16 is not None:
-            report[name] = {"skipped": no_bf16}
+            skipped[name] = no_bf16
         elif trl_available():
-            args = {**stage1_args(settings, paths), "precision": precision, "compile": compiled}
-            report[name] = repeated("trl", args, settings)
+            jobs[name] = ("trl", {**stage1_args(settings, paths), "precision": precision, "compile": compiled})
         else:
-            report[name] = {"skipped": "trl is not installed (pip install -r envs/bench.txt)"}
+            skipped[name] = "trl is not installed (pip install -r envs/bench.txt)"
+    report: dict[str, Any] = interleaved(jobs, settings) | {name: {"skipped": why} for name, why in skipped.items()}
     rate = {name: row["tokens_per_second"] for name, row in report.items() if "tokens_per_second" in row}
     cached = max(rate["kdflow_cached_topk"], rate["kdflow_cached_topk_fused"])
     online = max(rate["kdflow_online"], rate["kdflow_online_fused"])
@@ -200,25 +201,21 @@ def bench_caching(settings: BenchSettings, paths: dict[str, Path], work: Path) -
     """Caching throughput of the top-k and the hidden cache (1x corpus) over a bare teacher forward of the same
     batches, and the top-k cache's peak RSS at 1x and 10x."""
     base = {"teacher": str(paths["teacher"]), "corpus": str(paths["corpus"])}
-    forward = repeated("forward", {**base, "blocks": settings.blocks, "batch_size": settings.batch_size}, settings)
-    rows: dict[str, Any] = {}
+    forward_args = {**base, "blocks": settings.blocks, "batch_size": settings.batch_size}
+    jobs = {"bare forward": ("forward", forward_args)}
     for mode, scale in (("topk", 1), ("hidden", 1), ("topk", 10)):
         blocks = settings.blocks * scale
-        runs = []
-        for r in range(settings.repeats if scale == 1 else 1):
-            args = {
-                **base,
-                "out": str(work / f"caching_{mode}_{scale}x_{r}"),
-                "settings": cache_settings(settings, 64, mode, blocks, settings.block_size),
-            }
-            runs.append(run_child("cache", args, settings.threads))
-        rows[f"{mode} {scale}x"] = {
-            "blocks": blocks,
-            "positions": runs[0]["positions"],
-            "seconds": statistics.median(r["seconds"] for r in runs),
-            "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in runs),
-            "runs": runs,
+        args = {
+            **base,
+            "out": str(work / f"caching_{mode}_{scale}x"),  # emptied by each run: a cache there would be resumed
+            "settings": cache_settings(settings, 64, mode, blocks, settings.block_size),
         }
+        jobs[f"{mode} {scale}x"] = ("cache", args)
+    # the 1x rows and the forward round-robin; the 10x point (peak RSS only) once after them
+    timed = interleaved({k: v for k, v in jobs.items() if not k.endswith("10x")}, settings)
+    timed["topk 10x"] = interleaved({"10x": jobs["topk 10x"]}, replace(settings, repeats=1))["10x"]
+    forward = timed.pop("bare forward")
+    rows = {name: {"blocks": jobs[name][1]["settings"]["max_blocks"], **row} for name, row in timed.items()}
     names = {mode: f"P4 {mode} caching throughput / bare forward" for mode in ("topk", "hidden")}
     return {
         "bare_forward": forward,

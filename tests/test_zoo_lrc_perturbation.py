@@ -166,7 +166,10 @@ def test_lrc_bert_perturbation_equals_glmkd(encoder, mode):
     assert not torch.allclose(ours[1], ours[0], atol=1e-3)  # the second pass is perturbed
     assert torch.allclose(total, loss, rtol=1e-5)
     assert report["loss"] == pytest.approx(float(loss.detach()), rel=1e-5)
-    assert all(report[name] == pytest.approx(float(value), rel=1e-5) for name, value in parts.items())
+    # abs: the KL part is 3e-4-8e-4 (teacher and student nearly agree), a difference of fp32 sums of order 1, so its
+    # rounding (~1e-7) exceeds rel=1e-5 of it; it failed so once in a full `make test` (not reproduced alone)
+    want = {n: float(v) for n, v in parts.items()}
+    assert {name: report[name] for name in parts} == pytest.approx(want, rel=1e-5, abs=1e-6)
     mine, reference = _grads(module.student), _grads(student)
     assert mine.keys() == reference.keys() and len(mine) > 10
     assert all(torch.allclose(mine[k], reference[k], rtol=1e-4, atol=1e-7) for k in mine)

@@ -8,6 +8,7 @@ import torch
 
 from kdflow.cache.format import sparse_targets
 from kdflow.cache.topk import GROUP, row_topk
+from kdflow.device_audit import DeviceAudit
 
 
 def distinct(shape: tuple[int, ...], seed: int) -> torch.Tensor:
@@ -69,3 +70,12 @@ def test_sparse_targets_over_a_wide_vocabulary_match_a_direct_log_softmax(overwr
     assert torch.allclose(got["values"].double(), want.values, atol=1e-5)
     for i, t in enumerate(temperatures):
         assert torch.allclose(got["log_norm"][:, i].double(), torch.logsumexp(lp / t, -1), atol=1e-5)
+
+
+def test_the_group_maxima_path_keeps_every_tensor_on_the_logits_device():
+    """Under the device audit (``kdflow.device_audit``: CUDA's same-device rule on a CPU machine) the column ids
+    the wide path makes are on the logits' device."""
+    with DeviceAudit() as audit:
+        logits = audit.mark(distinct((4, 4099), seed=5))
+        sparse_targets(logits, 8, [1.0, 15.0])
+    assert audit.violations == [], "\n".join(audit.violations)

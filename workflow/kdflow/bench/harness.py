@@ -201,19 +201,20 @@ def bench_caching(settings: BenchSettings, paths: dict[str, Path], work: Path) -
     """Caching throughput of the top-k and the hidden cache (1x corpus) over a bare teacher forward of the same
     batches, and the top-k cache's peak RSS at 1x and 10x."""
     base = {"teacher": str(paths["teacher"]), "corpus": str(paths["corpus"])}
-    forward_args = {**base, "blocks": settings.blocks, "batch_size": settings.batch_size}
-    jobs = {"bare forward": ("forward", forward_args)}
-    for mode, scale in (("topk", 1), ("hidden", 1), ("topk", 10)):
-        blocks = settings.blocks * scale
-        args = {
-            **base,
-            "out": str(work / f"caching_{mode}_{scale}x"),  # emptied by each run: a cache there would be resumed
-            "settings": cache_settings(settings, 64, mode, blocks, settings.block_size),
-        }
-        jobs[f"{mode} {scale}x"] = ("cache", args)
-    # the 1x rows and the forward round-robin; the 10x point (peak RSS only) once after them
-    timed = interleaved({k: v for k, v in jobs.items() if not k.endswith("10x")}, settings)
-    timed["topk 10x"] = interleaved({"10x": jobs["topk 10x"]}, replace(settings, repeats=1))["10x"]
+
+    def cache(mode: str, scale: int) -> tuple[str, dict[str, Any]]:
+        built = cache_settings(settings, 64, mode, settings.blocks * scale, settings.block_size)
+        out = work / f"caching_{mode}_{scale}x"  # emptied by each run: a cache there would be resumed
+        return "cache", {**base, "out": str(out), "settings": built}
+
+    jobs = {
+        "bare forward": ("forward", {**base, "blocks": settings.blocks, "batch_size": settings.batch_size}),
+        "topk 1x": cache("topk", 1),
+        "hidden 1x": cache("hidden", 1),
+    }
+    timed = interleaved(jobs, settings)
+    jobs["topk 10x"] = cache("topk", 10)
+    timed["topk 10x"] = repeated(*jobs["topk 10x"], replace(settings, repeats=1))  # its peak RSS, once
     forward = timed.pop("bare forward")
     rows = {name: {"blocks": jobs[name][1]["settings"]["max_blocks"], **row} for name, row in timed.items()}
     names = {mode: f"P4 {mode} caching throughput / bare forward" for mode in ("topk", "hidden")}
